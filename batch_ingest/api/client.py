@@ -1,0 +1,394 @@
+"""`SmartStreamClient`: one async method per endpoint of the Ingest API (Video) page.
+
+All requests share one `httpx.AsyncClient`, one `RateLimiter` and one `Auth`. httpx
+errors become ours here and nowhere else (see `errors.py`); nothing raised carries headers.
+Reads (GET) are retried on transient errors; creates are never retried here, because a
+create that got no answer may have created the job: the caller looks before sending again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from .. import __version__
+from ..errors import (
+    ApiConnectionError,
+    AuthError,
+    NotFoundError,
+    PermanentApiError,
+    RateLimitedError,
+    ServerError,
+)
+from ..settings import Settings
+from .auth import Auth, expiration_epoch
+from .models import Job, JobProfile, Page
+from .ratelimit import RateLimiter, parse_retry_after
+from .retry import retrying
+
+USER_AGENT = f"batch-ingest/{__version__} httpx/{httpx.__version__}"
+UPLOAD_CHUNK = 1024 * 1024  # bytes read from disk per step of an upload
+MAX_PAGE_SIZE = 100  # NOTES.md: assume at most 100 items per page
+ProgressCallback = Callable[[int], Any]
+
+# Errors before a single byte of the request could have left: the server surely saw nothing.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+def _ref_path(value: str | int) -> str:
+    """The path segment for `123` or `ref:<ref_id>` (the ref id percent-encoded)."""
+    text = str(value)
+    if text.startswith("ref:"):
+        return "ref:" + quote(text[4:], safe="")
+    return quote(text, safe="")
+
+
+def _quote_filename(name: str) -> str:
+    # As browsers do (WHATWG multipart/form-data encoding): escape quote, CR and LF.
+    return name.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+
+
+class SmartStreamClient:
+    """Async client for the SmartSTREAM Ingest API. Use as `async with`."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        merchant_id: str,
+        auth: Auth,
+        limiter: RateLimiter | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 8,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        get_retries: int = 5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.merchant_id = merchant_id
+        self.auth = auth
+        self.limiter = limiter or RateLimiter(0)
+        self.get_retries = get_retries
+        self._sleep = sleep
+        self.requests_sent = 0
+        self._prefix = f"/v1/merchants/{quote(merchant_id, safe='')}"
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            transport=transport,
+            limits=limits,
+            timeout=timeout,
+            headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> SmartStreamClient:
+        """A client configured from resolved settings (which must name merchant, key and auth)."""
+        settings.require_api()
+        assert settings.merchant_id and settings.api_key
+        auth = Auth(settings.api_key, token=settings.token, email=settings.email, password=settings.password)
+        return cls(
+            base_url=settings.api_url,
+            merchant_id=settings.merchant_id,
+            auth=auth,
+            limiter=limiter or RateLimiter(settings.rate),
+            transport=transport,
+            max_connections=max_connections or settings.concurrency + 1,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            get_retries=settings.retries,
+        )
+
+    async def __aenter__(self) -> SmartStreamClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    # -- the transport boundary --------------------------------------------------------------
+
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        content: Any = None,
+    ) -> httpx.Response:
+        await self.limiter.acquire()
+        self.requests_sent += 1
+        try:
+            response = await self._http.request(
+                method, path, headers=headers, params=params, json=json, content=content
+            )
+        except _NOT_SENT as exc:
+            raise ApiConnectionError(
+                f"could not connect to {self.base_url}: {type(exc).__name__}",
+                in_doubt=False,
+                method=method,
+                path=path,
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise ApiConnectionError(
+                f"no answer in time ({type(exc).__name__})", in_doubt=True, method=method, path=path
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ApiConnectionError(
+                f"connection lost before the answer ({type(exc).__name__})",
+                in_doubt=True,
+                method=method,
+                path=path,
+            ) from exc
+        self._raise_for_status(method, path, response)
+        self.limiter.on_success()
+        return response
+
+    def _raise_for_status(self, method: str, path: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        code, message = None, response.reason_phrase or "error"
+        try:
+            body = response.json()
+            if isinstance(body, dict):
+                code = body.get("code") if isinstance(body.get("code"), str) else None
+                message = str(body.get("message") or message)
+        except ValueError:
+            text = response.text.strip()
+            if text:
+                message = text[:200]
+        where = {"method": method, "path": path, "status": status, "code": code}
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            self.limiter.on_rate_limited(retry_after)
+            raise RateLimitedError(message, retry_after=retry_after, **where)
+        if status >= 500:
+            raise ServerError(message, **where)
+        if status == 401:
+            raise AuthError(message, **where)
+        if status == 404:
+            raise NotFoundError(message, **where)
+        raise PermanentApiError(message, **where)
+
+    async def _fetch_token(self, email: str, password: str) -> tuple[str, float | None]:
+        path = f"{self._prefix}/auth-token/"
+        response = await self._send_once(
+            "POST", path, headers=self.auth.api_key_header(), json={"mail_address": email, "password": password}
+        )
+        body = self._json(response, "POST", path)
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise AuthError("the auth-token answer holds no token", method="POST", path=path, status=response.status_code)
+        return token, expiration_epoch(body.get("expiration"))
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        body: Callable[[], tuple[dict[str, str], Any]] | None = None,
+    ) -> httpx.Response:
+        """Send one authenticated request; after a 401, renew the token once and resend."""
+        for attempt in (1, 2):
+            headers, token = await self.auth.headers(self._fetch_token)
+            content = None
+            if body is not None:
+                extra, content = body()
+                headers.update(extra)
+            try:
+                return await self._send_once(method, path, headers=headers, params=params, json=json, content=content)
+            except AuthError:
+                if attempt == 1 and await self.auth.renew_after_401(self._fetch_token, token):
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _json(response: httpx.Response, method: str, path: str) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            # A 2xx without readable JSON: the server did something; treat it as no answer.
+            raise ApiConnectionError(
+                "the answer was not JSON", in_doubt=True, method=method, path=path, status=response.status_code
+            ) from exc
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        async for attempt in retrying(self.get_retries, sleep=self._sleep):
+            with attempt:
+                response = await self._request("GET", path, params=params)
+                return self._json(response, "GET", path)
+        raise AssertionError("unreachable")
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    async def auth_token(self, email: str, password: str) -> tuple[str, float | None]:
+        """POST auth-token/: a new access token and its expiry (epoch seconds, or None)."""
+        return await self._fetch_token(email, password)
+
+    async def create_job(
+        self,
+        source_url: str,
+        job_profile_id: int,
+        *,
+        ref_id: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> Job:
+        """POST jobs (remote asset ingest). Not retried: see the module docstring."""
+        path = f"{self._prefix}/jobs"
+        payload: dict[str, Any] = {"source_url": source_url, "job_profile_id": int(job_profile_id)}
+        for key, value in (("ref_id", ref_id), ("name", name), ("description", description)):
+            if value is not None and value != "":
+                payload[key] = value
+        response = await self._request("POST", path, json=payload)
+        return Job.from_api(self._json(response, "POST", path))
+
+    async def upload_job(
+        self,
+        file_path: str | os.PathLike[str],
+        *,
+        profile_id: int | str | None = None,
+        ref_id: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Job:
+        """POST jobs (local file ingest), streaming `source_file` from disk. Not retried."""
+        file_path = Path(file_path)
+        size = file_path.stat().st_size
+        fields = {k: v for k, v in (("ref_id", ref_id), ("name", name), ("description", description)) if v}
+        path = f"{self._prefix}/jobs"
+
+        def body() -> tuple[dict[str, str], Any]:
+            boundary = secrets.token_hex(16)
+            head = b""
+            for key, value in fields.items():
+                head += (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'.encode()
+                    + str(value).encode("utf-8")
+                    + b"\r\n"
+                )
+            head += (
+                f"--{boundary}\r\nContent-Disposition: form-data; name=\"source_file\"; "
+                f'filename="{_quote_filename(file_path.name)}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode("utf-8")
+            tail = f"\r\n--{boundary}--\r\n".encode()
+            headers = {
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Content-Length": str(len(head) + size + len(tail)),
+            }
+            if profile_id is not None:
+                headers["Profile-Id"] = str(profile_id)
+            return headers, _stream_file(file_path, size, head, tail, on_progress)
+
+        response = await self._request("POST", path, body=body)
+        return Job.from_api(self._json(response, "POST", path))
+
+    async def get_job(self, job_id: str) -> Job:
+        """GET jobs/:job_id, or jobs/ref:<ref_id> when `job_id` starts with `ref:`."""
+        return Job.from_api(await self._get(f"{self._prefix}/jobs/{_ref_path(job_id)}"))
+
+    async def get_job_by_ref(self, ref_id: str) -> Job:
+        """GET jobs/ref:<ref_id>."""
+        return await self.get_job(f"ref:{ref_id}")
+
+    async def list_jobs(
+        self, *, limit: int = MAX_PAGE_SIZE, page: int = 1, sort: str = "updated_at", order: str = "DESC"
+    ) -> Page[Job]:
+        """GET jobs: one page."""
+        body = await self._get(
+            f"{self._prefix}/jobs", {"limit": limit, "page": page, "sort": sort, "order": order}
+        )
+        items = body.get("jobs") or [] if isinstance(body, dict) else []
+        return Page([Job.from_api(j) for j in items], _count(body), page, limit)
+
+    async def iter_jobs(
+        self, *, limit: int = MAX_PAGE_SIZE, sort: str = "updated_at", order: str = "DESC"
+    ) -> AsyncIterator[Job]:
+        """Every job, page by page, ending on the first page shorter than `limit`."""
+        page = 1
+        while True:
+            result = await self.list_jobs(limit=limit, page=page, sort=sort, order=order)
+            for job in result.items:
+                yield job
+            if len(result.items) < limit:
+                return
+            page += 1
+
+    async def get_job_profile(self, profile_id: str | int) -> JobProfile:
+        """GET job_profiles/:id, or job_profiles/ref:<ref_id>."""
+        return JobProfile.from_api(await self._get(f"{self._prefix}/job_profiles/{_ref_path(profile_id)}"))
+
+    async def list_job_profiles(
+        self, *, limit: int = MAX_PAGE_SIZE, page: int = 1, sort: str = "updated_at", order: str = "DESC"
+    ) -> Page[JobProfile]:
+        """GET job_profiles: one page."""
+        body = await self._get(
+            f"{self._prefix}/job_profiles", {"limit": limit, "page": page, "sort": sort, "order": order}
+        )
+        items = body.get("job_profiles") or [] if isinstance(body, dict) else []
+        return Page([JobProfile.from_api(p) for p in items], _count(body), page, limit)
+
+    async def iter_job_profiles(
+        self, *, limit: int = MAX_PAGE_SIZE, sort: str = "updated_at", order: str = "DESC"
+    ) -> AsyncIterator[JobProfile]:
+        """Every job profile, page by page, ending on the first short page."""
+        page = 1
+        while True:
+            result = await self.list_job_profiles(limit=limit, page=page, sort=sort, order=order)
+            for profile in result.items:
+                yield profile
+            if len(result.items) < limit:
+                return
+            page += 1
+
+
+def _count(body: Any) -> int | None:
+    count = body.get("count") if isinstance(body, dict) else None
+    return count if isinstance(count, int) else None
+
+
+async def _stream_file(
+    path: Path, size: int, head: bytes, tail: bytes, on_progress: ProgressCallback | None
+) -> AsyncIterator[bytes]:
+    """The multipart body: head, the file in chunks read off the event loop, tail."""
+    yield head
+    sent = 0
+    with open(path, "rb") as f:  # noqa: ASYNC230 - reads happen in a worker thread below
+        while sent < size:
+            chunk = await asyncio.to_thread(f.read, min(UPLOAD_CHUNK, size - sent))
+            if not chunk:
+                raise PermanentApiError(f"{path} shrank while it was being uploaded ({sent} of {size} bytes)")
+            sent += len(chunk)
+            if on_progress is not None:
+                on_progress(len(chunk))
+            yield chunk
+    yield tail

@@ -1,0 +1,148 @@
+"""Records the API returns (`Job`, `JobProfile`, `Page`) and the encode-status mapping."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+IN_PROGRESS = "in_progress"
+
+
+def parse_api_date(value: str | None) -> datetime | None:
+    """Parse a SmartSTREAM DateString (`2017-10-01T00:00:00.000Z`) into an aware datetime."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def format_api_date(epoch: float) -> str:
+    """Format seconds since the epoch as a SmartSTREAM DateString (UTC, milliseconds)."""
+    dt = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ingest job as the API describes it."""
+
+    id: str
+    ref_id: str | None = None
+    name: str | None = None
+    merchant_id: str | None = None
+    job_profile_id: str | None = None
+    media_id: str | None = None
+    description: str | None = None
+    encode_status: int | None = None
+    source_type: str | None = None
+    source_url: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> Job:
+        """Build a Job from an API response body, tolerating missing optional fields."""
+        status = data.get("encode_status")
+        return cls(
+            id=str(data["id"]),
+            ref_id=data.get("ref_id"),
+            name=data.get("name"),
+            merchant_id=data.get("merchant_id"),
+            job_profile_id=None if data.get("job_profile_id") is None else str(data["job_profile_id"]),
+            media_id=data.get("media_id"),
+            description=data.get("description"),
+            encode_status=status if isinstance(status, int) and not isinstance(status, bool) else None,
+            source_type=data.get("source_type"),
+            source_url=data.get("source_url"),
+            created_at=data.get("created_at"),
+            updated_at=data.get("updated_at"),
+        )
+
+
+@dataclass(frozen=True)
+class JobProfile:
+    """One job profile (encoding preset)."""
+
+    id: str
+    ref_id: str | None = None
+    name: str | None = None
+    description: str | None = None
+    merchant_id: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> JobProfile:
+        """Build a JobProfile from an API response body."""
+        return cls(
+            id=str(data["id"]),
+            ref_id=data.get("ref_id"),
+            name=data.get("name"),
+            description=data.get("description"),
+            merchant_id=data.get("merchant_id"),
+            created_at=data.get("created_at"),
+            updated_at=data.get("updated_at"),
+        )
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list endpoint. `count` is whatever the API said; never used to end paging."""
+
+    items: list[T]
+    count: int | None
+    page: int
+    limit: int
+
+
+_MAP_RE = re.compile(r"^\s*(succeeded|failed)\s*=\s*(-?\d+(?:\s*,\s*-?\d+)*)\s*$")
+
+
+@dataclass(frozen=True)
+class EncodeStatusMap:
+    """Which `encode_status` integers are terminal. Anything else is still in progress.
+
+    The vendor publishes no values; the default is our working assumption
+    (0 queued, 1 encoding, 2 completed, 3 failed, 4 cancelled).
+    """
+
+    succeeded: frozenset[int] = field(default_factory=lambda: frozenset({2}))
+    failed: frozenset[int] = field(default_factory=lambda: frozenset({3, 4}))
+
+    def classify(self, status: int | None) -> str:
+        """`succeeded`, `failed` or `in_progress` for an encode status."""
+        if status in self.succeeded:
+            return SUCCEEDED
+        if status in self.failed:
+            return FAILED
+        return IN_PROGRESS
+
+    @classmethod
+    def parse(cls, text: str) -> EncodeStatusMap:
+        """Parse `succeeded=2;failed=3,4` (either part may be omitted). Raises ValueError."""
+        parts: dict[str, frozenset[int]] = {}
+        for chunk in filter(None, (c.strip() for c in text.split(";"))):
+            m = _MAP_RE.match(chunk)
+            if not m:
+                raise ValueError(
+                    f"cannot read encode-status mapping {chunk!r}: write it like 'succeeded=2;failed=3,4'"
+                )
+            parts[m.group(1)] = frozenset(int(x) for x in m.group(2).split(","))
+        result = cls(**parts)
+        if result.succeeded & result.failed:
+            raise ValueError(
+                f"encode status {sorted(result.succeeded & result.failed)} is listed as both succeeded and failed"
+            )
+        return result
+
+    def __str__(self) -> str:
+        fmt = lambda s: ",".join(str(x) for x in sorted(s))  # noqa: E731
+        return f"succeeded={fmt(self.succeeded)};failed={fmt(self.failed)}"

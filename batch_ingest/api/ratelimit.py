@@ -1,0 +1,134 @@
+"""One rate limiter for every request a process makes.
+
+A sliding-window log rather than a token bucket: a token bucket of capacity B and rate R
+admits up to B + R requests in some 60-second window, which a server counting a rolling
+minute answers with 429. The log admits a request only when fewer than R requests were
+admitted in the last 60 seconds (plus a small margin for the network's jitter), so no
+60-second window ever holds more than R, while a full R per minute stays usable.
+
+After a 429 the limiter pauses every caller for `Retry-After` (or its own backoff when the
+server gave none) and lowers its budget, then climbs back as requests succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+
+WINDOW_S = 60.0
+# Requests take time to reach the server; keep this much slack so our window and the
+# server's never disagree. 0.25 s is under 0.5% of a minute.
+DEFAULT_MARGIN_S = 0.25
+BACKOFF_START_S = 1.0  # first pause after a 429 without Retry-After
+BACKOFF_CAP_S = 60.0  # one window: after that the server's count has surely reset
+SLOWDOWN_FACTOR = 0.8  # budget multiplier after each 429
+MIN_FACTOR = 0.25
+RECOVERY_STEP = 0.01  # budget fraction regained per successful request
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date. None if absent/bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        now = time.time() if now is None else now
+        return max(0.0, when.timestamp() - now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+class RateLimiter:
+    """Admit at most `per_minute` requests in any 60-second window; `per_minute=0` means no limit."""
+
+    def __init__(
+        self,
+        per_minute: float,
+        *,
+        margin: float = DEFAULT_MARGIN_S,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.per_minute = per_minute
+        self._window = WINDOW_S + margin
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._admitted: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self._paused_until = 0.0
+        self._factor = 1.0
+        self._backoff = BACKOFF_START_S
+        self.admitted_total = 0
+        self.rate_limited_total = 0
+        self.waited_s = 0.0
+
+    @property
+    def budget(self) -> int:
+        """Requests currently allowed per window (lowered after 429s). 0 means unlimited."""
+        if self.per_minute <= 0:
+            return 0
+        return max(1, math.floor(self.per_minute * self._factor))
+
+    def _wait_needed(self, now: float) -> float:
+        if self._paused_until > now:
+            return self._paused_until - now
+        budget = self.budget
+        if budget == 0:
+            return 0.0
+        admitted = self._admitted
+        while admitted and admitted[0] <= now - self._window:
+            admitted.popleft()
+        if len(admitted) < budget:
+            return 0.0
+        return admitted[-budget] + self._window - now
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent, and count it as sent."""
+        async with self._lock:
+            while True:
+                now = self._clock()
+                wait = self._wait_needed(now)
+                if wait <= 0:
+                    if self.per_minute > 0:
+                        self._admitted.append(now)
+                    self.admitted_total += 1
+                    return
+                self.waited_s += wait
+                await self._sleep(wait)
+
+    def on_rate_limited(self, retry_after: float | None) -> float:
+        """Record a 429: pause everyone and lower the budget. Returns the pause in seconds."""
+        self.rate_limited_total += 1
+        if retry_after is None:
+            # No hint: exponential backoff with full jitter on the upper half, capped at one window.
+            pause = self._backoff * (0.5 + self._rng.random() / 2)
+            self._backoff = min(BACKOFF_CAP_S, self._backoff * 2)
+        else:
+            pause = min(retry_after, 3600.0)
+        self._paused_until = max(self._paused_until, self._clock() + pause)
+        self._factor = max(MIN_FACTOR, self._factor * SLOWDOWN_FACTOR)
+        return pause
+
+    def on_success(self) -> None:
+        """Record an answered request: the budget climbs back toward the configured rate."""
+        self._backoff = BACKOFF_START_S
+        if self._factor < 1.0:
+            self._factor = min(1.0, self._factor + RECOVERY_STEP)

@@ -1,0 +1,385 @@
+"""The emulator's routes: every endpoint of the Ingest API (Video) page, plus auth-token.
+
+As strict as the vendor page: documented codes and messages per endpoint, BAD_REQUEST for
+every malformed input. Outside the API, `/_emulator/*` serves counters and job dumps for
+tests and benchmarks; those paths need no credentials and spend no rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..api.models import format_api_date
+from .faults import DropConnectionResponse, burst_429, chance, retry_after_headers
+from .store import JOB_FIELDS, PROFILE_FIELDS, EmulatorConfig, Store
+
+BAD_REQUEST_CREATE = "Request parameter is invalid"  # remote asset ingest's wording
+BAD_REQUEST = "Invalid request parameters"  # every other endpoint's wording
+UNAUTHORIZED = "Authentication failed"
+SERVER_ERROR = "An unexpected error has occurred"
+MAX_JSON_BODY = 1024 * 1024
+MAX_FORM_FIELD = 64 * 1024
+DEFAULT_LIMIT, MAX_LIMIT = 30, 100
+_DIGITS = re.compile(r"^[0-9]+$")
+
+Handler = Callable[[Request, Store], Awaitable[Response]]
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The vendor's error body: {"code", "message"}."""
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+
+
+def _api(endpoint: str, *, authenticated: bool = True, create: bool = False) -> Callable[[Handler], Any]:
+    """Wrap a handler with the checks every API request passes: auth, rate limit, faults, counters."""
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint_fn(request: Request) -> Response:
+            store: Store = request.app.state.store
+            response = await _guarded(request, store, handler, authenticated=authenticated, create=create)
+            status = getattr(response, "status_code", 0)  # 0: the connection was dropped
+            with store.lock:
+                store.counters.requests[(endpoint, status)] += 1
+            return response
+
+        return endpoint_fn
+
+    return wrap
+
+
+async def _guarded(
+    request: Request, store: Store, handler: Handler, *, authenticated: bool, create: bool
+) -> Response:
+    config = store.config
+    if request.path_params.get("merchant_id") != config.merchant_id:
+        return error(401, "UNAUTHORIZED", UNAUTHORIZED)
+    if request.headers.get("x-streaks-api-key") != config.api_key:
+        return error(401, "UNAUTHORIZED", UNAUTHORIZED)
+    if authenticated:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        with store.lock:
+            ok = scheme.lower() == "bearer" and store.token_valid(token.strip())
+        if not ok:
+            return error(401, "UNAUTHORIZED", UNAUTHORIZED)
+    with store.lock:
+        wait = store.admit()
+        if wait is None and burst_429(store):
+            store.counters.faults["429_burst"] += 1
+            wait = 1.0
+        failing = wait is None and chance(store, config.error_rate)
+        hanging = wait is None and chance(store, config.hang_rate)
+        dropping = create and wait is None and not failing and chance(store, config.drop_after_create_rate)
+    if wait is not None:
+        return error(429, "TOO_MANY_REQUESTS", "Too many requests", retry_after_headers(store, wait))
+    if config.latency_s > 0:
+        await asyncio.sleep(config.latency_s)
+    if failing:
+        store.counters.faults["500"] += 1
+        return error(500, "SERVER_ERROR", SERVER_ERROR)
+    response = await handler(request, store)
+    if dropping and response.status_code < 300:
+        store.counters.faults["dropped_after_create"] += 1
+        return DropConnectionResponse()  # type: ignore[return-value]
+    if hanging:
+        store.counters.faults["hang"] += 1
+        await asyncio.sleep(config.hang_s)
+    return response
+
+
+# -- auth ---------------------------------------------------------------------------------------
+
+
+@_api("POST auth-token", authenticated=False)
+async def auth_token(request: Request, store: Store) -> Response:
+    body = await _json_body(request)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("mail_address"), str)
+        or not isinstance(body.get("password"), str)
+    ):
+        return error(400, "BAD_REQUEST", BAD_REQUEST)
+    if body["mail_address"] != store.config.email or body["password"] != store.config.password:
+        return error(401, "UNAUTHORIZED", UNAUTHORIZED)
+    with store.lock:
+        token, expires = store.issue_token()
+    return JSONResponse({"token": token, "expiration": format_api_date(expires)})
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+
+
+async def _json_body(request: Request) -> Any:
+    size = 0
+    chunks = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BODY:
+            return None
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _is_http_url(value: Any) -> bool:
+    if not isinstance(value, str) or value != value.strip():
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _optional_text(body: dict[str, Any], key: str) -> tuple[bool, str | None]:
+    value = body.get(key)
+    if value is None:
+        return True, None
+    return isinstance(value, str), value if isinstance(value, str) else None
+
+
+@_api("POST jobs", create=True)
+async def create_job(request: Request, store: Store) -> Response:
+    content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith("multipart/form-data"):
+        return await _upload_job(request, store, content_type)
+    if not content_type.lower().startswith("application/json"):
+        return error(400, "BAD_REQUEST", BAD_REQUEST_CREATE)
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        return error(400, "BAD_REQUEST", BAD_REQUEST_CREATE)
+    source_url, profile_id = body.get("source_url"), body.get("job_profile_id")
+    if not _is_http_url(source_url):
+        return error(400, "BAD_REQUEST", BAD_REQUEST_CREATE)
+    if not isinstance(profile_id, int) or isinstance(profile_id, bool):
+        return error(400, "BAD_REQUEST", BAD_REQUEST_CREATE)
+    extras = {}
+    for key in ("ref_id", "name", "description"):
+        ok, value = _optional_text(body, key)
+        if not ok:
+            return error(400, "BAD_REQUEST", BAD_REQUEST_CREATE)
+        extras[key] = value
+    with store.lock:
+        if store.find_profile(str(profile_id)) is None:
+            return error(404, "JOB_PROFILE_NOT_FOUND", "Job profile not found")
+        if store.config.storage_missing:
+            return error(404, "STORAGE_NOT_FOUND", "Storage not found")
+        job = store.create_job(source_type="url", source_url=source_url, job_profile_id=str(profile_id), **extras)
+        view = job.view(store.config.merchant_id)
+    return JSONResponse(view, status_code=201)
+
+
+def _whatwg_unescape(name: str) -> str:
+    """Undo the WHATWG multipart escaping of a filename (quote, CR, LF)."""
+    return name.replace("%22", '"').replace("%0D", "\r").replace("%0A", "\n")
+
+
+class _UploadSink:
+    """multipart callbacks: hash and count `source_file`, keep small text fields, hold nothing else."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+        self.file_name: str | None = None
+        self.file_size = 0
+        self.file_seen = False
+        self.too_big = False
+        self._sha = hashlib.sha256()
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._buffer = bytearray()
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: setattr(self, "_header_field", self._header_field + d[s:e]),
+            "on_header_value": lambda d, s, e: setattr(self, "_header_value", self._header_value + d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers, self._name, self._buffer = {}, None, bytearray()
+
+    def _header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        self._name = name.decode("utf-8", "replace") if name is not None else None
+        if self._name == "source_file":
+            filename = options.get(b"filename")
+            self.file_name = _whatwg_unescape(filename.decode("utf-8", "replace")) if filename is not None else None
+            self.file_seen = True
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name == "source_file":
+            self._sha.update(data[start:end])
+            self.file_size += end - start
+        elif len(self._buffer) + (end - start) <= MAX_FORM_FIELD:
+            self._buffer += data[start:end]
+        else:
+            self.too_big = True
+
+    def _part_end(self) -> None:
+        if self._name and self._name != "source_file":
+            self.fields[self._name] = self._buffer.decode("utf-8", "replace")
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+
+async def _upload_job(request: Request, store: Store, content_type: str) -> Response:
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    profile_header = request.headers.get("profile-id")
+    if not boundary:
+        return error(400, "BAD_REQUEST", BAD_REQUEST)
+    sink = _UploadSink()
+    parser = MultipartParser(boundary, sink.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError:
+        return error(400, "BAD_REQUEST", BAD_REQUEST)
+    except ClientDisconnect:
+        return error(400, "BAD_REQUEST", BAD_REQUEST)
+    if not sink.file_seen or not sink.file_name or sink.file_size == 0 or sink.too_big:
+        return error(400, "BAD_REQUEST", BAD_REQUEST)
+    with store.lock:
+        profile_id = store.config.default_profile_id if profile_header is None else profile_header.strip()
+        if not _DIGITS.match(profile_id) or store.find_profile(profile_id) is None:
+            return error(404, "JOB_PROFILE_NOT_FOUND", "Job profile not found")
+        if store.config.storage_missing:
+            return error(404, "STORAGE_NOT_FOUND", "Storage not found")
+        job = store.create_job(
+            source_type="file",
+            source_url=sink.file_name,
+            job_profile_id=profile_id,
+            ref_id=sink.fields.get("ref_id") or None,
+            name=sink.fields.get("name") or None,
+            description=sink.fields.get("description") or None,
+            upload_size=sink.file_size,
+            upload_sha256=sink.sha256,
+        )
+        view = job.view(store.config.merchant_id)
+    return JSONResponse(view, status_code=201)
+
+
+@_api("GET jobs/:id")
+async def get_job(request: Request, store: Store) -> Response:
+    with store.lock:
+        job = store.find_job(request.path_params["job_id"])
+        if job is None:
+            return error(404, "JOB_NOT_FOUND", "The specified job does not exist")
+        return JSONResponse(job.view(store.config.merchant_id))
+
+
+def _list_params(request: Request, sortable: tuple[str, ...]) -> tuple[int, int, str, str] | None:
+    q = request.query_params
+    limit_s, page_s = q.get("limit", str(DEFAULT_LIMIT)), q.get("page", "1")
+    sort, order = q.get("sort", "created_at"), q.get("order", "DESC")
+    if not _DIGITS.match(limit_s) or not _DIGITS.match(page_s):
+        return None
+    limit, page = int(limit_s), int(page_s)
+    if not 1 <= limit <= MAX_LIMIT or page < 1 or sort not in sortable or order not in ("ASC", "DESC"):
+        return None
+    return limit, page, sort, order
+
+
+@_api("GET jobs")
+async def list_jobs(request: Request, store: Store) -> Response:
+    params = _list_params(request, JOB_FIELDS)
+    if params is None:
+        return error(400, "BAD_REQUEST", BAD_REQUEST)
+    limit, page, sort, order = params
+    with store.lock:
+        jobs = store.list_jobs(limit=limit, page=page, sort=sort, order=order)
+        merchant = store.config.merchant_id
+        body = {"count": len(store.jobs), "jobs": [j.view(merchant) for j in jobs]}
+    return JSONResponse(body)
+
+
+@_api("GET job_profiles/:id")
+async def get_job_profile(request: Request, store: Store) -> Response:
+    with store.lock:
+        profile = store.find_profile(request.path_params["profile_id"])
+    if profile is None:
+        return error(404, "JOB_PROFILE_NOT_FOUND", "The specified job profile does not exist")
+    return JSONResponse(profile)
+
+
+@_api("GET job_profiles")
+async def list_job_profiles(request: Request, store: Store) -> Response:
+    params = _list_params(request, PROFILE_FIELDS)
+    if params is None:
+        return error(400, "BAD_REQUEST", BAD_REQUEST)
+    limit, page, sort, order = params
+    with store.lock:
+        profiles = store.list_profiles(limit=limit, page=page, sort=sort, order=order)
+        body = {"count": len(store.profiles), "job_profiles": profiles}
+    return JSONResponse(body)
+
+
+# -- introspection ------------------------------------------------------------------------------
+
+
+async def emulator_stats(request: Request) -> Response:
+    store: Store = request.app.state.store
+    with store.lock:
+        return JSONResponse(store.stats())
+
+
+async def emulator_jobs(request: Request) -> Response:
+    store: Store = request.app.state.store
+    with store.lock:
+        return JSONResponse({"jobs": store.dump_jobs()})
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return error(404, "NOT_FOUND", "Not found")
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error(405, "METHOD_NOT_ALLOWED", "Method not allowed")
+
+
+def create_app(config: EmulatorConfig | None = None, *, clock: Callable[[], float] = time.time) -> Starlette:
+    """The emulator as an ASGI app; its `Store` is at `app.state.store`."""
+    prefix = "/v1/merchants/{merchant_id}"
+    routes = [
+        Route(prefix + "/auth-token/", auth_token, methods=["POST"]),
+        Route(prefix + "/jobs", create_job, methods=["POST"]),
+        Route(prefix + "/jobs", list_jobs, methods=["GET"]),
+        Route(prefix + "/jobs/{job_id:path}", get_job, methods=["GET"]),
+        Route(prefix + "/job_profiles", list_job_profiles, methods=["GET"]),
+        Route(prefix + "/job_profiles/{profile_id:path}", get_job_profile, methods=["GET"]),
+        Route("/_emulator/stats", emulator_stats, methods=["GET"]),
+        Route("/_emulator/jobs", emulator_jobs, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    app.router.redirect_slashes = False
+    app.state.store = Store(config or EmulatorConfig(), clock=clock)
+    return app

@@ -1,0 +1,360 @@
+"""The emulator's state: configuration, job profiles, jobs moving through encode states, counters.
+
+Encode progress is computed from the clock, not by background tasks: each job gets its
+transition times at creation, and every request first applies the transitions that are due.
+Applied transitions are appended to a log ordered by `updated_at`, so listing jobs newest-
+first costs a walk from the log's end, not a sort of every job.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..api.models import format_api_date
+
+QUEUED, ENCODING, COMPLETED, FAILED, CANCELLED = 0, 1, 2, 3, 4  # NOTES.md working assumption
+JOB_FIELDS = (
+    "id", "ref_id", "name", "merchant_id", "job_profile_id", "media_id", "description",
+    "encode_status", "source_type", "source_url", "created_at", "updated_at",
+)  # fmt: skip
+PROFILE_FIELDS = ("merchant_id", "id", "ref_id", "name", "description", "created_at", "updated_at")
+DEFAULT_PROFILES = (
+    ("100", "default", "Default (adaptive HLS)"),
+    ("101", "hd", "HD 1080p"),
+    ("102", "sd", "SD 480p"),
+    ("103", "audio", "Audio only"),
+)
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """Every knob of the emulator. Faults are all off by default."""
+
+    merchant_id: str = "demo"
+    api_key: str = "emulator-api-key"
+    token: str = "emulator-token"
+    email: str = "ops@example.com"
+    password: str = "emulator-password"
+    token_ttl_s: float = 3600.0  # lifetime stated in the auth-token answer
+    token_revoke_after_s: float | None = None  # fault: issued tokens die this early, despite `expiration`
+    static_token_ttl_s: float | None = None  # fault: the static token expires this long after start
+    rate_limit: int = 50  # requests per rolling minute; 0 turns the limit off
+    retry_after: str = "seconds"  # on 429: "seconds", "date" or "none"
+    queue_s: float = 1.0  # time a job waits before encoding starts
+    encode_s: float = 5.0  # time an encode takes
+    jitter: float = 0.5  # +/- share of randomness on both durations
+    failure_rate: float = 0.0  # share of encodes that fail
+    unreachable: tuple[str, ...] = ()  # substrings of source URLs that cannot be fetched (hosts *.invalid never can)
+    default_profile_id: str = "100"
+    profiles: tuple[tuple[str, str, str], ...] = DEFAULT_PROFILES
+    seed: int = 0
+    # Faults
+    latency_s: float = 0.0  # added before every API answer
+    error_rate: float = 0.0  # share of API requests answered 500 SERVER_ERROR (nothing done)
+    burst_429_rate: float = 0.0  # chance that a request starts a burst of 429s
+    burst_429_len: int = 5  # requests refused per burst
+    drop_after_create_rate: float = 0.0  # share of creates that create the job, then drop the connection
+    hang_rate: float = 0.0  # share of API requests that hang `hang_s` before answering (creates create first)
+    hang_s: float = 30.0
+    storage_missing: bool = False  # every create answers 404 STORAGE_NOT_FOUND
+
+    def with_changes(self, **changes: Any) -> EmulatorConfig:
+        """A copy with some knobs changed (unknown names raise TypeError)."""
+        known = {f.name for f in fields(self)}
+        bad = set(changes) - known
+        if bad:
+            raise TypeError(f"unknown emulator setting(s): {', '.join(sorted(bad))}")
+        return EmulatorConfig(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+
+@dataclass
+class JobRecord:
+    """A job as the emulator holds it, with the internals the API does not show."""
+
+    id: str
+    ref_id: str | None
+    name: str | None
+    description: str | None
+    job_profile_id: str
+    media_id: str
+    source_type: str
+    source_url: str
+    created: float
+    updated: float
+    status: int = QUEUED
+    seq: int = 0
+    upload_size: int | None = None
+    upload_sha256: str | None = None
+
+    def view(self, merchant_id: str) -> dict[str, Any]:
+        """The job as the API shows it."""
+        return {
+            "id": self.id,
+            "ref_id": self.ref_id,
+            "name": self.name,
+            "merchant_id": merchant_id,
+            "job_profile_id": self.job_profile_id,
+            "media_id": self.media_id,
+            "description": self.description,
+            "encode_status": self.status,
+            "source_type": self.source_type,
+            "source_url": self.source_url,
+            "created_at": format_api_date(self.created),
+            "updated_at": format_api_date(self.updated),
+        }
+
+
+@dataclass
+class Counters:
+    """What the emulator saw, for tests and benchmarks."""
+
+    requests: Counter = field(default_factory=Counter)  # (endpoint, status) -> n
+    request_times: list[float] = field(default_factory=list)  # admitted API requests, for window checks
+    faults: Counter = field(default_factory=Counter)
+
+
+class Store:
+    """Jobs, profiles, tokens and counters behind one lock (the server may run in another thread)."""
+
+    def __init__(self, config: EmulatorConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.rng = random.Random(config.seed)
+        self.fault_rng = random.Random(config.seed + 1)
+        self.started = clock()
+        self.jobs: dict[str, JobRecord] = {}
+        self.jobs_by_ref: dict[str, list[str]] = defaultdict(list)
+        self.jobs_by_source: Counter = Counter()
+        self._due: list[tuple[float, int, str, int]] = []  # (time, tiebreak, job id, new status)
+        self._log: list[tuple[float, int, str]] = []  # (updated, seq, job id), in order of `updated`
+        self._seq = 0
+        self.tokens: dict[str, tuple[float, float]] = {}  # token -> (stated expiry, real expiry)
+        self.counters = Counters()
+        self.window: list[float] = []  # admitted request times in the current rolling minute
+        self.burst_left = 0
+        created = format_api_date(self.started)
+        self.profiles = {
+            pid: {
+                "merchant_id": config.merchant_id,
+                "id": pid,
+                "ref_id": ref,
+                "name": name,
+                "description": f"{name} (emulator)",
+                "created_at": created,
+                "updated_at": created,
+            }
+            for pid, ref, name in config.profiles
+        }
+        self.profiles_by_ref = {p["ref_id"]: p for p in self.profiles.values()}
+
+    # -- ids and time ---------------------------------------------------------------------------
+
+    def _new_id(self) -> str:
+        return f"{self.rng.getrandbits(128):032x}"
+
+    def _duration(self, mean: float) -> float:
+        spread = self.config.jitter * mean
+        return max(0.0, mean + self.rng.uniform(-spread, spread))
+
+    def advance(self) -> float:
+        """Apply every encode transition that is due; return the current time."""
+        now = self.clock()
+        due = self._due
+        while due and due[0][0] <= now:
+            when, _, job_id, status = heapq.heappop(due)
+            self._set_status(self.jobs[job_id], status, when)
+        return now
+
+    def _set_status(self, job: JobRecord, status: int, when: float) -> None:
+        self._seq += 1
+        job.status, job.updated, job.seq = status, when, self._seq
+        self._log.append((when, self._seq, job.id))
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def source_unreachable(self, url: str) -> bool:
+        """True when the emulator is told (or the host says) that `url` cannot be fetched."""
+        host = urlsplit(url).hostname or ""
+        return host.endswith(".invalid") or any(s in url for s in self.config.unreachable)
+
+    def create_job(
+        self,
+        *,
+        source_type: str,
+        source_url: str,
+        job_profile_id: str,
+        ref_id: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        upload_size: int | None = None,
+        upload_sha256: str | None = None,
+    ) -> JobRecord:
+        """Create a job; its encode transitions are scheduled from now."""
+        now = self.advance()
+        job = JobRecord(
+            id=self._new_id(),
+            ref_id=ref_id,
+            name=name,
+            description=description,
+            job_profile_id=job_profile_id,
+            media_id=self._new_id(),
+            source_type=source_type,
+            source_url=source_url,
+            created=now,
+            updated=now,
+            upload_size=upload_size,
+            upload_sha256=upload_sha256,
+        )
+        self.jobs[job.id] = job
+        if ref_id:
+            self.jobs_by_ref[ref_id].append(job.id)
+        self.jobs_by_source[source_url] += 1
+        self._set_status(job, QUEUED, now)
+        start = now + self._duration(self.config.queue_s)
+        if source_type == "url" and self.source_unreachable(source_url):
+            self._schedule(start, job.id, FAILED)
+        else:
+            end = start + self._duration(self.config.encode_s)
+            fails = self.rng.random() < self.config.failure_rate
+            self._schedule(start, job.id, ENCODING)
+            self._schedule(end, job.id, FAILED if fails else COMPLETED)
+        return job
+
+    def _schedule(self, when: float, job_id: str, status: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._due, (when, self._seq, job_id, status))
+
+    def find_job(self, key: str) -> JobRecord | None:
+        """A job by id, or by `ref:<ref_id>` (the newest job with that ref id)."""
+        self.advance()
+        if key.startswith("ref:"):
+            ids = self.jobs_by_ref.get(key[4:])
+            return self.jobs[ids[-1]] if ids else None
+        return self.jobs.get(key)
+
+    def list_jobs(self, *, limit: int, page: int, sort: str, order: str) -> list[JobRecord]:
+        """One page of jobs in the requested order."""
+        self.advance()
+        offset = (page - 1) * limit
+        if sort == "updated_at":
+            entries = reversed(self._log) if order == "DESC" else iter(self._log)
+            out: list[JobRecord] = []
+            seen = 0
+            for _, seq, job_id in entries:
+                job = self.jobs[job_id]
+                if job.seq != seq:
+                    continue  # a later transition superseded this entry
+                if seen >= offset:
+                    out.append(job)
+                    if len(out) == limit:
+                        break
+                seen += 1
+            return out
+        if sort == "created_at":
+            ordered = list(self.jobs.values())  # insertion order is creation order
+            if order == "DESC":
+                ordered.reverse()
+            return ordered[offset : offset + limit]
+        key = "job_profile_id" if sort == "job_profile_id" else sort
+        merchant = self.config.merchant_id
+        ordered = sorted(
+            self.jobs.values(),
+            key=lambda j: (j.view(merchant)[key] is None, j.view(merchant)[key] or 0),
+            reverse=order == "DESC",
+        )
+        return ordered[offset : offset + limit]
+
+    def list_profiles(self, *, limit: int, page: int, sort: str, order: str) -> list[dict[str, Any]]:
+        """One page of job profiles."""
+        ordered = sorted(self.profiles.values(), key=lambda p: (p[sort] is None, p[sort] or ""))
+        if order == "DESC":
+            ordered.reverse()
+        offset = (page - 1) * limit
+        return ordered[offset : offset + limit]
+
+    def find_profile(self, key: str) -> dict[str, Any] | None:
+        """A profile by id or `ref:<ref_id>`."""
+        if key.startswith("ref:"):
+            return self.profiles_by_ref.get(key[4:])
+        return self.profiles.get(key)
+
+    # -- tokens ---------------------------------------------------------------------------------
+
+    def issue_token(self) -> tuple[str, float]:
+        """A new access token and its stated expiry."""
+        now = self.clock()
+        token = f"tok-{self._new_id()}"
+        stated = now + self.config.token_ttl_s
+        revoke = self.config.token_revoke_after_s
+        real = stated if revoke is None else now + revoke
+        self.tokens[token] = (stated, real)
+        return token, stated
+
+    def token_valid(self, token: str) -> bool:
+        """True for the static token (until its fault expiry) or an issued, unexpired token."""
+        now = self.clock()
+        if token == self.config.token:
+            ttl = self.config.static_token_ttl_s
+            return ttl is None or now < self.started + ttl
+        entry = self.tokens.get(token)
+        return entry is not None and now < entry[1]
+
+    # -- rate limit -----------------------------------------------------------------------------
+
+    def admit(self) -> float | None:
+        """Count one API request against the rolling minute. None if admitted, else seconds to wait."""
+        limit = self.config.rate_limit
+        now = self.clock()
+        if limit > 0:
+            window = self.window
+            cut = now - 60.0
+            drop = 0
+            while drop < len(window) and window[drop] <= cut:
+                drop += 1
+            if drop:
+                del window[:drop]
+            if len(window) >= limit:
+                return max(0.001, window[-limit] + 60.0 - now)
+            window.append(now)
+        self.counters.request_times.append(now)
+        return None
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters by endpoint and status, jobs created, duplicates by ref_id and by source."""
+        self.advance()
+        by_endpoint: dict[str, dict[str, int]] = defaultdict(dict)
+        for (endpoint, status), n in sorted(self.counters.requests.items()):
+            by_endpoint[endpoint][str(status)] = n
+        statuses = Counter(j.status for j in self.jobs.values())
+        return {
+            "requests_total": sum(self.counters.requests.values()),
+            "requests": dict(by_endpoint),
+            "rate_limited": sum(n for (_, s), n in self.counters.requests.items() if s == 429),
+            "faults": dict(self.counters.faults),
+            "jobs_created": len(self.jobs),
+            "jobs_by_encode_status": {str(k): v for k, v in sorted(statuses.items())},
+            "uploads": sum(1 for j in self.jobs.values() if j.source_type == "file"),
+            "upload_bytes": sum(j.upload_size or 0 for j in self.jobs.values()),
+            "duplicate_ref_ids": {r: len(ids) for r, ids in self.jobs_by_ref.items() if len(ids) > 1},
+            "duplicate_sources": {s: n for s, n in self.jobs_by_source.items() if n > 1},
+        }
+
+    def dump_jobs(self) -> list[dict[str, Any]]:
+        """Every job with its internal fields (upload size and sha256), in creation order."""
+        self.advance()
+        merchant = self.config.merchant_id
+        return [
+            {**j.view(merchant), "upload_size": j.upload_size, "upload_sha256": j.upload_sha256}
+            for j in self.jobs.values()
+        ]
