@@ -5,16 +5,20 @@ No business logic lives here; every command is one library call.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import json
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
-from .errors import EXIT_INTERRUPTED, BatchIngestError, UsageError, exit_code_for
+from .errors import EXIT_INTERRUPTED, EXIT_ROWS_FAILED, BatchIngestError, UsageError, exit_code_for
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,6 +36,66 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(exit_code_for(exc))
 
     return wrapper
+
+
+def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that say how to reach the API and pace requests; each also reads SMARTSTREAM_*."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+                     help="TOML config file (default: ./batch-ingest.toml when present)."),
+        click.option("--api-url", help="API base URL [env SMARTSTREAM_API_URL; default the SmartSTREAM API]."),
+        click.option("--merchant-id", help="Merchant id [env SMARTSTREAM_MERCHANT_ID]."),
+        click.option("--api-key", help="API key [env SMARTSTREAM_API_KEY]; prefer the variable, flags show in ps."),
+        click.option("--token", help="Bearer token as is [env SMARTSTREAM_TOKEN]."),
+        click.option("--email", help="Email for the auth-token endpoint [env SMARTSTREAM_EMAIL]."),
+        click.option("--password", help="Password for the auth-token endpoint [env SMARTSTREAM_PASSWORD]."),
+        click.option("--rate", type=float, help="Requests per minute for everything the run sends [default 50; 0: no limit]."),
+        click.option("--concurrency", type=int, help="Submissions in flight at most [default 8]."),
+        click.option("--upload-concurrency", type=int, help="Uploads in flight at most [default 2]."),
+        click.option("--retries", type=int, help="Retries of a transient failure [default 5]."),
+        click.option("--job-timeout", type=float, help="Seconds a job may take after submission [default 21600]."),
+        click.option("--poll-min-interval", type=float, help="Shortest pause between polls, seconds [default 2]."),
+        click.option("--poll-max-interval", type=float, help="Longest pause between polls, seconds [default 30]."),
+        click.option("--encode-status-map", help="Terminal encode statuses, e.g. 'succeeded=2;failed=3,4'."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+_SETTING_FLAGS = (
+    "api_url", "merchant_id", "api_key", "token", "email", "password", "rate", "concurrency",
+    "upload_concurrency", "retries", "job_timeout", "poll_min_interval", "poll_max_interval", "encode_status_map",
+)  # fmt: skip
+
+
+def build_settings(options: dict[str, Any], **overrides: Any):  # -> Settings
+    """Settings from flags (popped from `options`), environment, config file and defaults."""
+    from .settings import load_config_file, resolve_settings
+
+    flags = {name: options.pop(name, None) for name in _SETTING_FLAGS}
+    flags.update({k: v for k, v in overrides.items() if flags.get(k) is None})
+    config, _ = load_config_file(options.pop("config_file", None))
+    return resolve_settings(flags, config=config)
+
+
+@contextlib.contextmanager
+def emulator_for_run(enabled: bool, options: dict[str, Any]) -> Iterator[None]:
+    """With --emulator: serve the bundled emulator on a free loopback port and point the run at it."""
+    if not enabled:
+        yield
+        return
+    from .emulator.server import RUN_CONFIG, EmulatorServer
+
+    with EmulatorServer(RUN_CONFIG) as server:
+        config = server.config
+        options.update(api_url=server.url, merchant_id=config.merchant_id, api_key=config.api_key, token=config.token)
+        options.update(email=None, password=None)
+        if options.get("poll_min_interval") is None:
+            options["poll_min_interval"] = 0.5
+        if options.get("poll_max_interval") is None:
+            options["poll_max_interval"] = 2.0
+        yield
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -112,3 +176,76 @@ def emulator(**options: Any) -> None:
         serve_forever(config, sock)
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "ndjson"]), help="Manifest format (default: by extension).")
+@click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell (id or ref:<ref_id>).")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The run's folder [default reports/<run-id>].")
+@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; create no job (same as `validate`).")
+@click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@api_options
+@handle_errors
+def run(manifest: Path, fmt, default_profile, report_dir, max_failures, dry_run, emulator, quiet, **options: Any) -> None:
+    """Submit every row of MANIFEST, poll until every job finished, and write the report.
+
+    Exit codes: 0 every row succeeded or was skipped; 1 some row did not; 2 usage,
+    configuration or manifest error; 3 run aborted; 130 interrupted.
+    """
+    if dry_run:
+        _validate(manifest, fmt, default_profile, emulator, options)
+        return
+    from .progress import choose_progress
+    from .runner import RunOptions, run_manifest
+
+    with emulator_for_run(emulator, options):
+        settings = build_settings(options)
+        run_options = RunOptions(
+            run_dir=report_dir, fmt=fmt, default_profile=default_profile, max_failures=max_failures, handle_signals=True
+        )
+        result = run_manifest(manifest, settings, run_options, progress=choose_progress(quiet=quiet))
+    if not quiet:
+        click.echo(result.summary_text())
+    click.echo(str(result.report_path))
+    sys.exit(result.exit_code)
+
+
+def _validate(manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False) -> None:
+    from .api.client import SmartStreamClient
+    from .plan import describe_plan, format_plan
+    from .runner import RunOptions, plan_run
+
+    with emulator_for_run(emulator, options):
+        settings = build_settings(options)
+        run_options = RunOptions(fmt=fmt, default_profile=default_profile)
+
+        async def go():
+            try:
+                settings.require_api()
+            except BatchIngestError:
+                return await plan_run(manifest, settings, run_options, None)
+            async with SmartStreamClient.from_settings(settings) as client:
+                return await plan_run(manifest, settings, run_options, client)
+
+        info = describe_plan(asyncio.run(go()))
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_plan(info))
+    sys.exit(EXIT_ROWS_FAILED if info["rejected"] else 0)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "ndjson"]), help="Manifest format (default: by extension).")
+@click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell.")
+@click.option("--emulator", is_flag=True, help="Check profiles against the bundled emulator.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@api_options
+@handle_errors
+def validate(manifest: Path, fmt, default_profile, emulator, as_json, **options: Any) -> None:
+    """Check MANIFEST and print the plan; create no job. Exit 0 when no row is rejected, 1 otherwise.
+
+    Profiles are checked against the platform when API settings are available.
+    """
+    _validate(manifest, fmt, default_profile, emulator, options, as_json)

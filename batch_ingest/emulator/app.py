@@ -177,7 +177,7 @@ async def create_job(request: Request, store: Store) -> Response:
     with store.lock:
         if store.find_profile(str(profile_id)) is None:
             return error(404, "JOB_PROFILE_NOT_FOUND", "Job profile not found")
-        if store.config.storage_missing:
+        if store.storage_missing(source_url):
             return error(404, "STORAGE_NOT_FOUND", "Storage not found")
         job = store.create_job(source_type="url", source_url=source_url, job_profile_id=str(profile_id), **extras)
         view = job.view(store.config.merchant_id)
@@ -272,7 +272,7 @@ async def _upload_job(request: Request, store: Store, content_type: str) -> Resp
         profile_id = store.config.default_profile_id if profile_header is None else profile_header.strip()
         if not _DIGITS.match(profile_id) or store.find_profile(profile_id) is None:
             return error(404, "JOB_PROFILE_NOT_FOUND", "Job profile not found")
-        if store.config.storage_missing:
+        if store.storage_missing(sink.file_name):
             return error(404, "STORAGE_NOT_FOUND", "Storage not found")
         job = store.create_job(
             source_type="file",

@@ -141,3 +141,8 @@ def serve_forever(config: EmulatorConfig, sock: socket.socket, log_level: str = 
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(_uvicorn_config(create_app(config), host, port, log_level))
     asyncio.run(server.serve(sockets=[sock]))
+
+
+# The emulator behind `run --emulator`: the platform's default rate limit, quick encodes, and
+# sources that fail on purpose so a rehearsal shows every kind of outcome.
+RUN_CONFIG = EmulatorConfig(queue_s=0.5, encode_s=2.0, jitter=0.5, rate_limit=50, storage_missing_for=("no-storage",))

@@ -65,6 +65,7 @@ class EmulatorConfig:
     hang_rate: float = 0.0  # share of API requests that hang `hang_s` before answering (creates create first)
     hang_s: float = 30.0
     storage_missing: bool = False  # every create answers 404 STORAGE_NOT_FOUND
+    storage_missing_for: tuple[str, ...] = ()  # ...or only creates whose source contains one of these
 
     def with_changes(self, **changes: Any) -> EmulatorConfig:
         """A copy with some knobs changed (unknown names raise TypeError)."""
@@ -232,6 +233,10 @@ class Store:
     def _schedule(self, when: float, job_id: str, status: int) -> None:
         self._seq += 1
         heapq.heappush(self._due, (when, self._seq, job_id, status))
+
+    def storage_missing(self, source: str) -> bool:
+        """True when a create from `source` must answer STORAGE_NOT_FOUND."""
+        return self.config.storage_missing or any(s in source for s in self.config.storage_missing_for)
 
     def find_job(self, key: str) -> JobRecord | None:
         """A job by id, or by `ref:<ref_id>` (the newest job with that ref id)."""

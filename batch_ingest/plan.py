@@ -1,0 +1,353 @@
+"""From a manifest frame to a `Plan`: one row per manifest row, each either ready or rejected.
+
+Row checks are polars expressions over the whole frame; only the file checks (one `stat`
+per distinct path) and profile look-ups (one request per distinct profile) leave polars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from .errors import NotFoundError
+from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
+
+READY, REJECTED = "ready", "rejected"
+INVALID_ROW = "INVALID_ROW"
+DUPLICATE_KEY = "DUPLICATE_KEY"
+PROFILE_NOT_FOUND = "JOB_PROFILE_NOT_FOUND"
+_SCHEME = r"^[A-Za-z][A-Za-z0-9+.\-]*:"
+_DRIVE = r"^[A-Za-z]:[\\/]"
+_HTTP = r"(?i)^https?://[^/\s?#@]+(?:[/?#]\S*)?$"
+# Plan columns in order; the manifest's own other columns follow them.
+PLAN_COLUMNS = (
+    "row", "key", "ref_id", "source", "source_type", "source_path", "profile", "profile_kind",
+    "profile_value", "job_profile_id", "name", "description", "bytes", "status", "error_code", "reason",
+)  # fmt: skip
+REPORT_RESERVED = {
+    "row", "ref_id", "source", "source_type", "profile", "job_profile_id", "job_id", "media_id", "outcome",
+    "encode_status", "http_status", "error_code", "error_message", "attempts", "submitted_at",
+    "finished_at", "duration_s", "bytes",
+}  # fmt: skip
+
+
+@dataclass
+class Plan:
+    """The validated manifest: `frame` has PLAN_COLUMNS then the extra columns."""
+
+    manifest: Path
+    frame: pl.DataFrame
+    extras: list[str]
+    blank_rows: int = 0
+    profiles_checked: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> pl.DataFrame:
+        """Rows that will be submitted."""
+        return self.frame.filter(pl.col("status") == READY)
+
+    @property
+    def rejected(self) -> pl.DataFrame:
+        """Rows that will not, with their reasons."""
+        return self.frame.filter(pl.col("status") == REJECTED)
+
+
+def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
+    if name in frame.columns:
+        expr = pl.col(name).cast(pl.String).str.strip_chars()
+        return pl.when(expr == "").then(None).otherwise(expr)
+    return pl.lit(None, dtype=pl.String)
+
+
+def _reject(cond: pl.Expr, reason: pl.Expr | str, code: str = INVALID_ROW) -> tuple[pl.Expr, pl.Expr, str]:
+    return cond, reason if isinstance(reason, pl.Expr) else pl.lit(reason), code
+
+
+def _file_checks(paths: list[str]) -> dict[str, tuple[int | None, str | None]]:
+    """For each distinct path: (size, None) when uploadable, else (None, reason)."""
+    out: dict[str, tuple[int | None, str | None]] = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            out[p] = (None, f"file not found: {p}")
+            continue
+        except OSError as exc:
+            out[p] = (None, f"cannot read {p}: {exc.strerror}")
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            out[p] = (None, f"{p} is a folder, not a video file")
+        elif not stat.S_ISREG(st.st_mode):
+            out[p] = (None, f"{p} is not a regular file")
+        elif st.st_size == 0:
+            out[p] = (None, f"{p} is empty (0 bytes)")
+        else:
+            try:
+                with open(p, "rb") as f:
+                    f.read(1)
+            except OSError as exc:
+                out[p] = (None, f"cannot read {p}: {exc.strerror}")
+                continue
+            out[p] = (st.st_size, None)
+    return out
+
+
+def _derived_key(source: str, profile: str | None) -> str:
+    digest = hashlib.sha256(f"{source}\x00{profile or ''}".encode()).hexdigest()[:20]
+    return f"auto:{digest}"
+
+
+def build_plan(frame: pl.DataFrame, manifest: Path, *, default_profile: str | None = None) -> Plan:
+    """Validate every row; rejected rows keep their number and reason. Never drops a row silently."""
+    base = manifest.resolve().parent
+    extras = [c for c in frame.columns if c not in KNOWN_COLUMNS and c != RAGGED]
+    cells = [_text(frame, c).alias(f"_{c}") for c in (*SOURCE_COLUMNS, "profile", "ref_id", "name", "description")]
+    work = frame.with_columns(cells)
+    # Blank lines (every cell empty) are not rows; count them so the plan can say so.
+    blank = pl.all_horizontal([_text(frame, c).is_null() for c in frame.columns if c != RAGGED])
+    blank_rows = int(work.select(blank.sum()).item()) if frame.height else 0
+    work = work.filter(~blank) if blank_rows else work
+    work = work.with_row_index("row", offset=1).with_columns(pl.col("row").cast(pl.Int64))
+
+    present = [pl.col(f"_{c}").is_not_null().cast(pl.Int8) for c in SOURCE_COLUMNS]
+    n_sources = pl.sum_horizontal(present)
+    source = pl.coalesce([pl.col(f"_{c}") for c in SOURCE_COLUMNS])
+    profile = pl.col("_profile").fill_null(pl.lit(default_profile.strip() if default_profile else None, pl.String))
+    work = work.with_columns(source.alias("source"), n_sources.alias("_n_sources"), profile.alias("profile"))
+
+    has_scheme = pl.col("source").str.contains(_SCHEME) & ~pl.col("source").str.contains(_DRIVE)
+    is_http = pl.col("source").str.contains(_HTTP)
+    scheme = pl.col("source").str.extract(r"^([A-Za-z][A-Za-z0-9+.\-]*):", 1).str.to_lowercase()
+    work = work.with_columns(
+        pl.when(pl.col("source").is_null())
+        .then(None)
+        .when(has_scheme)
+        .then(pl.lit("url"))
+        .otherwise(pl.lit("file"))
+        .alias("source_type"),
+    )
+    profile_kind = (
+        pl.when(pl.col("profile").is_null())
+        .then(None)
+        .when(pl.col("profile").str.contains(r"^[0-9]+$"))
+        .then(pl.lit("id"))
+        .when(pl.col("profile").str.contains(r"^ref:\S.*$"))
+        .then(pl.lit("ref"))
+        .otherwise(pl.lit("bad"))
+    )
+    work = work.with_columns(profile_kind.alias("profile_kind"))
+
+    # Files: resolve against the manifest's folder, then one stat per distinct path.
+    raw_path = pl.col("source").str.replace(r"^~", str(Path.home()))
+    work = work.with_columns(
+        pl.when(pl.col("source_type") == "file")
+        .then(
+            pl.when(raw_path.str.starts_with("/"))
+            .then(raw_path)
+            .otherwise(pl.lit(str(base) + os.sep) + raw_path)
+        )
+        .alias("source_path")
+    )
+    paths = work.filter(pl.col("source_type") == "file")["source_path"].unique().drop_nulls().to_list()
+    checks = _file_checks([os.path.normpath(p) for p in paths])
+    lookup = pl.DataFrame(
+        {
+            "source_path": paths,
+            "_norm": [os.path.normpath(p) for p in paths],
+        },
+        schema={"source_path": pl.String, "_norm": pl.String},
+    ).with_columns(
+        pl.col("_norm").replace_strict({k: v[0] for k, v in checks.items()}, default=None, return_dtype=pl.Int64).alias("bytes"),
+        pl.col("_norm").replace_strict({k: v[1] for k, v in checks.items()}, default=None, return_dtype=pl.String).alias("_file_problem"),
+    )
+    work = work.join(lookup, on="source_path", how="left").sort("row")
+    work = work.with_columns(pl.coalesce(pl.col("_norm"), pl.col("source_path")).alias("source_path")).drop("_norm")
+
+    ragged = pl.col(RAGGED) if RAGGED in work.columns else pl.lit(None, pl.String)
+    rules = [
+        _reject(ragged.is_not_null(), ragged),
+        _reject(pl.col("_n_sources") == 0, "empty source: give an http(s) URL or a local file path"),
+        _reject(pl.col("_n_sources") > 1, "more than one source (source, source_url, source_file): keep one"),
+        _reject(
+            pl.col("source").str.contains(r"\s") & (pl.col("source_type") == "url"),
+            "the URL contains white space: percent-encode it",
+        ),
+        _reject(
+            (pl.col("source_type") == "url") & ~scheme.is_in(["http", "https"]),
+            pl.format("unsupported source scheme '{}:': use an http(s) URL or a local file path", scheme),
+        ),
+        _reject((pl.col("source_type") == "url") & ~is_http, "malformed URL: it needs a host, as in https://host/path"),
+        _reject(pl.col("_file_problem").is_not_null(), pl.col("_file_problem")),
+        _reject(
+            pl.col("profile_kind") == "bad",
+            pl.format("malformed profile '{}': use a numeric job profile id or ref:<ref_id>", pl.col("profile")),
+        ),
+        _reject(
+            (pl.col("source_type") == "url") & pl.col("profile").is_null(),
+            "a remote URL needs a job profile: fill the profile column or pass --profile",
+        ),
+    ]
+    reason = pl.when(rules[0][0]).then(rules[0][1])
+    for cond, why, _ in rules[1:]:
+        reason = reason.when(cond).then(why)
+    work = work.with_columns(reason.otherwise(None).alias("reason"))
+
+    # Row keys: ref_id, or derived from source and profile. Later duplicates are rejected.
+    key_source = pl.when(pl.col("source_type") == "file").then(pl.col("source_path")).otherwise(pl.col("source"))
+    work = work.with_columns(key_source.alias("_key_source"))
+    derived = work.select(
+        pl.struct("_key_source", "profile").map_elements(
+            lambda s: _derived_key(s["_key_source"] or "", s["profile"]), return_dtype=pl.String
+        )
+    ).to_series()
+    work = work.with_columns(pl.coalesce(pl.col("_ref_id"), derived).alias("key"))
+    first_row = pl.col("row").min().over("key")
+    work = work.with_columns(
+        pl.when(pl.col("reason").is_null() & (first_row != pl.col("row")))
+        .then(
+            pl.format(
+                "duplicate of row {} (same {})",
+                first_row,
+                pl.when(pl.col("_ref_id").is_not_null()).then(pl.lit("ref_id")).otherwise(pl.lit("source and profile")),
+            )
+        )
+        .otherwise(pl.col("reason"))
+        .alias("reason"),
+        pl.when(pl.col("reason").is_null() & (first_row != pl.col("row")))
+        .then(pl.lit(DUPLICATE_KEY))
+        .when(pl.col("reason").is_not_null())
+        .then(pl.lit(INVALID_ROW))
+        .otherwise(None)
+        .alias("error_code"),
+    )
+    # A duplicate-row rejection must not hide the first row's key from a later row: keys stay unique
+    # among ready rows only, and a rejected row's key gets its row number so the journal can hold it.
+    work = work.with_columns(
+        pl.when(pl.col("reason").is_null()).then(pl.lit(READY)).otherwise(pl.lit(REJECTED)).alias("status"),
+        pl.when(pl.col("reason").is_null())
+        .then(pl.col("key"))
+        .otherwise(pl.format("rejected:{}", pl.col("row")))
+        .alias("key"),
+        pl.when(pl.col("profile_kind") == "id")
+        .then(pl.col("profile").str.to_integer(strict=False))
+        .otherwise(None)
+        .alias("job_profile_id"),
+        pl.when(pl.col("profile_kind") == "ref")
+        .then(pl.col("profile").str.slice(4))
+        .when(pl.col("profile_kind") == "id")
+        .then(pl.col("profile"))
+        .otherwise(None)
+        .alias("profile_value"),
+    )
+    renamed = {c: (f"manifest_{c}" if c in REPORT_RESERVED or c in PLAN_COLUMNS else c) for c in extras}
+    out = work.select(
+        pl.col("row"),
+        pl.col("key"),
+        pl.col("_ref_id").alias("ref_id"),
+        pl.col("source"),
+        pl.col("source_type"),
+        pl.col("source_path"),
+        pl.col("profile"),
+        pl.col("profile_kind"),
+        pl.col("profile_value"),
+        pl.col("job_profile_id"),
+        pl.col("_name").alias("name"),
+        pl.col("_description").alias("description"),
+        pl.col("bytes"),
+        pl.col("status"),
+        pl.col("error_code"),
+        pl.col("reason"),
+        *[pl.col(c).alias(renamed[c]) for c in extras],
+    )
+    notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
+    return Plan(manifest=manifest, frame=out, extras=[renamed[c] for c in extras], blank_rows=blank_rows, notes=notes)
+
+
+def plan_manifest(path: str | Path, *, fmt: str | None = None, default_profile: str | None = None) -> Plan:
+    """Read and validate a manifest (no network). Raises ManifestError for structural problems."""
+    path = Path(path)
+    return build_plan(read_manifest(path, fmt), path, default_profile=default_profile)
+
+
+async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamClient
+    """Look up each distinct profile once; fill `job_profile_id`; reject rows whose profile is unknown."""
+    ready = plan.ready.filter(pl.col("profile_kind").is_not_null())
+    wanted = ready.select("profile_kind", "profile_value").unique().rows()
+    found: dict[tuple[str, str], int | None] = {}
+    for kind, value in sorted(wanted):
+        try:
+            profile = await client.get_job_profile(f"ref:{value}" if kind == "ref" else value)
+            found[(kind, value)] = int(profile.id)
+        except NotFoundError:
+            found[(kind, value)] = None
+    mapping = pl.DataFrame(
+        {
+            "profile_kind": [k for k, _ in found],
+            "profile_value": [v for _, v in found],
+            "_resolved": list(found.values()),
+        },
+        schema={"profile_kind": pl.String, "profile_value": pl.String, "_resolved": pl.Int64},
+    )
+    frame = plan.frame.join(mapping, on=["profile_kind", "profile_value"], how="left", maintain_order="left")
+    unknown = (pl.col("status") == READY) & pl.col("profile_kind").is_not_null() & pl.col("_resolved").is_null()
+    frame = frame.with_columns(
+        pl.when(pl.col("status") == READY).then(pl.col("_resolved")).otherwise(pl.col("job_profile_id")).alias("job_profile_id"),
+        pl.when(unknown).then(pl.lit(REJECTED)).otherwise(pl.col("status")).alias("status"),
+        pl.when(unknown).then(pl.lit(PROFILE_NOT_FOUND)).otherwise(pl.col("error_code")).alias("error_code"),
+        pl.when(unknown)
+        .then(pl.format("job profile {} not found on the platform: check it with `batch-ingest profiles`", pl.col("profile")))
+        .otherwise(pl.col("reason"))
+        .alias("reason"),
+        pl.when(unknown).then(pl.format("rejected:{}", pl.col("row"))).otherwise(pl.col("key")).alias("key"),
+    ).drop("_resolved")
+    return Plan(plan.manifest, frame, plan.extras, plan.blank_rows, True, plan.notes)
+
+
+def describe_plan(plan: Plan, *, max_rejected: int = 100) -> dict:
+    """The plan in numbers: rows to submit, rejected rows with reasons, counts per profile, bytes."""
+    ready, rejected = plan.ready, plan.rejected
+    per_profile = (
+        ready.with_columns(pl.col("profile").fill_null("(platform default)"))
+        .group_by("profile")
+        .len()
+        .sort("profile")
+        .iter_rows()
+    )
+    return {
+        "manifest": str(plan.manifest),
+        "rows": plan.frame.height,
+        "to_submit": ready.height,
+        "urls": int((ready["source_type"] == "url").sum()),
+        "files": int((ready["source_type"] == "file").sum()),
+        "upload_bytes": int(ready["bytes"].fill_null(0).sum()),
+        "per_profile": dict(per_profile),
+        "rejected": rejected.height,
+        "rejected_rows": rejected.head(max_rejected).select("row", "source", "error_code", "reason").to_dicts(),
+        "profiles_checked": plan.profiles_checked,
+        "notes": plan.notes,
+    }
+
+
+def format_plan(info: dict) -> str:
+    """The plan as text for a person."""
+    lines = [
+        f"{info['manifest']}: {info['rows']} rows, {info['to_submit']} to submit "
+        f"({info['urls']} URLs, {info['files']} files, {info['upload_bytes']} bytes to upload), "
+        f"{info['rejected']} rejected",
+    ]
+    if info["per_profile"]:
+        lines.append("per profile: " + ", ".join(f"{k} {v}" for k, v in info["per_profile"].items()))
+    for r in info["rejected_rows"]:
+        lines.append(f"  row {r['row']} rejected [{r['error_code']}]: {r['reason']} ({r['source']})")
+    if info["rejected"] > len(info["rejected_rows"]):
+        lines.append(f"  ... and {info['rejected'] - len(info['rejected_rows'])} more rejected rows")
+    if not info["profiles_checked"]:
+        lines.append("profiles were not checked against the platform: no API settings (see --help)")
+    lines.extend(info["notes"])
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""Polling jobs to their end at a cost that does not grow with the number in flight.
+
+Each poll reads the jobs list sorted by `updated_at`, newest first, page by page, only
+back to the newest change the previous poll saw (less a small overlap for the platform's
+commit lag). A job whose state did not change is never read again; a page holds 100
+changes, so a poll costs about one request per 100 changes, whatever is in flight.
+
+The interval follows the rate of change: it aims to collect about half a page of changes
+per poll, between the configured minimum and maximum. A job the list has not shown for a
+long while is read on its own (`GET jobs/:id`), a few per poll at most, as a safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .api.client import MAX_PAGE_SIZE, SmartStreamClient
+from .api.models import FAILED, SUCCEEDED, EncodeStatusMap, Job, parse_api_date
+from .errors import NotFoundError, TransientApiError
+from .journal import FAILED as J_FAILED
+from .journal import SUCCEEDED as J_SUCCEEDED
+from .journal import TIMED_OUT, Journal
+from .progress import Progress
+
+OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's commit lag
+TARGET_CHANGES_PER_POLL = MAX_PAGE_SIZE // 2
+FALLBACK_PER_POLL = 2
+
+
+@dataclass
+class Tracked:
+    """A job in flight."""
+
+    row: int
+    job_id: str
+    deadline: float
+    last_seen: float  # our clock: when we last learnt this job's state
+    status: int | None
+
+
+class Poller:
+    """Follows every submitted job until it succeeds, fails or times out."""
+
+    def __init__(
+        self,
+        client: SmartStreamClient,
+        journal: Journal,
+        status_map: EncodeStatusMap,
+        progress: Progress,
+        *,
+        job_timeout: float,
+        min_interval: float,
+        max_interval: float,
+        on_final: Callable[[str], None] = lambda outcome: None,
+        fallback_after: float | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.status_map = status_map
+        self.progress = progress
+        self.job_timeout = job_timeout
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self.on_final = on_final
+        self.fallback_after = fallback_after if fallback_after is not None else max(600.0, 20 * max_interval)
+        self._clock = clock
+        self._sleep = sleep
+        self._jobs: dict[str, Tracked] = {}
+        self._watermark: float | None = None  # platform time up to which every change was seen
+        self._wake = asyncio.Event()
+        self.interval = min_interval
+        self.polls = 0
+        self.requests = 0
+
+    def track(self, row: int, job: Job, submitted_at: float) -> None:
+        """Follow a job created (or adopted) for `row`."""
+        self._track(row, job.id, submitted_at, job.encode_status, job.updated_at or job.created_at)
+
+    def _track(self, row: int, job_id: str, submitted_at: float, status: int | None, updated_at: str | None) -> None:
+        seen_at = parse_api_date(updated_at)
+        if seen_at is not None and (self._watermark is None or seen_at.timestamp() < self._watermark):
+            # A job older than the watermark (adopted, or resumed) might have changed unseen.
+            self._watermark = seen_at.timestamp()
+        self._jobs[job_id] = Tracked(row, job_id, submitted_at + self.job_timeout, self._clock(), status)
+        self._wake.set()
+        if status is not None and self.status_map.classify(status) != "in_progress":
+            # Already final in the create answer: record it at the next poll without a request.
+            self._wake.set()
+
+    def resume_in_flight(self) -> None:
+        """Track every job the journal says is submitted and unfinished (after a crash or stop)."""
+        for row, job_id, submitted_at, updated_at in self.journal.in_flight():
+            self._track(row, job_id, submitted_at or self._clock(), None, updated_at)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs still being followed."""
+        return len(self._jobs)
+
+    async def run(self, submitting_done: asyncio.Event, stop: asyncio.Event) -> None:
+        """Poll until nothing is in flight and submission is over, or until `stop`."""
+        while not stop.is_set():
+            if not self._jobs:
+                if submitting_done.is_set():
+                    return
+                self._wake.clear()
+                await _wait_any(self._wake, submitting_done, stop)
+                continue
+            await _wait_any(stop, timeout=self.interval, sleep=self._sleep)
+            if stop.is_set():
+                return
+            self._finish_ready()
+            if self._jobs:
+                await self.poll_once()
+
+    def _finish_ready(self) -> None:
+        """Record jobs already final (from a create answer) and jobs past their timeout, for free."""
+        now = self._clock()
+        updates = []
+        for job in list(self._jobs.values()):
+            verdict = self.status_map.classify(job.status)
+            if verdict != "in_progress":
+                updates.append(self._final(job, job.status, None, verdict, now))
+            elif now >= job.deadline:
+                updates.append(self._final(job, job.status, None, "timed_out", now))
+        self.journal.record_progress(updates)
+
+    def _final(self, job: Tracked, status: int | None, updated_at: str | None, verdict: str, now: float):
+        state = {SUCCEEDED: J_SUCCEEDED, FAILED: J_FAILED}.get(verdict, TIMED_OUT)
+        del self._jobs[job.job_id]
+        self.progress.row_finished(state)
+        self.on_final(state)
+        return (job.row, status, updated_at, state, now)
+
+    async def poll_once(self) -> None:
+        """One poll: the changed jobs, newest first, back to the watermark; then the fallback reads."""
+        self.polls += 1
+        now = self._clock()
+        updates: list = []
+        changes = 0
+        newest: float | None = None
+        page = 1
+        try:
+            while True:
+                result = await self.client.list_jobs(limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC")
+                self.requests += 1
+                for job in result.items:
+                    updated = parse_api_date(job.updated_at)
+                    if updated is not None and (newest is None or updated.timestamp() > newest):
+                        newest = updated.timestamp()
+                    if self._observe(job, now, updates):
+                        changes += 1
+                last = parse_api_date(result.items[-1].updated_at) if result.items else None
+                if len(result.items) < MAX_PAGE_SIZE or last is None:
+                    break
+                if self._watermark is not None and last.timestamp() < self._watermark - OVERLAP_S:
+                    break
+                page += 1
+        except TransientApiError as exc:
+            self.progress.message(f"polling failed this time, will try again: {exc}")
+            self.journal.record_progress(updates)
+            self.interval = min(self.max_interval, max(self.interval, self.min_interval) * 2)
+            return
+        if newest is not None:
+            self._watermark = newest if self._watermark is None else max(self._watermark, newest)
+        await self._fallback(now, updates)
+        self.journal.record_progress(updates)
+        self._adapt(changes, now)
+
+    def _observe(self, job: Job, now: float, updates: list) -> bool:
+        tracked = self._jobs.get(job.id)
+        if tracked is None:
+            return False
+        tracked.last_seen = now
+        changed = job.encode_status != tracked.status
+        tracked.status = job.encode_status
+        verdict = self.status_map.classify(job.encode_status)
+        if verdict != "in_progress":
+            updates.append(self._final(tracked, job.encode_status, job.updated_at, verdict, now))
+        elif changed:
+            updates.append((tracked.row, job.encode_status, job.updated_at, None, now))
+        return changed
+
+    async def _fallback(self, now: float, updates: list) -> None:
+        stale = sorted(
+            (j for j in self._jobs.values() if now - j.last_seen >= self.fallback_after), key=lambda j: j.last_seen
+        )
+        for tracked in stale[:FALLBACK_PER_POLL]:
+            try:
+                job = await self.client.get_job(tracked.job_id)
+            except NotFoundError:
+                tracked.last_seen = now  # vanished from the platform: wait for the timeout
+                continue
+            self.requests += 1
+            self._observe(job, now, updates)
+            tracked.last_seen = now
+
+    def _adapt(self, changes: int, now: float) -> None:
+        if changes == 0:
+            self.interval = min(self.max_interval, max(self.interval, self.min_interval) * 1.5)
+            return
+        rate = changes / max(self.interval, 1e-3)  # changes per second over the last interval
+        self.interval = min(self.max_interval, max(self.min_interval, TARGET_CHANGES_PER_POLL / rate))
+
+
+async def _wait_any(
+    *events: asyncio.Event,
+    timeout: float | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> None:
+    """Return when any event is set, or after `timeout` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    if timeout is not None:
+        waiters.append(asyncio.ensure_future((sleep or asyncio.sleep)(timeout)))
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,0 +1,127 @@
+"""The report: one row per manifest row, built from the plan and the journal; files and summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from .journal import PENDING, SENDING, SUBMITTED
+
+REPORT_PARQUET, REPORT_CSV, SUMMARY_JSON = "report.parquet", "report.csv", "summary.json"
+PLAN_PARQUET = "plan.parquet"
+OUTCOMES = ("succeeded", "failed", "rejected", "error", "timed_out", "interrupted", "skipped")
+REPORT_COLUMNS = (
+    "row", "ref_id", "source", "source_type", "profile", "job_profile_id", "job_id", "media_id", "outcome",
+    "encode_status", "http_status", "error_code", "error_message", "attempts", "submitted_at", "finished_at",
+    "duration_s", "bytes",
+)  # fmt: skip
+SUCCESS_OUTCOMES = ("succeeded", "skipped")
+FIRST_FAILURES = 10
+
+
+def _epoch_to_datetime(name: str) -> pl.Expr:
+    return (pl.col(name) * 1_000_000).round(0).cast(pl.Int64).cast(pl.Datetime("us", "UTC")).alias(name)
+
+
+def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
+    """Join plan and journal into the report frame, in manifest order."""
+    unfinished = pl.col("state").is_in([PENDING, SENDING, SUBMITTED])
+    frame = plan.join(journal, on="row", how="left", suffix="_journal", maintain_order="left")
+    frame = frame.with_columns(
+        pl.when(unfinished).then(pl.lit("interrupted")).otherwise(pl.col("state")).alias("outcome"),
+        pl.coalesce(pl.col("journal_profile_id"), pl.col("job_profile_id")).alias("job_profile_id"),
+        pl.coalesce(pl.col("error_code_journal"), pl.col("error_code")).alias("error_code"),
+        pl.when(unfinished & pl.col("error_message").is_null())
+        .then(
+            pl.when(pl.col("state") == SENDING)
+            .then(pl.lit("the run stopped while the create was in doubt: resume looks it up before sending again"))
+            .otherwise(pl.lit("the run stopped before this row finished: resume the run to finish it"))
+        )
+        .otherwise(pl.coalesce(pl.col("error_message"), pl.col("reason")))
+        .alias("error_message"),
+        _epoch_to_datetime("submitted_at"),
+        _epoch_to_datetime("finished_at"),
+        pl.when(pl.col("finished_at").is_not_null() & pl.col("submitted_at").is_not_null())
+        .then((pl.col("finished_at") - pl.col("submitted_at")).round(3))
+        .otherwise(None)
+        .alias("duration_s"),
+    )
+    return frame.select(*REPORT_COLUMNS, *extras).with_columns(
+        pl.col("row").cast(pl.Int64),
+        pl.col("attempts").fill_null(0).cast(pl.Int64),
+    )
+
+
+def write_report(report: pl.DataFrame, run_dir: Path) -> tuple[Path, Path]:
+    """Write report.parquet and report.csv (same content) atomically; return their paths."""
+    parquet, csv = run_dir / REPORT_PARQUET, run_dir / REPORT_CSV
+    tmp = run_dir / (REPORT_PARQUET + ".tmp")
+    report.write_parquet(tmp)
+    tmp.replace(parquet)
+    nested = [n for n, t in report.schema.items() if t.is_nested() or t == pl.Binary]
+    flat = report.with_columns(
+        [pl.col(n).map_elements(lambda v: json.dumps(v, default=str), return_dtype=pl.String) for n in nested]
+    )
+    tmp = run_dir / (REPORT_CSV + ".tmp")
+    flat.write_csv(tmp)
+    tmp.replace(csv)
+    return parquet, csv
+
+
+def read_report(path: Path) -> pl.DataFrame:
+    """A report from a run folder, a .parquet or a .csv file."""
+    if path.is_dir():
+        path = path / REPORT_PARQUET
+    if path.suffix.lower() == ".csv":
+        return pl.read_csv(path, try_parse_dates=True)
+    return pl.read_parquet(path)
+
+
+def outcome_counts(report: pl.DataFrame) -> dict[str, int]:
+    """Rows per outcome, every outcome present (zeros included), in a fixed order."""
+    counts = dict(report.group_by("outcome").len().iter_rows())
+    return {o: int(counts.get(o, 0)) for o in OUTCOMES}
+
+
+def first_failures(report: pl.DataFrame, n: int = FIRST_FAILURES) -> list[dict[str, Any]]:
+    """The first `n` rows that did not succeed, with their reasons."""
+    rows = report.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES)).head(n)
+    return rows.select("row", "ref_id", "source", "outcome", "error_code", "error_message").to_dicts()
+
+
+def exit_code_for_report(report: pl.DataFrame) -> int:
+    """0 when every row succeeded or was skipped, else 1."""
+    return 0 if report.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES)).is_empty() else 1
+
+
+def write_summary(summary: dict[str, Any], run_dir: Path) -> Path:
+    """Write summary.json atomically."""
+    path = run_dir / SUMMARY_JSON
+    tmp = run_dir / (SUMMARY_JSON + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The terminal summary: outcomes, first failures, time, requests."""
+    counts = summary["outcomes"]
+    parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+    submitted = summary.get("jobs_submitted") or 0
+    per_job = f" ({summary['api_requests'] / submitted:.2f} per submitted job)" if submitted else ""
+    lines = [
+        f"run {summary['run_id']}: {summary['rows']} rows in {summary['elapsed_s']:.1f} s: {parts or 'nothing to do'}",
+        f"API requests: {summary['api_requests']}{per_job}, 429s: {summary.get('rate_limited', 0)}",
+    ]
+    if summary.get("abort_reason"):
+        lines.append(f"aborted: {summary['abort_reason']}")
+    failures = summary.get("first_failures") or []
+    if failures:
+        lines.append("first rows that did not succeed:")
+        for f in failures:
+            code = f" {f['error_code']}" if f.get("error_code") else ""
+            lines.append(f"  row {f['row']} [{f['outcome']}{code}] {f['source']}: {f.get('error_message') or ''}")
+    return "\n".join(lines)

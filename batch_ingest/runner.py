@@ -1,0 +1,293 @@
+"""A run, wired: plan, journal, submitter and poller on one client; report and summary at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+
+from .api.client import SmartStreamClient
+from .errors import EXIT_ABORTED, EXIT_INTERRUPTED, AuthError, UsageError
+from .journal import JOURNAL_FILE, Journal
+from .plan import Plan, plan_manifest, resolve_profiles
+from .poll import Poller
+from .progress import Progress
+from .report import (
+    PLAN_PARQUET,
+    build_report,
+    exit_code_for_report,
+    first_failures,
+    format_summary,
+    outcome_counts,
+    write_report,
+    write_summary,
+)
+from .settings import Settings
+from .submit import Submitter
+
+STOP_GRACE_S = 30.0  # after a first Ctrl-C, how long requests in flight may take to finish
+DEFAULT_REPORTS = Path("reports")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a manifest (the settings say how to reach the API)."""
+
+    run_dir: Path | None = None  # the run's folder; default reports/<run-id>/
+    fmt: str | None = None
+    default_profile: str | None = None
+    max_failures: int | None = None
+    in_doubt_delay: float = 2.0
+    handle_signals: bool = False
+
+
+@dataclass
+class RunResult:
+    """What a run left: its folder, the report frame, the summary and the exit code."""
+
+    run_dir: Path
+    report: pl.DataFrame
+    summary: dict[str, Any]
+    exit_code: int
+    report_path: Path = field(default_factory=Path)
+
+    def summary_text(self) -> str:
+        """The terminal summary."""
+        return format_summary(self.summary)
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a short random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def _run_dir(options: RunOptions, run_id: str) -> Path:
+    run_dir = options.run_dir or DEFAULT_REPORTS / run_id
+    if (run_dir / JOURNAL_FILE).exists():
+        raise UsageError(
+            f"{run_dir} already holds a run: `batch-ingest resume {run_dir}` continues it, "
+            "or pass another --report-dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the run folder {run_dir}: {exc.strerror}: check --report-dir") from None
+    return run_dir
+
+
+async def plan_run(
+    manifest: Path, settings: Settings | None, options: RunOptions, client: SmartStreamClient | None
+) -> Plan:
+    """Read, validate and (with a client) resolve profiles: everything short of sending."""
+    plan = plan_manifest(manifest, fmt=options.fmt, default_profile=options.default_profile)
+    if client is not None:
+        plan = await resolve_profiles(plan, client)
+    return plan
+
+
+async def run_manifest_async(
+    manifest: str | Path,
+    settings: Settings,
+    options: RunOptions = RunOptions(),
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run a manifest to the end: every row submitted, polled and reported."""
+    manifest = Path(manifest)
+    progress = progress or Progress()
+    settings.require_api()
+    started = time.time()
+    async with SmartStreamClient.from_settings(settings, transport=transport) as client:
+        plan = await plan_run(manifest, settings, options, client)
+        run_id = options.run_dir.name if options.run_dir else new_run_id()
+        run_dir = _run_dir(options, run_id)
+        plan.frame.write_parquet(run_dir / PLAN_PARQUET)
+        meta = {
+            "run_id": run_id,
+            "manifest": str(manifest.resolve()),
+            "started_at": started,
+            "extras": plan.extras,
+            "settings": {k: v for k, v in settings.masked().items() if k not in ("api_key", "token", "password")},
+            "options": {"max_failures": options.max_failures, "default_profile": options.default_profile},
+        }
+        journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta)
+        try:
+            return await _execute(journal, run_dir, plan.frame, plan.extras, settings, options, client, progress, started)
+        finally:
+            journal.close()
+
+
+async def _execute(
+    journal: Journal,
+    run_dir: Path,
+    plan: pl.DataFrame,
+    extras: list[str],
+    settings: Settings,
+    options: RunOptions,
+    client: SmartStreamClient,
+    progress: Progress,
+    started: float,
+) -> RunResult:
+    """Submit and poll what the journal says is unfinished, then write the report."""
+    stop = asyncio.Event()
+    interrupted = _install_signal_handlers(stop, progress, run_dir) if options.handle_signals else None
+    counts = journal.counts()
+    to_submit = counts.get("pending", 0) + counts.get("sending", 0)
+    upload_bytes = int(
+        plan.filter((pl.col("status") == "ready") & (pl.col("source_type") == "file"))["bytes"].fill_null(0).sum()
+    )
+    progress.start(rows=plan.height, to_submit=to_submit + counts.get("submitted", 0), upload_bytes=upload_bytes)
+    poller = Poller(
+        client,
+        journal,
+        settings.encode_status_map,
+        progress,
+        job_timeout=settings.job_timeout,
+        min_interval=settings.poll_min_interval,
+        max_interval=settings.poll_max_interval,
+    )
+    submitter = Submitter(
+        client,
+        journal,
+        concurrency=settings.concurrency,
+        upload_concurrency=settings.upload_concurrency,
+        retries=settings.retries,
+        on_submitted=poller.track,
+        progress=progress,
+        stop=stop,
+        in_doubt_delay=options.in_doubt_delay,
+        max_failures=options.max_failures,
+    )
+    poller.on_final = lambda state: submitter.count_failure() if state != "succeeded" else None
+    poller.resume_in_flight()
+    submitting_done = asyncio.Event()
+
+    async def submit() -> None:
+        try:
+            await submitter.run()
+        finally:
+            submitting_done.set()
+
+    async def poll() -> None:
+        try:
+            await poller.run(submitting_done, stop)
+        except AuthError as exc:
+            submitter.abort(f"authentication failed while polling: {exc}")
+
+    work = asyncio.gather(submit(), poll())
+
+    async def grace() -> None:
+        await stop.wait()
+        await asyncio.sleep(STOP_GRACE_S)
+        work.cancel()
+
+    grace_task = asyncio.create_task(grace())
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        progress.message(f"requests still in flight after {STOP_GRACE_S:.0f} s were abandoned")
+    finally:
+        grace_task.cancel()
+        _remove_signal_handlers(options)
+        progress.close()
+
+    report = build_report(plan, journal.to_frame(), extras)
+    parquet, _ = write_report(report, run_dir)
+    exit_code = exit_code_for_report(report)
+    if submitter.stats.abort_reason:
+        exit_code = EXIT_ABORTED
+    if interrupted is not None and interrupted["signalled"]:
+        exit_code = EXIT_INTERRUPTED
+    finished = time.time()
+    meta = journal.meta()
+    summary = {
+        "run_id": meta.get("run_id", run_dir.name),
+        "manifest": meta.get("manifest"),
+        "run_dir": str(run_dir),
+        "started_at": datetime.fromtimestamp(meta.get("started_at", started), timezone.utc).isoformat(),
+        "finished_at": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
+        "elapsed_s": round(finished - started, 3),
+        "rows": report.height,
+        "outcomes": outcome_counts(report),
+        "jobs_submitted": int(report["job_id"].is_not_null().sum()),
+        "api_requests": client.requests_sent,
+        "rate_limited": client.limiter.rate_limited_total,
+        "created": submitter.stats.created,
+        "adopted_after_doubt": submitter.stats.adopted,
+        "in_doubt": submitter.stats.in_doubt,
+        "polls": poller.polls,
+        "abort_reason": submitter.stats.abort_reason,
+        "interrupted": bool(interrupted and interrupted["signalled"]),
+        "exit_code": exit_code,
+        "first_failures": first_failures(report),
+        "report": {"parquet": str(parquet), "csv": str(run_dir / "report.csv")},
+        "settings": meta.get("settings"),
+    }
+    for key in ("resumed_from", "retry_of"):
+        if key in meta:
+            summary[key] = meta[key]
+    write_summary(summary, run_dir)
+    journal.set_meta(last_exit_code=exit_code, finished_at=finished)
+    if exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED):
+        progress.message(f"the run can be continued with: batch-ingest resume {run_dir}")
+    return RunResult(run_dir, report, summary, exit_code, parquet)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_signal_handlers(stop: asyncio.Event, progress: Progress, run_dir: Path) -> dict[str, bool]:
+    """First SIGINT/SIGTERM: stop gracefully. Second: exit at once (the journal stays consistent)."""
+    loop = asyncio.get_running_loop()
+    state = {"signalled": False}
+
+    def on_signal(signum: int) -> None:
+        if state["signalled"]:
+            sys.stderr.write(
+                f"\nbatch-ingest: stopped at once; continue with: batch-ingest resume {run_dir}\n"
+            )
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        state["signalled"] = True
+        progress.message(
+            f"{signal.Signals(signum).name}: no new submissions; finishing requests in flight "
+            f"(at most {STOP_GRACE_S:.0f} s; signal again to stop at once)"
+        )
+        stop.set()
+
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    return state
+
+
+def _remove_signal_handlers(options: RunOptions) -> None:
+    if not options.handle_signals:
+        return
+    loop = asyncio.get_running_loop()
+    for sig in _SIGNALS:
+        loop.remove_signal_handler(sig)
+
+
+def run_manifest(
+    manifest: str | Path,
+    settings: Settings,
+    options: RunOptions = RunOptions(),
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run a manifest from synchronous code (see `run_manifest_async`)."""
+    return asyncio.run(run_manifest_async(manifest, settings, options, transport=transport, progress=progress))
