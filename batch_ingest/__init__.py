@@ -1,2 +1,50 @@
-"""batch-ingest: bulk ingest of video libraries into SmartSTREAM."""
+"""batch-ingest: bulk ingest of video libraries into SmartSTREAM.
+
+The library behind the `batch-ingest` command::
+
+    from batch_ingest import resolve_settings, run_manifest
+    result = run_manifest("videos.csv", resolve_settings())
+    result.report  # a polars DataFrame, one row per manifest row
+"""
+
 __version__ = "0.1.0"
+
+from .api import EncodeStatusMap, Job, JobProfile, RateLimiter, SmartStreamClient  # noqa: E402
+from .errors import (  # noqa: E402
+    ApiError,
+    BatchIngestError,
+    ConfigError,
+    ManifestError,
+    PermanentApiError,
+    RunAborted,
+    TransientApiError,
+)
+from .plan import Plan, plan_manifest  # noqa: E402
+from .report import read_report  # noqa: E402
+from .runner import RunOptions, RunResult, run_manifest, run_manifest_async  # noqa: E402
+from .settings import Settings, resolve_settings  # noqa: E402
+
+__all__ = [
+    "ApiError",
+    "BatchIngestError",
+    "ConfigError",
+    "EncodeStatusMap",
+    "Job",
+    "JobProfile",
+    "ManifestError",
+    "PermanentApiError",
+    "Plan",
+    "RateLimiter",
+    "RunAborted",
+    "RunOptions",
+    "RunResult",
+    "Settings",
+    "SmartStreamClient",
+    "TransientApiError",
+    "__version__",
+    "plan_manifest",
+    "read_report",
+    "resolve_settings",
+    "run_manifest",
+    "run_manifest_async",
+]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .errors import NotFoundError
+from .errors import ManifestError, NotFoundError
 from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
 
 READY, REJECTED = "ready", "rejected"
@@ -110,9 +110,19 @@ def build_plan(frame: pl.DataFrame, manifest: Path, *, default_profile: str | No
     cells = [_text(frame, c).alias(f"_{c}") for c in (*SOURCE_COLUMNS, "profile", "ref_id", "name", "description")]
     work = frame.with_columns(cells)
     # Blank lines (every cell empty) are not rows; count them so the plan can say so.
-    blank = pl.all_horizontal([_text(frame, c).is_null() for c in frame.columns if c != RAGGED])
+    blank = pl.all_horizontal(
+        [
+            _text(frame, c).is_null() if frame.schema[c] in (pl.String, pl.Null) else pl.col(c).is_null()
+            for c in frame.columns
+            if c != RAGGED
+        ]
+    )
     blank_rows = int(work.select(blank.sum()).item()) if frame.height else 0
     work = work.filter(~blank) if blank_rows else work
+    if work.height == 0:
+        raise ManifestError(
+            f"{manifest}: no rows: the manifest has a header ({', '.join(frame.columns)}) but no data rows"
+        )
     work = work.with_row_index("row", offset=1).with_columns(pl.col("row").cast(pl.Int64))
 
     present = [pl.col(f"_{c}").is_not_null().cast(pl.Int8) for c in SOURCE_COLUMNS]

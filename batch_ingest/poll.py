@@ -5,7 +5,7 @@ back to the newest change the previous poll saw (less a small overlap for the pl
 commit lag). A job whose state did not change is never read again; a page holds 100
 changes, so a poll costs about one request per 100 changes, whatever is in flight.
 
-The interval follows the rate of change: it aims to collect about half a page of changes
+The interval follows the rate of change: it aims to collect about a page of changes
 per poll, between the configured minimum and maximum. A job the list has not shown for a
 long while is read on its own (`GET jobs/:id`), a few per poll at most, as a safety net.
 """
@@ -26,7 +26,7 @@ from .journal import TIMED_OUT, Journal
 from .progress import Progress
 
 OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's commit lag
-TARGET_CHANGES_PER_POLL = MAX_PAGE_SIZE // 2
+TARGET_CHANGES_PER_POLL = MAX_PAGE_SIZE  # a full page of changes per poll
 FALLBACK_PER_POLL = 2
 
 
@@ -149,17 +149,21 @@ class Poller:
             while True:
                 result = await self.client.list_jobs(limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC")
                 self.requests += 1
+                news = 0
                 for job in result.items:
                     updated = parse_api_date(job.updated_at)
                     if updated is not None and (newest is None or updated.timestamp() > newest):
                         newest = updated.timestamp()
                     if self._observe(job, now, updates):
-                        changes += 1
+                        news += 1
+                changes += news
                 last = parse_api_date(result.items[-1].updated_at) if result.items else None
                 if len(result.items) < MAX_PAGE_SIZE or last is None:
                     break
-                if self._watermark is not None and last.timestamp() < self._watermark - OVERLAP_S:
-                    break
+                if self._watermark is not None and last.timestamp() < self._watermark:
+                    # Past the last change seen: read on through the overlap only while pages bring news.
+                    if news == 0 or last.timestamp() < self._watermark - OVERLAP_S:
+                        break
                 page += 1
         except TransientApiError as exc:
             self.progress.message(f"polling failed this time, will try again: {exc}")
