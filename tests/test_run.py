@@ -252,3 +252,23 @@ def test_validate_prints_plan_and_sends_nothing(tmp_path, emulator_server, fmt):
     dry = invoke(["run", str(manifest), "--dry-run"], env=server.env())
     assert dry.exit_code == 1 and "7 to submit" in dry.output
     assert server.stats()["jobs_created"] == 0
+
+
+def test_concurrency_bounds_hold(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST, latency_s=0.05))
+    media = tmp_path / "media"
+    media.mkdir()
+    rows = ["source,profile"]
+    for i in range(12):
+        (media / f"{i}.mp4").write_bytes(b"v" * 1000)
+        rows.append(f"media/{i}.mp4,100")
+    rows += [f"https://cdn.example.com/{i}.mp4,100" for i in range(30)]
+    manifest = write_manifest(tmp_path, "\n".join(rows) + "\n")
+    result = invoke(
+        ["run", str(manifest), "--concurrency", "4", "--upload-concurrency", "1", *RUN_FLAGS], env=server.env()
+    )
+    assert result.exit_code == 0, result.output
+    stats = server.stats()
+    assert stats["max_concurrent_uploads"] == 1
+    # 4 submissions plus the one poller share the connection pool.
+    assert 4 <= stats["max_concurrent_requests"] <= 5

@@ -50,7 +50,18 @@ def _api(endpoint: str, *, authenticated: bool = True, create: bool = False) -> 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint_fn(request: Request) -> Response:
             store: Store = request.app.state.store
-            response = await _guarded(request, store, handler, authenticated=authenticated, create=create)
+            kinds = ["api"]
+            if create and request.headers.get("content-type", "").lower().startswith("multipart/"):
+                kinds.append("upload")
+            with store.lock:
+                for kind in kinds:
+                    store.enter(kind)
+            try:
+                response = await _guarded(request, store, handler, authenticated=authenticated, create=create)
+            finally:
+                with store.lock:
+                    for kind in kinds:
+                        store.leave(kind)
             status = getattr(response, "status_code", 0)  # 0: the connection was dropped
             with store.lock:
                 store.counters.requests[(endpoint, status)] += 1

@@ -142,6 +142,8 @@ class Store:
         self.counters = Counters()
         self.window: list[float] = []  # admitted request times in the current rolling minute
         self.burst_left = 0
+        self.in_progress = Counter()  # requests being handled now, by kind ("api", "upload")
+        self.max_in_progress = Counter()
         created = format_api_date(self.started)
         self.profiles = {
             pid: {
@@ -333,6 +335,15 @@ class Store:
         self.counters.request_times.append(now)
         return None
 
+    def enter(self, kind: str) -> None:
+        """A request of `kind` starts being handled (for the concurrency high-water marks)."""
+        self.in_progress[kind] += 1
+        self.max_in_progress[kind] = max(self.max_in_progress[kind], self.in_progress[kind])
+
+    def leave(self, kind: str) -> None:
+        """That request is answered."""
+        self.in_progress[kind] -= 1
+
     # -- introspection --------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -345,6 +356,8 @@ class Store:
         return {
             "requests_total": sum(self.counters.requests.values()),
             "requests": dict(by_endpoint),
+            "max_concurrent_requests": self.max_in_progress["api"],
+            "max_concurrent_uploads": self.max_in_progress["upload"],
             "rate_limited": sum(n for (_, s), n in self.counters.requests.items() if s == 429),
             "faults": dict(self.counters.faults),
             "jobs_created": len(self.jobs),
