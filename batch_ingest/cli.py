@@ -69,14 +69,13 @@ _SETTING_FLAGS = (
 )  # fmt: skip
 
 
-def build_settings(options: dict[str, Any], **overrides: Any):  # -> Settings
-    """Settings from flags (popped from `options`), environment, config file and defaults."""
+def build_settings(options: dict[str, Any], stored: dict[str, Any] | None = None):  # -> Settings
+    """Settings from flags (popped from `options`), environment, a run's stored settings, config file, defaults."""
     from .settings import load_config_file, resolve_settings
 
     flags = {name: options.pop(name, None) for name in _SETTING_FLAGS}
-    flags.update({k: v for k, v in overrides.items() if flags.get(k) is None})
     config, _ = load_config_file(options.pop("config_file", None))
-    return resolve_settings(flags, config=config)
+    return resolve_settings(flags, config={**config, **(stored or {})})
 
 
 @contextlib.contextmanager
@@ -184,12 +183,15 @@ def emulator(**options: Any) -> None:
 @click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell (id or ref:<ref_id>).")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The run's folder [default reports/<run-id>].")
 @click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
+@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform (cron).")
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; create no job (same as `validate`).")
 @click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
 @api_options
 @handle_errors
-def run(manifest: Path, fmt, default_profile, report_dir, max_failures, dry_run, emulator, quiet, **options: Any) -> None:
+def run(
+    manifest: Path, fmt, default_profile, report_dir, max_failures, skip_existing, dry_run, emulator, quiet, **options: Any
+) -> None:
     """Submit every row of MANIFEST, poll until every job finished, and write the report.
 
     Exit codes: 0 every row succeeded or was skipped; 1 some row did not; 2 usage,
@@ -204,9 +206,19 @@ def run(manifest: Path, fmt, default_profile, report_dir, max_failures, dry_run,
     with emulator_for_run(emulator, options):
         settings = build_settings(options)
         run_options = RunOptions(
-            run_dir=report_dir, fmt=fmt, default_profile=default_profile, max_failures=max_failures, handle_signals=True
+            run_dir=report_dir,
+            fmt=fmt,
+            default_profile=default_profile,
+            max_failures=max_failures,
+            skip_existing=skip_existing,
+            handle_signals=True,
         )
         result = run_manifest(manifest, settings, run_options, progress=choose_progress(quiet=quiet))
+    _finish(result, quiet)
+
+
+def _finish(result, quiet: bool) -> None:
+    """Print the summary (unless quiet) and the report path last; exit with the run's code."""
     if not quiet:
         click.echo(result.summary_text())
     click.echo(str(result.report_path))
@@ -249,3 +261,65 @@ def validate(manifest: Path, fmt, default_profile, emulator, as_json, **options:
     Profiles are checked against the platform when API settings are available.
     """
     _validate(manifest, fmt, default_profile, emulator, options, as_json)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
+@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@api_options
+@handle_errors
+def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) -> None:
+    """Continue the run in RUN_DIR from its journal and rewrite its report.
+
+    Finished rows are left alone, submitted jobs are polled, rows whose create was in doubt
+    are looked up on the platform before anything is sent again, and the rest are submitted.
+    Resuming a finished run changes nothing. Credentials come from flags or the environment
+    as for `run`; the API URL and other non-secret settings default to the run's own.
+    """
+    from .progress import choose_progress
+    from .runner import RunOptions, resume_run, stored_settings
+
+    stored = stored_settings(run_dir) if (run_dir / "journal.sqlite").exists() else {}
+    settings = build_settings(options, stored)
+    run_options = RunOptions(max_failures=max_failures, skip_existing=skip_existing, handle_signals=True)
+    _finish(resume_run(run_dir, settings, run_options, progress=choose_progress(quiet=quiet)), quiet)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--only",
+    default="failed,error,timed_out,interrupted",
+    show_default=True,
+    help="Outcomes to retry, comma-separated.",
+)
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The new run's folder.")
+@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
+@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@api_options
+@handle_errors
+def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quiet, **options: Any) -> None:
+    """Start a new run of the rows of SOURCE (a run folder or its report) that did not succeed.
+
+    The new run's summary.json links to the original; `batch-ingest report ORIGINAL NEW` shows
+    the merged view (latest attempt per row). Interrupted rows keep their job: it is polled,
+    not submitted again.
+    """
+    from .progress import choose_progress
+    from .runner import RunOptions, retry_run, stored_settings
+
+    run_dir = source if source.is_dir() else source.parent
+    stored = stored_settings(run_dir) if (run_dir / "journal.sqlite").exists() else {}
+    settings = build_settings(options, stored)
+    outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
+    run_options = RunOptions(
+        run_dir=report_dir, max_failures=max_failures, skip_existing=skip_existing, handle_signals=True
+    )
+    result = retry_run(source, settings, run_options, only=outcomes, progress=choose_progress(quiet=quiet))
+    if result is None:
+        click.echo(f"nothing to retry: no row of {source} has outcome {', '.join(outcomes)}")
+        sys.exit(0)
+    _finish(result, quiet)

@@ -261,6 +261,32 @@ class Journal:
                 (state, job_id, media_id, job_profile_id, encode_status, created_at, updated_at, now, row),
             )
 
+    def mark_skipped(self, row: int, *, job_id: str, media_id: str | None, encode_status: int | None,
+                     job_profile_id: int | None, now: float) -> None:
+        """The platform already holds a job with the row's ref_id (--skip-existing): record it, send nothing."""
+        with self._tx():
+            self._conn.execute(
+                "UPDATE rows SET state = ?, job_id = ?, media_id = ?, encode_status = ?, "
+                "job_profile_id = coalesce(?, job_profile_id), finished_at = ?, error_code = NULL, "
+                "error_message = 'a job with this ref_id already exists on the platform' WHERE row = ?",
+                (SKIPPED, job_id, media_id, encode_status, job_profile_id, now, row),
+            )
+
+    def carry_over(self, states: list[tuple]) -> None:
+        """Copy unfinished states from an earlier run's journal (retry): (row, state, job_id, sent_at, submitted_at, updated_at)."""
+        with self._tx():
+            self._conn.executemany(
+                "UPDATE rows SET state = ?, job_id = ?, sent_at = ?, submitted_at = ?, job_updated_at = ? WHERE row = ?",
+                [(state, job_id, sent_at, submitted_at, updated_at, row) for row, state, job_id, sent_at, submitted_at, updated_at in states],
+            )
+
+    def unfinished(self) -> list[tuple]:
+        """(row, state, job_id, sent_at, submitted_at, job_updated_at) of rows not yet final."""
+        return self._conn.execute(
+            "SELECT row, state, job_id, sent_at, submitted_at, job_updated_at FROM rows WHERE state IN (?, ?, ?) ORDER BY row",
+            (PENDING, SENDING, SUBMITTED),
+        ).fetchall()
+
     def mark_error(self, row: int, *, http_status: int | None, code: str | None, message: str, now: float) -> None:
         """The submission failed for good."""
         with self._tx():

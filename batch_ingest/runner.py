@@ -8,7 +8,7 @@ import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ class RunOptions:
     fmt: str | None = None
     default_profile: str | None = None
     max_failures: int | None = None
-    in_doubt_delay: float = 2.0
+    skip_existing: bool = False
     handle_signals: bool = False
 
 
@@ -119,7 +119,11 @@ async def run_manifest_async(
             "started_at": started,
             "extras": plan.extras,
             "settings": {k: v for k, v in settings.masked().items() if k not in ("api_key", "token", "password")},
-            "options": {"max_failures": options.max_failures, "default_profile": options.default_profile},
+            "options": {
+                "max_failures": options.max_failures,
+                "default_profile": options.default_profile,
+                "skip_existing": options.skip_existing,
+            },
         }
         journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta)
         try:
@@ -166,8 +170,9 @@ async def _execute(
         on_submitted=poller.track,
         progress=progress,
         stop=stop,
-        in_doubt_delay=options.in_doubt_delay,
+        in_doubt_delay=settings.in_doubt_delay,
         max_failures=options.max_failures,
+        skip_existing=options.skip_existing,
     )
     poller.on_final = lambda state: submitter.count_failure() if state != "succeeded" else None
     poller.resume_in_flight()
@@ -204,15 +209,140 @@ async def _execute(
         _remove_signal_handlers(options)
         progress.close()
 
+    return _finish(journal, run_dir, plan, extras, started, client, submitter, poller, progress, interrupted)
+
+
+def _open_run(run_dir: Path) -> tuple[Journal, pl.DataFrame, dict[str, Any]]:
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a run folder: give the folder that holds {JOURNAL_FILE}")
+    journal = Journal.open(run_dir / JOURNAL_FILE)
+    try:
+        plan = pl.read_parquet(run_dir / PLAN_PARQUET)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        journal.close()
+        raise UsageError(f"{run_dir / PLAN_PARQUET} cannot be read ({exc}): the run folder is incomplete") from None
+    return journal, plan, journal.meta()
+
+
+def stored_settings(run_dir: Path) -> dict[str, Any]:
+    """The non-secret settings a run was started with (a layer under flags and environment on resume)."""
+    journal = Journal.open(run_dir / JOURNAL_FILE)
+    try:
+        return dict(journal.meta().get("settings") or {})
+    finally:
+        journal.close()
+
+
+async def resume_run_async(
+    run_dir: str | Path,
+    settings: Settings,
+    options: RunOptions = RunOptions(),
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Continue a run from its journal: finished rows stay, in-doubt rows are looked up, the rest sent."""
+    run_dir = Path(run_dir)
+    progress = progress or Progress()
+    started = time.time()
+    journal, plan, meta = _open_run(run_dir)
+    try:
+        stored = meta.get("options") or {}
+        options = replace(
+            options,
+            max_failures=options.max_failures if options.max_failures is not None else stored.get("max_failures"),
+            skip_existing=options.skip_existing or bool(stored.get("skip_existing")),
+        )
+        journal.set_meta(resumes=int(meta.get("resumes", 0)) + 1)
+        if not journal.unfinished():
+            # Nothing left: rewrite the report from the journal, without a single request.
+            return _finish(journal, run_dir, plan, meta.get("extras", []), started, None, None, None, progress)
+        settings.require_api()
+        async with SmartStreamClient.from_settings(settings, transport=transport) as client:
+            return await _execute(journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started)
+    finally:
+        journal.close()
+
+
+RETRYABLE = ("failed", "error", "timed_out", "interrupted")
+
+
+async def retry_run_async(
+    source: str | Path,
+    settings: Settings,
+    options: RunOptions = RunOptions(),
+    *,
+    only: tuple[str, ...] = RETRYABLE,
+    transport: httpx.AsyncBaseTransport | None = None,
+    progress: Progress | None = None,
+) -> RunResult | None:
+    """A new run of the rows of an earlier run whose outcome is in `only`; None when there are none.
+
+    Rows that were interrupted keep their job (polled, not sent again) or their doubt (looked up first).
+    """
+    source = Path(source)
+    original = source if source.is_dir() else source.parent
+    bad = sorted(set(only) - set(RETRYABLE))
+    if bad:
+        raise UsageError(f"--only takes {', '.join(RETRYABLE)}; not {', '.join(bad)} (rejected rows need a fixed manifest)")
+    old_journal, old_plan, old_meta = _open_run(original)
+    try:
+        report = build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", []))
+        rows = report.filter(pl.col("outcome").is_in(list(only)))["row"].to_list()
+        carried = [u for u in old_journal.unfinished() if u[0] in set(rows)]
+    finally:
+        old_journal.close()
+    if not rows:
+        return None
+    plan = old_plan.filter(pl.col("row").is_in(rows))
+    progress = progress or Progress()
+    settings.require_api()
+    started = time.time()
+    run_id = options.run_dir.name if options.run_dir else new_run_id()
+    run_dir = _run_dir(options, run_id)
+    plan.write_parquet(run_dir / PLAN_PARQUET)
+    meta = {
+        **{k: old_meta[k] for k in ("manifest", "extras") if k in old_meta},
+        "run_id": run_id,
+        "started_at": started,
+        "retry_of": {"run_dir": str(original), "run_id": old_meta.get("run_id"), "only": list(only)},
+        "settings": {k: v for k, v in settings.masked().items() if k not in ("api_key", "token", "password")},
+        "options": {"max_failures": options.max_failures, "skip_existing": options.skip_existing},
+    }
+    journal = Journal.create(run_dir / JOURNAL_FILE, plan, meta)
+    try:
+        journal.carry_over(carried)
+        async with SmartStreamClient.from_settings(settings, transport=transport) as client:
+            return await _execute(journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started)
+    finally:
+        journal.close()
+
+
+def _finish(
+    journal: Journal,
+    run_dir: Path,
+    plan: pl.DataFrame,
+    extras: list[str],
+    started: float,
+    client: SmartStreamClient | None,
+    submitter: Submitter | None,
+    poller: Poller | None,
+    progress: Progress,
+    interrupted: dict[str, bool] | None = None,
+) -> RunResult:
+    """Build and write the report and summary from the journal; work out the exit code."""
     report = build_report(plan, journal.to_frame(), extras)
     parquet, _ = write_report(report, run_dir)
     exit_code = exit_code_for_report(report)
-    if submitter.stats.abort_reason:
+    abort_reason = submitter.stats.abort_reason if submitter else None
+    if abort_reason:
         exit_code = EXIT_ABORTED
-    if interrupted is not None and interrupted["signalled"]:
+    signalled = bool(interrupted and interrupted["signalled"])
+    if signalled:
         exit_code = EXIT_INTERRUPTED
     finished = time.time()
     meta = journal.meta()
+    stats = submitter.stats if submitter else None
     summary = {
         "run_id": meta.get("run_id", run_dir.name),
         "manifest": meta.get("manifest"),
@@ -223,22 +353,22 @@ async def _execute(
         "rows": report.height,
         "outcomes": outcome_counts(report),
         "jobs_submitted": int(report["job_id"].is_not_null().sum()),
-        "api_requests": client.requests_sent,
-        "rate_limited": client.limiter.rate_limited_total,
-        "created": submitter.stats.created,
-        "adopted_after_doubt": submitter.stats.adopted,
-        "in_doubt": submitter.stats.in_doubt,
-        "polls": poller.polls,
-        "abort_reason": submitter.stats.abort_reason,
-        "interrupted": bool(interrupted and interrupted["signalled"]),
+        "api_requests": client.requests_sent if client else 0,
+        "rate_limited": client.limiter.rate_limited_total if client else 0,
+        "created": stats.created if stats else 0,
+        "adopted_after_doubt": stats.adopted if stats else 0,
+        "in_doubt": stats.in_doubt if stats else 0,
+        "polls": poller.polls if poller else 0,
+        "resumes": int(meta.get("resumes", 0)),
+        "abort_reason": abort_reason,
+        "interrupted": signalled,
         "exit_code": exit_code,
         "first_failures": first_failures(report),
         "report": {"parquet": str(parquet), "csv": str(run_dir / "report.csv")},
         "settings": meta.get("settings"),
     }
-    for key in ("resumed_from", "retry_of"):
-        if key in meta:
-            summary[key] = meta[key]
+    if "retry_of" in meta:
+        summary["retry_of"] = meta["retry_of"]
     write_summary(summary, run_dir)
     journal.set_meta(last_exit_code=exit_code, finished_at=finished)
     if exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED):
@@ -291,3 +421,13 @@ def run_manifest(
 ) -> RunResult:
     """Run a manifest from synchronous code (see `run_manifest_async`)."""
     return asyncio.run(run_manifest_async(manifest, settings, options, transport=transport, progress=progress))
+
+
+def resume_run(run_dir: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult:
+    """Resume a run from synchronous code (see `resume_run_async`)."""
+    return asyncio.run(resume_run_async(run_dir, settings, options, **kwargs))
+
+
+def retry_run(source: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult | None:
+    """Retry rows of a run from synchronous code (see `retry_run_async`)."""
+    return asyncio.run(retry_run_async(source, settings, options, **kwargs))

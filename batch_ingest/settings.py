@@ -116,6 +116,7 @@ class Settings:
     job_timeout: float = DEFAULT_JOB_TIMEOUT
     poll_min_interval: float = 2.0
     poll_max_interval: float = 30.0
+    in_doubt_delay: float = 2.0  # pause before looking up a create that got no answer
     encode_status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
 
     def require_api(self) -> Settings:
@@ -169,6 +170,7 @@ _CONVERTERS: dict[str, Any] = {
     "job_timeout": lambda n, v: _float(n, v, 0.001),
     "poll_min_interval": lambda n, v: _float(n, v, 0.0),
     "poll_max_interval": lambda n, v: _float(n, v, 0.0),
+    "in_doubt_delay": lambda n, v: _float(n, v, 0.0),
     "encode_status_map": _status_map,
 }
 SECRET_FIELDS = frozenset({"api_key", "token", "password"})

@@ -63,6 +63,7 @@ class Submitter:
         stop: asyncio.Event,
         in_doubt_delay: float = 2.0,
         max_failures: int | None = None,
+        skip_existing: bool = False,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -75,6 +76,8 @@ class Submitter:
         self.stop = stop
         self.in_doubt_delay = in_doubt_delay
         self.max_failures = max_failures
+        self.skip_existing = skip_existing
+        self._existing: dict[str, Job] | None = None  # ref_id -> newest job, when listing all was cheaper
         self._uploads = asyncio.Semaphore(upload_concurrency)
         self._sleep = sleep
         self._clock = clock
@@ -95,6 +98,8 @@ class Submitter:
 
     async def run(self) -> SubmitStats:
         """Submit rows in doubt (looked up first), then pending rows, in manifest order."""
+        if self.skip_existing:
+            await self._prepare_skip_existing()
         queue: asyncio.Queue[RowTask | None] = asyncio.Queue(maxsize=self.concurrency * 2)
 
         async def feed() -> None:
@@ -123,7 +128,68 @@ class Submitter:
         await asyncio.gather(feed(), *(work() for _ in range(self.concurrency)))
         return self.stats
 
+    async def _prepare_skip_existing(self) -> None:
+        """Pick the cheaper way to learn which ref_ids exist: one GET per row, or listing every job."""
+        refs = {t.ref_id for t in self.journal.tasks((PENDING,), limit=10**9) if t.ref_id}
+        if not refs:
+            return
+        first = await self.client.list_jobs(limit=100, page=1, sort="created_at", order="DESC")
+        pages = -(-first.count // 100) if first.count is not None else None
+        if pages is None or pages > len(refs):
+            return  # per-row look-ups are cheaper
+        existing: dict[str, Job] = {}
+        for job in first.items:
+            if job.ref_id and job.ref_id not in existing:
+                existing[job.ref_id] = job
+        if len(first.items) == 100:
+            page = 2
+            while True:
+                result = await self.client.list_jobs(limit=100, page=page, sort="created_at", order="DESC")
+                for job in result.items:
+                    if job.ref_id and job.ref_id not in existing:
+                        existing[job.ref_id] = job
+                if len(result.items) < 100:
+                    break
+                page += 1
+        self._existing = existing
+
+    async def _find_existing(self, task: RowTask) -> Job | None:
+        if self._existing is not None:
+            return self._existing.get(task.ref_id or "")
+        try:
+            return await self.client.get_job_by_ref(task.ref_id or "")
+        except NotFoundError:
+            return None
+
+    async def _skip_if_exists(self, task: RowTask) -> bool:
+        """--skip-existing: record the platform's job for this ref_id instead of sending. True if skipped."""
+        job = await self._find_existing(task)
+        if job is None:
+            return False
+        self.journal.mark_skipped(
+            task.row,
+            job_id=job.id,
+            media_id=job.media_id,
+            encode_status=job.encode_status,
+            job_profile_id=int(job.job_profile_id) if (job.job_profile_id or "").isdigit() else None,
+            now=self._clock(),
+        )
+        self._claimed.add(job.id)
+        self.progress.row_finished("skipped")
+        return True
+
     async def _submit_row(self, task: RowTask) -> None:
+        if self.skip_existing and task.ref_id and task.state == PENDING:
+            try:
+                if await self._skip_if_exists(task):
+                    return
+            except AuthError as exc:
+                self.abort(f"authentication failed: {exc}")
+                return
+            except TransientApiError as exc:
+                # Could not tell whether the video is already there: sending might ingest it twice.
+                self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
+                return
         in_doubt = task.state == SENDING
         sent_at = task.sent_at
 

@@ -219,3 +219,12 @@ def test_wall_clock_not_needed():
     t0 = time.monotonic()
     test_rate_limiter_window_property_random_arrivals()
     assert time.monotonic() - t0 < 30
+
+
+async def test_a_wave_of_429s_escalates_the_backoff_once(fake_clock):
+    limiter = RateLimiter(100, clock=fake_clock, sleep=fake_clock.sleep, rng=random.Random(1))
+    tickets = [await limiter.acquire() for _ in range(8)]  # eight requests in flight together
+    pauses = [limiter.on_rate_limited(None, t) for t in tickets]  # all eight answered 429
+    assert max(pauses) <= 1.0 and limiter.budget == 80
+    ticket = await limiter.acquire()  # after the pause: a new wave may escalate
+    assert limiter.on_rate_limited(None, ticket) > 1.0 and limiter.budget == 64

@@ -139,7 +139,7 @@ class SmartStreamClient:
         json: Any = None,
         content: Any = None,
     ) -> httpx.Response:
-        await self.limiter.acquire()
+        admitted_at = await self.limiter.acquire()
         self.requests_sent += 1
         try:
             response = await self._http.request(
@@ -163,11 +163,11 @@ class SmartStreamClient:
                 method=method,
                 path=path,
             ) from exc
-        self._raise_for_status(method, path, response)
+        self._raise_for_status(method, path, response, admitted_at)
         self.limiter.on_success()
         return response
 
-    def _raise_for_status(self, method: str, path: str, response: httpx.Response) -> None:
+    def _raise_for_status(self, method: str, path: str, response: httpx.Response, admitted_at: float) -> None:
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -184,7 +184,7 @@ class SmartStreamClient:
         where = {"method": method, "path": path, "status": status, "code": code}
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            self.limiter.on_rate_limited(retry_after)
+            self.limiter.on_rate_limited(retry_after, admitted_at)
             raise RateLimitedError(message, retry_after=retry_after, **where)
         if status >= 500:
             raise ServerError(message, **where)

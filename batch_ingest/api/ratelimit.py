@@ -74,6 +74,7 @@ class RateLimiter:
         self._admitted: deque[float] = deque()
         self._lock = asyncio.Lock()
         self._paused_until = 0.0
+        self._pause_started = float("-inf")
         self._factor = 1.0
         self._backoff = BACKOFF_START_S
         self.admitted_total = 0
@@ -100,8 +101,8 @@ class RateLimiter:
             return 0.0
         return admitted[-budget] + self._window - now
 
-    async def acquire(self) -> None:
-        """Wait until one more request may be sent, and count it as sent."""
+    async def acquire(self) -> float:
+        """Wait until one more request may be sent, count it as sent; return its admission time."""
         async with self._lock:
             while True:
                 now = self._clock()
@@ -110,13 +111,21 @@ class RateLimiter:
                     if self.per_minute > 0:
                         self._admitted.append(now)
                     self.admitted_total += 1
-                    return
+                    return now
                 self.waited_s += wait
                 await self._sleep(wait)
 
-    def on_rate_limited(self, retry_after: float | None) -> float:
-        """Record a 429: pause everyone and lower the budget. Returns the pause in seconds."""
+    def on_rate_limited(self, retry_after: float | None, sent_at: float | None = None) -> float:
+        """Record a 429 for a request admitted at `sent_at`: pause everyone and lower the budget.
+
+        A 429 for a request admitted before the latest pause began belongs to the wave that
+        pause already answers: it neither escalates the backoff nor lowers the budget again.
+        Returns the pause in seconds.
+        """
         self.rate_limited_total += 1
+        if sent_at is not None and sent_at <= self._pause_started:
+            return max(0.0, self._paused_until - self._clock())
+        self._pause_started = self._clock()
         if retry_after is None:
             # No hint: exponential backoff with full jitter on the upper half, capped at one window.
             pause = self._backoff * (0.5 + self._rng.random() / 2)
