@@ -323,3 +323,47 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
         click.echo(f"nothing to retry: no row of {source} has outcome {', '.join(outcomes)}")
         sys.exit(0)
     _finish(result, quiet)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--failed", is_flag=True, help="List only the rows that did not succeed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, for scripts.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the merged (or --failed) report: .parquet or .csv.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Write a self-contained HTML report.")
+@handle_errors
+def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | None, html: Path | None) -> None:
+    """Summarise one or more runs (run folders or report files), merged: the latest attempt per row wins.
+
+    Prints totals per outcome, profile and source type, failures grouped by error code with
+    examples, duration percentiles, and the commands that retry or resume what did not succeed.
+    """
+    from .report import SUCCESS_OUTCOMES
+    from .review import format_review, load_run, merge_runs, summarize, write_frame
+
+    runs = [load_run(p) for p in paths]
+    merged = merge_runs(runs)
+    info = summarize(merged, runs)
+    shown = merged.filter(~pl_col_outcome_in(SUCCESS_OUTCOMES)) if failed else merged
+    if out is not None:
+        write_frame(shown, out)
+    if html is not None:
+        from .html import write_html
+
+        write_html(merged, info, html)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    elif failed:
+        cols = [c for c in ("row", "ref_id", "source", "outcome", "error_code", "error_message") if c in shown.columns]
+        for rec in shown.select(cols).iter_rows(named=True):
+            click.echo("\t".join("" if rec[c] is None else str(rec[c]) for c in cols))
+    else:
+        click.echo(format_review(info))
+    if out is not None and not as_json:
+        click.echo(f"wrote {out}", err=True)
+
+
+def pl_col_outcome_in(outcomes):  # noqa: ANN001, ANN201
+    import polars as pl
+
+    return pl.col("outcome").is_in(list(outcomes))

@@ -214,13 +214,14 @@ class Journal:
         """Every row's journal state as a polars frame, in manifest order."""
         cur = self._conn.execute(
             "SELECT row, key, state, job_id, media_id, job_profile_id, encode_status, http_status, error_code, "
-            "error_message, attempts, submitted_at, finished_at FROM rows ORDER BY row"
+            "error_message, attempts, submitted_at, finished_at, job_created_at, job_updated_at FROM rows ORDER BY row"
         )
         schema = {
             "row": pl.Int64, "key": pl.String, "state": pl.String, "job_id": pl.String, "media_id": pl.String,
             "journal_profile_id": pl.Int64, "encode_status": pl.Int64, "http_status": pl.Int64,
             "error_code": pl.String, "error_message": pl.String, "attempts": pl.Int64,
-            "submitted_at": pl.Float64, "finished_at": pl.Float64,
+            "submitted_at": pl.Float64, "finished_at": pl.Float64, "job_created_at": pl.String,
+            "job_updated_at": pl.String,
         }  # fmt: skip
         return pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
 

@@ -16,7 +16,7 @@ OUTCOMES = ("succeeded", "failed", "rejected", "error", "timed_out", "interrupte
 REPORT_COLUMNS = (
     "row", "ref_id", "source", "source_type", "profile", "job_profile_id", "job_id", "media_id", "outcome",
     "encode_status", "http_status", "error_code", "error_message", "attempts", "submitted_at", "finished_at",
-    "duration_s", "bytes",
+    "duration_s", "bytes", "encode_s", "key",
 )  # fmt: skip
 SUCCESS_OUTCOMES = ("succeeded", "skipped")
 FIRST_FAILURES = 10
@@ -24,6 +24,10 @@ FIRST_FAILURES = 10
 
 def _epoch_to_datetime(name: str) -> pl.Expr:
     return (pl.col(name) * 1_000_000).round(0).cast(pl.Int64).cast(pl.Datetime("us", "UTC")).alias(name)
+
+
+def _api_time(name: str) -> pl.Expr:
+    return pl.col(name).str.to_datetime("%Y-%m-%dT%H:%M:%S%.3fZ", time_zone="UTC", strict=False)
 
 
 def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
@@ -48,6 +52,13 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
         .then((pl.col("finished_at") - pl.col("submitted_at")).round(3))
         .otherwise(None)
         .alias("duration_s"),
+        # The platform's own time from job creation to its final state (queueing included).
+        pl.when(pl.col("state").is_in(["succeeded", "failed"]))
+        .then(
+            (_api_time("job_updated_at") - _api_time("job_created_at")).dt.total_milliseconds() / 1000.0
+        )
+        .otherwise(None)
+        .alias("encode_s"),
     )
     return frame.select(*REPORT_COLUMNS, *extras).with_columns(
         pl.col("row").cast(pl.Int64),
@@ -61,14 +72,18 @@ def write_report(report: pl.DataFrame, run_dir: Path) -> tuple[Path, Path]:
     tmp = run_dir / (REPORT_PARQUET + ".tmp")
     report.write_parquet(tmp)
     tmp.replace(parquet)
-    nested = [n for n, t in report.schema.items() if t.is_nested() or t == pl.Binary]
-    flat = report.with_columns(
-        [pl.col(n).map_elements(lambda v: json.dumps(v, default=str), return_dtype=pl.String) for n in nested]
-    )
     tmp = run_dir / (REPORT_CSV + ".tmp")
-    flat.write_csv(tmp)
+    flat_for_csv(report).write_csv(tmp)
     tmp.replace(csv)
     return parquet, csv
+
+
+def flat_for_csv(frame: pl.DataFrame) -> pl.DataFrame:
+    """The frame with nested or binary columns (from a Parquet manifest's extras) as JSON text."""
+    nested = [n for n, t in frame.schema.items() if t.is_nested() or t == pl.Binary]
+    return frame.with_columns(
+        [pl.col(n).map_elements(lambda v: json.dumps(v, default=str), return_dtype=pl.String) for n in nested]
+    )
 
 
 def read_report(path: Path) -> pl.DataFrame:

@@ -1,0 +1,66 @@
+"""`batch-ingest report`: merging runs, the summary, --failed, --json, --out."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+from click.testing import CliRunner
+
+from batch_ingest.cli import main
+from batch_ingest.emulator import EmulatorConfig
+
+from .test_faults import FAST, FLAGS, mixed_manifest
+
+
+def run_cli(args, env=None):
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+
+
+def test_report_merges_a_run_and_its_retry(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.4, seed=8))
+    manifest = mixed_manifest(tmp_path, 50)
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_cli(["run", str(manifest), "--report-dir", str(first), *FLAGS], server.env())
+    before = pl.read_parquet(first / "report.parquet")
+    failed_rows = before.filter(pl.col("outcome") == "failed")["row"].to_list()
+    assert failed_rows
+    run_cli(["retry", str(first), "--report-dir", str(second), *FLAGS], server.env())
+    retried = pl.read_parquet(second / "report.parquet")
+
+    result = run_cli(["report", str(first), str(second), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["rows"] == 50  # one row per manifest row, the latest attempt winning
+    expected_failed = retried.filter(pl.col("outcome") == "failed").height
+    assert info["outcomes"]["failed"] == expected_failed
+    assert info["outcomes"]["succeeded"] == 50 - expected_failed
+    codes = {g["error_code"]: g["count"] for g in info["failures_by_code"]}
+    assert codes.get("ENCODE_FAILED", 0) == expected_failed
+    assert set(info["per_source_type"]) == {"url", "file"}
+    assert info["durations_s"]["encode"]["p50"] > 0
+    if expected_failed:
+        assert info["next_steps"] == [f"batch-ingest retry {second} --only failed"]
+    else:
+        assert info["next_steps"] == []
+
+    out = tmp_path / "merged.csv"
+    result = run_cli(["report", str(first), str(second), "--failed", "--out", str(out)])
+    assert result.exit_code == 0
+    merged = pl.read_csv(out)
+    assert merged.height == expected_failed
+    assert len([line for line in result.stdout.splitlines() if line.strip()]) == expected_failed
+    assert f"wrote {out}" in result.stderr
+
+    text = run_cli(["report", str(second / "report.parquet")]).output
+    assert "rows from 1 report(s)" in text
+
+
+def test_report_on_missing_or_wrong_paths_exits_2(tmp_path):
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    result = CliRunner().invoke(main, ["report", str(tmp_path / "x.csv")])
+    assert result.exit_code == 2 and "not a batch-ingest report" in result.output
+    result = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "no report.parquet" in result.output
