@@ -141,6 +141,7 @@ def main() -> None:
 @click.option("--hang-rate", type=float, default=0.0, show_default=True, help="Fault: share of requests that hang.")
 @click.option("--storage-missing", is_flag=True, help="Fault: every create answers STORAGE_NOT_FOUND.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for durations, failures and faults.")
+@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Emulator seconds per real second.")
 @handle_errors
 def emulator(**options: Any) -> None:
     """Serve the bundled SmartSTREAM API emulator and print the settings that point at it."""

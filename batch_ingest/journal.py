@@ -17,10 +17,12 @@ crash (kill -9) and a power loss alike.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ SUCCEEDED, FAILED, TIMED_OUT = "succeeded", "failed", "timed_out"
 REJECTED, ERROR, SKIPPED = "rejected", "error", "skipped"
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, REJECTED, ERROR, SKIPPED})
 JOURNAL_FILE = "journal.sqlite"
+DEFER_MAX = 256  # deferred state changes held before a commit is forced
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,6 +100,8 @@ class Journal:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        self._deferred: list[tuple[str, tuple]] = []
+        self._sending: list[tuple[int, float, asyncio.Future[None]]] = []
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
@@ -149,25 +154,73 @@ class Journal:
         return cls(path, conn)
 
     def close(self) -> None:
-        """Close the connection (checkpointing the WAL)."""
+        """Commit what is deferred and close the connection (checkpointing the WAL)."""
+        self.flush()
         self._conn.close()
 
-    def _tx(self):  # noqa: ANN202
-        conn = self._conn
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One transaction; deferred writes go first, so they become durable with it."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            deferred, self._deferred = self._deferred, []
+            for sql, params in deferred:
+                self._conn.execute(sql, params)
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            self._deferred = deferred + self._deferred
+            raise
+        self._conn.execute("COMMIT")
 
-        class _Tx:
-            def __enter__(self_inner):
-                conn.execute("BEGIN IMMEDIATE")
+    def _write(self, sql: str, params: tuple, *, durable: bool = False) -> None:
+        """A state change: committed now when `durable`, else with the next commit.
 
-            def __exit__(self_inner, exc_type, *rest):
-                conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        Only `sending` must be on disk before its request leaves. Any other change lost in a
+        crash leaves the row in an earlier state that resume handles safely (a `sending` row
+        is looked up, a `submitted` one polled), at the cost of a request.
+        """
+        if durable:
+            with self._tx():
+                self._conn.execute(sql, params)
+            return
+        self._deferred.append((sql, params))
+        if len(self._deferred) >= DEFER_MAX:
+            self.flush()
 
-        return _Tx()
+    def flush(self) -> None:
+        """Commit every deferred state change."""
+        if self._deferred:
+            with self._tx():
+                pass
+
+    async def sending(self, row: int, now: float) -> None:
+        """Commit `row` as `sending`, grouped with every other row marked in the same loop turn."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._sending.append((row, now, fut))
+        if len(self._sending) == 1:
+            loop.call_soon(self._commit_sending)
+        await fut
+
+    def _commit_sending(self) -> None:
+        batch, self._sending = self._sending, []
+        try:
+            self.mark_sending([r for r, _, _ in batch], batch[0][1])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for _, _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
 
     # -- meta ---------------------------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
         """Everything in the meta table, JSON-decoded."""
+        self.flush()
         out = {}
         for key, value in self._conn.execute("SELECT key, value FROM meta"):
             try:
@@ -187,6 +240,7 @@ class Journal:
 
     def tasks(self, states: Iterable[str], *, after_row: int = 0, limit: int = 1000) -> list[RowTask]:
         """Rows in `states`, in manifest order, after `after_row`."""
+        self.flush()
         states = list(states)
         cur = self._conn.execute(
             "SELECT row, key, ref_id, source, source_type, source_path, job_profile_id, name, description, bytes, "
@@ -198,20 +252,24 @@ class Journal:
 
     def in_flight(self) -> list[tuple[int, str, float | None, str | None]]:
         """(row, job id, submitted_at, job updated_at) of every submitted, unfinished row."""
+        self.flush()
         return self._conn.execute(
             "SELECT row, job_id, submitted_at, job_updated_at FROM rows WHERE state = ? ORDER BY row", (SUBMITTED,)
         ).fetchall()
 
     def counts(self) -> dict[str, int]:
         """Rows per state."""
+        self.flush()
         return dict(self._conn.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())
 
     def job_ids(self) -> set[str]:
         """Every job id the run has recorded (to never adopt one job for two rows)."""
+        self.flush()
         return {r[0] for r in self._conn.execute("SELECT job_id FROM rows WHERE job_id IS NOT NULL")}
 
     def to_frame(self) -> pl.DataFrame:
         """Every row's journal state as a polars frame, in manifest order."""
+        self.flush()
         cur = self._conn.execute(
             "SELECT row, key, state, job_id, media_id, job_profile_id, encode_status, http_status, error_code, "
             "error_message, attempts, submitted_at, finished_at, job_created_at, job_updated_at FROM rows ORDER BY row"
@@ -237,8 +295,7 @@ class Journal:
 
     def mark_pending(self, row: int) -> None:
         """The request surely never reached the server (or the look-up found nothing): send again."""
-        with self._tx():
-            self._conn.execute("UPDATE rows SET state = ? WHERE row = ?", (PENDING, row))
+        self._write("UPDATE rows SET state = ? WHERE row = ?", (PENDING, row))
 
     def mark_submitted(
         self,
@@ -254,24 +311,22 @@ class Journal:
         state: str = SUBMITTED,
     ) -> None:
         """The platform holds a job for the row (created, adopted after a look-up, or skipped)."""
-        with self._tx():
-            self._conn.execute(
-                "UPDATE rows SET state = ?, job_id = ?, media_id = ?, job_profile_id = coalesce(?, job_profile_id), "
-                "encode_status = ?, job_created_at = ?, job_updated_at = ?, submitted_at = coalesce(submitted_at, ?), "
-                "http_status = NULL, error_code = NULL, error_message = NULL WHERE row = ?",
-                (state, job_id, media_id, job_profile_id, encode_status, created_at, updated_at, now, row),
-            )
+        self._write(
+            "UPDATE rows SET state = ?, job_id = ?, media_id = ?, job_profile_id = coalesce(?, job_profile_id), "
+            "encode_status = ?, job_created_at = ?, job_updated_at = ?, submitted_at = coalesce(submitted_at, ?), "
+            "http_status = NULL, error_code = NULL, error_message = NULL WHERE row = ?",
+            (state, job_id, media_id, job_profile_id, encode_status, created_at, updated_at, now, row),
+        )
 
     def mark_skipped(self, row: int, *, job_id: str, media_id: str | None, encode_status: int | None,
                      job_profile_id: int | None, now: float) -> None:
         """The platform already holds a job with the row's ref_id (--skip-existing): record it, send nothing."""
-        with self._tx():
-            self._conn.execute(
-                "UPDATE rows SET state = ?, job_id = ?, media_id = ?, encode_status = ?, "
-                "job_profile_id = coalesce(?, job_profile_id), finished_at = ?, error_code = NULL, "
-                "error_message = 'a job with this ref_id already exists on the platform' WHERE row = ?",
-                (SKIPPED, job_id, media_id, encode_status, job_profile_id, now, row),
-            )
+        self._write(
+            "UPDATE rows SET state = ?, job_id = ?, media_id = ?, encode_status = ?, "
+            "job_profile_id = coalesce(?, job_profile_id), finished_at = ?, error_code = NULL, "
+            "error_message = 'a job with this ref_id already exists on the platform' WHERE row = ?",
+            (SKIPPED, job_id, media_id, encode_status, job_profile_id, now, row),
+        )
 
     def carry_over(self, states: list[tuple]) -> None:
         """Copy unfinished states from an earlier run's journal (retry): (row, state, job_id, sent_at, submitted_at, updated_at)."""
@@ -283,6 +338,7 @@ class Journal:
 
     def unfinished(self) -> list[tuple]:
         """(row, state, job_id, sent_at, submitted_at, job_updated_at) of rows not yet final."""
+        self.flush()
         return self._conn.execute(
             "SELECT row, state, job_id, sent_at, submitted_at, job_updated_at FROM rows WHERE state IN (?, ?, ?) ORDER BY row",
             (PENDING, SENDING, SUBMITTED),
@@ -290,20 +346,18 @@ class Journal:
 
     def mark_error(self, row: int, *, http_status: int | None, code: str | None, message: str, now: float) -> None:
         """The submission failed for good."""
-        with self._tx():
-            self._conn.execute(
-                "UPDATE rows SET state = ?, http_status = ?, error_code = ?, error_message = ?, finished_at = ? "
-                "WHERE row = ?",
-                (ERROR, http_status, code, message, now, row),
-            )
+        self._write(
+            "UPDATE rows SET state = ?, http_status = ?, error_code = ?, error_message = ?, finished_at = ? "
+            "WHERE row = ?",
+            (ERROR, http_status, code, message, now, row),
+        )
 
     def note_error(self, row: int, *, http_status: int | None, code: str | None, message: str) -> None:
         """Remember the last transient error of a row that is still being retried."""
-        with self._tx():
-            self._conn.execute(
-                "UPDATE rows SET http_status = ?, error_code = ?, error_message = ? WHERE row = ?",
-                (http_status, code, message, row),
-            )
+        self._write(
+            "UPDATE rows SET http_status = ?, error_code = ?, error_message = ? WHERE row = ?",
+            (http_status, code, message, row),
+        )
 
     def record_progress(self, updates: list[tuple[int, int | None, str | None, str | None, float | None]]) -> None:
         """Poll results in one transaction: (row, encode_status, updated_at, final state or None, now)."""

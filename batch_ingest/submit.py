@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .api.client import SmartStreamClient
 from .api.models import Job, parse_api_date
-from .api.retry import retrying
+from .api.retry import call_with_retries
 from .errors import (
     ApiConnectionError,
     ApiError,
@@ -205,7 +205,7 @@ class Submitter:
             if self.stop.is_set():
                 raise _Stopped()
             sent_at = self._clock()
-            self.journal.mark_sending([task.row], sent_at)
+            await self.journal.sending(task.row, sent_at)
             try:
                 job = await self._create(task)
             except (ApiConnectionError, ServerError) as exc:
@@ -232,9 +232,7 @@ class Submitter:
             return job
 
         try:
-            async for retry in retrying(self.retries, sleep=self._sleep):
-                with retry:
-                    job = await attempt()
+            job = await call_with_retries(attempt, self.retries, sleep=self._sleep)
         except _Stopped:
             return
         except AuthError as exc:

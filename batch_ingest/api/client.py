@@ -31,7 +31,7 @@ from ..settings import Settings
 from .auth import Auth, expiration_epoch
 from .models import Job, JobProfile, Page
 from .ratelimit import RateLimiter, parse_retry_after
-from .retry import retrying
+from .retry import call_with_retries
 
 USER_AGENT = f"batch-ingest/{__version__} httpx/{httpx.__version__}"
 UPLOAD_CHUNK = 1024 * 1024  # bytes read from disk per step of an upload
@@ -240,11 +240,11 @@ class SmartStreamClient:
             ) from exc
 
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        async for attempt in retrying(self.get_retries, sleep=self._sleep):
-            with attempt:
-                response = await self._request("GET", path, params=params)
-                return self._json(response, "GET", path)
-        raise AssertionError("unreachable")
+        async def once() -> Any:
+            response = await self._request("GET", path, params=params)
+            return self._json(response, "GET", path)
+
+        return await call_with_retries(once, self.get_retries, sleep=self._sleep)
 
     # -- endpoints ---------------------------------------------------------------------------
 

@@ -392,5 +392,14 @@ def create_app(config: EmulatorConfig | None = None, *, clock: Callable[[], floa
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
     app.router.redirect_slashes = False
-    app.state.store = Store(config or EmulatorConfig(), clock=clock)
+    config = config or EmulatorConfig()
+    if config.time_scale != 1.0:
+        clock = _scaled(clock, config.time_scale)
+    app.state.store = Store(config, clock=clock)
     return app
+
+
+def _scaled(clock: Callable[[], float], scale: float) -> Callable[[], float]:
+    """A clock that runs `scale` times as fast as `clock`, starting from its present reading."""
+    origin = clock()
+    return lambda: origin + (clock() - origin) * scale

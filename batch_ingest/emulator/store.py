@@ -56,6 +56,7 @@ class EmulatorConfig:
     default_profile_id: str = "100"
     profiles: tuple[tuple[str, str, str], ...] = DEFAULT_PROFILES
     seed: int = 0
+    time_scale: float = 1.0  # emulator seconds per real second: 10 makes a 30 s encode take 3 s
     # Faults
     latency_s: float = 0.0  # added before every API answer
     error_rate: float = 0.0  # share of API requests answered 500 SERVER_ERROR (nothing done)

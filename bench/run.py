@@ -1,0 +1,526 @@
+"""The benchmark suite: batch-ingest against the baselines, against the emulator over loopback.
+
+    uv run python bench/run.py --quick     # a few minutes
+    uv run python bench/run.py             # the full suite; also rewrites BENCHMARKS.md
+
+Every figure comes from this script; each scenario runs its baselines in the same process
+against the same emulator settings, so ratios stay meaningful on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from batch_ingest.emulator import EmulatorConfig, create_app, free_port  # noqa: E402
+from batch_ingest.runner import RunOptions, run_manifest_async  # noqa: E402
+from batch_ingest.settings import Secret, Settings  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+CFG = EmulatorConfig()
+HEADERS = {"X-Streaks-Api-Key": CFG.api_key, "Authorization": f"Bearer {CFG.token}"}
+PREFIX = f"/v1/merchants/{CFG.merchant_id}"
+FINAL = (2, 3, 4)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def emulator_process(*args: str):
+    """The emulator in its own process (its CPU is not ours), on a free loopback port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batch_ingest", "emulator", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("emulator did not start: " + proc.stderr.read().decode()[-500:])
+            time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def stats(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/_emulator/stats", timeout=60, trust_env=False).json()
+
+
+def settings_for(url: str, **kw: Any) -> Settings:
+    base = dict(api_url=url, merchant_id=CFG.merchant_id, api_key=Secret(CFG.api_key), token=Secret(CFG.token))
+    return Settings(**{**base, **kw})
+
+
+def url_manifest(folder: Path, n: int, name: str = "m.csv") -> Path:
+    path = folder / name
+    pl.DataFrame(
+        {
+            "source": [f"https://cdn.example.com/v/{i}.mp4" for i in range(n)],
+            "profile": ["100"] * n,
+            "ref_id": [f"v{i}" for i in range(n)],
+        }
+    ).write_csv(path)
+    return path
+
+
+def run_batch_ingest(manifest: Path, settings: Settings, run_dir: Path, transport=None) -> dict[str, Any]:
+    result = asyncio.run(
+        run_manifest_async(manifest, settings, RunOptions(run_dir=run_dir), transport=transport)
+    )
+    return result.summary
+
+
+def measured_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, float, str]:
+    """Run a command through a fresh wrapper: (exit code, wall seconds, peak RSS MB of the command, stdout)."""
+    wrapper = (
+        "import resource, subprocess, sys, time, json\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(json.dumps({'rc': p.returncode, 's': time.perf_counter() - t, "
+        "'mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 'out': p.stdout[-2000:], "
+        "'err': p.stderr[-2000:]}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
+    data = json.loads(out.stdout)
+    if data["rc"] not in (0, 1):
+        print(data["err"], file=sys.stderr)
+    return data["rc"], data["s"], data["mb"], data["out"]
+
+
+def run_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")}
+    env.update(
+        SMARTSTREAM_API_URL=url,
+        SMARTSTREAM_MERCHANT_ID=CFG.merchant_id,
+        SMARTSTREAM_API_KEY=CFG.api_key,
+        SMARTSTREAM_TOKEN=CFG.token,
+    )
+    return env
+
+
+# -- the baselines ------------------------------------------------------------------------------
+
+
+async def _send(client: httpx.AsyncClient, method: str, path: str, counter: list[int], **kw: Any) -> httpx.Response:
+    """One request, waiting out 429s as a careful script would."""
+    while True:
+        counter[0] += 1
+        r = await client.request(method, path, **kw)
+        if r.status_code != 429:
+            return r
+        await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+
+
+async def per_job_polling(url: str, n: int, concurrency: int, poll_every: float, deadline_s: float | None = None):
+    """C workers, each: submit one job, poll it with GET jobs/:id until it finishes, take the next.
+
+    concurrency=1 is the sequential baseline (a first script); more is `xargs -P` with curl.
+    Returns (jobs finished, requests, seconds).
+    """
+    counter = [0]
+    queue = list(range(n))
+    done = [0]
+    start = time.perf_counter()
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, headers=HEADERS, limits=limits, timeout=60, trust_env=False) as c:
+
+        async def worker() -> None:
+            while queue and (deadline_s is None or time.perf_counter() - start < deadline_s):
+                i = queue.pop()
+                r = await _send(c, "POST", f"{PREFIX}/jobs", counter, json={"source_url": f"https://b/{i}.mp4", "job_profile_id": 100})
+                job_id = r.json()["id"]
+                while True:
+                    await asyncio.sleep(poll_every)
+                    r = await _send(c, "GET", f"{PREFIX}/jobs/{job_id}", counter)
+                    if r.json()["encode_status"] in FINAL:
+                        done[0] += 1
+                        break
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done[0], counter[0], time.perf_counter() - start
+
+
+async def bare_creates(url_or_transport, n: int, concurrency: int, lists: int = 0) -> tuple[int, float]:
+    """A bare httpx loop: n creates with `concurrency` workers, then `lists` list calls. (requests, seconds)."""
+    counter = [0]
+    queue = list(range(n))
+    kw: dict[str, Any] = {"headers": HEADERS, "timeout": 60, "limits": httpx.Limits(max_connections=concurrency)}
+    if isinstance(url_or_transport, str):
+        kw.update(base_url=url_or_transport, trust_env=False)
+    else:
+        kw.update(base_url="http://emulator.test", transport=url_or_transport)
+    start = time.perf_counter()
+    async with httpx.AsyncClient(**kw) as c:
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                await _send(c, "POST", f"{PREFIX}/jobs", counter, json={"source_url": f"https://b/{i}.mp4", "job_profile_id": 100})
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        for _ in range(lists):
+            await _send(c, "GET", f"{PREFIX}/jobs", counter, params={"limit": 100, "sort": "updated_at", "order": "DESC"})
+    return counter[0], time.perf_counter() - start
+
+
+# -- scenarios ----------------------------------------------------------------------------------
+
+
+def scenario_request_economy(tmp: Path, quick: bool) -> dict[str, Any]:
+    """1,000 jobs whose encodes take tens of seconds (emulator time, run 10x faster): requests per job."""
+    scale = 10.0
+    args = ["--rate-limit", "0", "--queue-seconds", "5", "--encode-seconds", "30", "--time-scale", str(scale)]
+    n, n_seq, n_par = 1000, (8 if quick else 20), (80 if quick else 200)
+    poll = 5 / scale  # baselines poll every 5 emulator-seconds
+    with emulator_process(*args) as url:
+        s = settings_for(url, rate=0, poll_min_interval=2 / scale, poll_max_interval=30 / scale)
+        summary = run_batch_ingest(url_manifest(tmp, n), s, tmp / "economy")
+        ours = stats(url)["requests_total"] / n
+        assert summary["outcomes"]["succeeded"] == n, summary["outcomes"]
+    with emulator_process(*args) as url:
+        done, req, _ = asyncio.run(per_job_polling(url, n_seq, 1, poll))
+        seq = req / done
+    with emulator_process(*args) as url:
+        done, req, _ = asyncio.run(per_job_polling(url, n_par, 8, poll))
+        par = req / done
+    return {
+        "batch_ingest_requests_per_job": round(ours, 3),
+        "sequential_requests_per_job": round(seq, 3),
+        "parallel_per_job_polling_requests_per_job": round(par, 3),
+        "jobs": {"batch_ingest": n, "sequential": n_seq, "parallel": n_par},
+        "target": "batch-ingest <= 1.1",
+        "met": ours <= 1.1,
+    }
+
+
+def scenario_throughput(tmp: Path, quick: bool) -> dict[str, Any]:
+    """R = 3,000 requests/minute enforced by the emulator: jobs finished per minute vs R / requests-per-job."""
+    rate = 3000
+    n = 3000 if quick else 6000
+    args = ["--rate-limit", str(rate), "--queue-seconds", "0.5", "--encode-seconds", "2"]
+    with emulator_process(*args) as url:
+        s = settings_for(url, rate=rate, concurrency=16, poll_min_interval=1, poll_max_interval=5)
+        t = time.perf_counter()
+        summary = run_batch_ingest(url_manifest(tmp, n, "tp.csv"), s, tmp / "throughput")
+        elapsed = time.perf_counter() - t
+        st = stats(url)
+    per_job = st["requests_total"] / n
+    bound = rate / per_job
+    achieved = summary["outcomes"]["succeeded"] / (elapsed / 60)
+    baseline_s = 30 if quick else 60
+    with emulator_process(*args) as url:
+        done, req, secs = asyncio.run(per_job_polling(url, 10**6, 8, 1.0, deadline_s=baseline_s))
+        base_stats = stats(url)
+    return {
+        "rate_limit_per_min": rate,
+        "jobs": n,
+        "batch_ingest_jobs_per_min": round(achieved, 1),
+        "bound_jobs_per_min": round(bound, 1),
+        "share_of_bound": round(achieved / bound, 3),
+        "batch_ingest_429_share": round(st["rate_limited"] / max(1, st["requests_total"]), 4),
+        "parallel_per_job_polling_jobs_per_min": round(done / (secs / 60), 1),
+        "parallel_per_job_polling_429_share": round(base_stats["rate_limited"] / max(1, base_stats["requests_total"]), 4),
+        "target": ">= 90% of bound, 429s < 1%",
+        "met": achieved / bound >= 0.9 and st["rate_limited"] / st["requests_total"] < 0.01,
+    }
+
+
+def _submission_rate(run_dir: Path) -> float:
+    con = sqlite3.connect(run_dir / "journal.sqlite")
+    first_sent, last_done, n = con.execute(
+        "SELECT min(sent_at), max(submitted_at), count(*) FROM rows WHERE submitted_at IS NOT NULL"
+    ).fetchone()
+    con.close()
+    return n / (last_done - first_sent)
+
+
+def scenario_latency(tmp: Path, quick: bool) -> dict[str, Any]:
+    """50 ms answers, no rate limit: submissions per second at C = 1, 8, 32, 64 against C / latency."""
+    latency = 0.05
+    out: dict[str, Any] = {"latency_s": latency, "by_concurrency": {}}
+    met = True
+    for c in (1, 8, 32, 64):
+        n = c * (10 if quick else 25)
+        args = ["--rate-limit", "0", "--latency", str(latency), "--queue-seconds", "0", "--encode-seconds", "0"]
+        with emulator_process(*args) as url:
+            s = settings_for(url, rate=0, concurrency=c, upload_concurrency=1, poll_min_interval=0.5, poll_max_interval=1)
+            run_batch_ingest(url_manifest(tmp, n, f"lat{c}.csv"), s, tmp / f"lat{c}")
+            ours = _submission_rate(tmp / f"lat{c}")
+        with emulator_process(*args) as url:
+            _, secs = asyncio.run(bare_creates(url, n, c))
+            bare = n / secs
+        bound = c / latency
+        out["by_concurrency"][c] = {
+            "batch_ingest_per_s": round(ours, 1),
+            "bare_httpx_per_s": round(bare, 1),
+            "bound_per_s": bound,
+            "batch_ingest_share_of_bound": round(ours / bound, 3),
+            "bare_share_of_bound": round(bare / bound, 3),
+        }
+        met = met and ours / bound >= 0.9
+    out["target"] = ">= 90% of C / latency at every C"
+    out["met"] = met
+    return out
+
+
+def scenario_overhead(tmp: Path, quick: bool) -> dict[str, Any]:
+    """Instant encodes, in-process through httpx.ASGITransport: CPU per job, batch-ingest vs a bare loop."""
+    n = 2000 if quick else 10000
+    cfg = EmulatorConfig(rate_limit=0, queue_s=0, encode_s=0)
+    app = create_app(cfg)
+    transport = httpx.ASGITransport(app=app)
+    s = settings_for("http://emulator.test", rate=0, concurrency=8, poll_min_interval=0.5, poll_max_interval=2)
+    cpu = time.process_time()
+    summary = run_batch_ingest(url_manifest(tmp, n, "oh.csv"), s, tmp / "overhead", transport=transport)
+    ours_cpu = time.process_time() - cpu
+    with app.state.store.lock:
+        lists = sum(v for (ep, _), v in app.state.store.counters.requests.items() if ep == "GET jobs")
+    app2 = create_app(cfg)
+    cpu = time.process_time()
+    asyncio.run(bare_creates(httpx.ASGITransport(app=app2), n, 8, lists=lists))
+    bare_cpu = time.process_time() - cpu
+    ratio = ours_cpu / bare_cpu
+    return {
+        "jobs": n,
+        "batch_ingest_cpu_us_per_job": round(ours_cpu / n * 1e6),
+        "bare_loop_cpu_us_per_job": round(bare_cpu / n * 1e6),
+        "ratio": round(ratio, 3),
+        "requests": summary["api_requests"],
+        "target": "<= 1.5x the bare loop",
+        "met": ratio <= 1.5,
+        "note": "both include the in-process emulator's own CPU",
+    }
+
+
+BARE_UPLOAD = """
+import asyncio, sys, time, httpx, os, json
+url, path = sys.argv[1], sys.argv[2]
+size = os.path.getsize(path)
+async def body():
+    b = b"--x\\r\\nContent-Disposition: form-data; name=\\"source_file\\"; filename=\\"big.mp4\\"\\r\\n\\r\\n"
+    yield b
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
+    yield b"\\r\\n--x--\\r\\n"
+head = len(b"--x\\r\\nContent-Disposition: form-data; name=\\"source_file\\"; filename=\\"big.mp4\\"\\r\\n\\r\\n")
+headers = {"X-Streaks-Api-Key": "emulator-api-key", "Authorization": "Bearer emulator-token",
+           "Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(head + size + 10)}
+async def main():
+    async with httpx.AsyncClient(timeout=600, trust_env=False) as c:
+        t = time.perf_counter()
+        r = await c.post(url + "/v1/merchants/demo/jobs", content=body(), headers=headers)
+        print(json.dumps({"status": r.status_code, "s": time.perf_counter() - t}))
+asyncio.run(main())
+"""
+
+
+def scenario_upload(tmp: Path, quick: bool) -> dict[str, Any]:
+    """A large sparse file: the runner's peak RSS and its upload throughput against a bare streamed upload."""
+    size = (1 if quick else 10) << 30
+    big = tmp / "big.mp4"
+    with open(big, "wb") as f:
+        f.truncate(size)
+    manifest = tmp / "up.csv"
+    manifest.write_text(f"source,ref_id\n{big},big-1\n")
+    with emulator_process("--rate-limit", "0", "--queue-seconds", "0", "--encode-seconds", "0") as url:
+        rc, _, peak_mb, _ = measured_child(
+            [sys.executable, "-m", "batch_ingest", "run", str(manifest), "--report-dir", str(tmp / "up"), "-q",
+             "--poll-min-interval", "0.5"],
+            env=run_env(url),
+        )  # fmt: skip
+        con = sqlite3.connect(tmp / "up" / "journal.sqlite")
+        sent, submitted = con.execute("SELECT sent_at, submitted_at FROM rows").fetchone()
+        con.close()
+        ours = size / (submitted - sent)
+        bare_out = subprocess.run([sys.executable, "-c", BARE_UPLOAD, url, str(big)], capture_output=True, text=True)
+        bare = size / json.loads(bare_out.stdout)["s"]
+    big.unlink()
+    return {
+        "bytes": size,
+        "exit_code": rc,
+        "runner_peak_rss_mb": round(peak_mb, 1),
+        "batch_ingest_mb_per_s": round(ours / 2**20, 1),
+        "bare_httpx_mb_per_s": round(bare / 2**20, 1),
+        "share_of_bare": round(ours / bare, 3),
+        "target": "peak RSS <= 150 MB, throughput >= 80% of bare",
+        "met": peak_mb <= 150 and ours / bare >= 0.8,
+    }
+
+
+def scenario_big_manifests(tmp: Path, quick: bool) -> dict[str, Any]:
+    """validate of a 1,000,000-row CSV; a 100,000-row run end to end with instant encodes."""
+    rows = 200_000 if quick else 1_000_000
+    big = url_manifest(tmp, rows, "big.csv")
+    rc, secs, mb, _ = measured_child([sys.executable, "-m", "batch_ingest", "validate", str(big)])
+    run_rows = 10_000 if quick else 100_000
+    manifest = url_manifest(tmp, run_rows, "run.csv")
+    with emulator_process("--rate-limit", "0", "--queue-seconds", "0", "--encode-seconds", "0") as url:
+        run_rc, run_secs, run_mb, _ = measured_child(
+            [sys.executable, "-m", "batch_ingest", "run", str(manifest), "--report-dir", str(tmp / "bigrun"), "-q",
+             "--rate", "0", "--concurrency", "16"],
+            env=run_env(url),
+        )  # fmt: skip
+    report = pl.read_parquet(tmp / "bigrun" / "report.parquet")
+    return {
+        "validate_rows": rows,
+        "validate_exit_code": rc,
+        "validate_s": round(secs, 2),
+        "validate_peak_rss_mb": round(mb, 1),
+        "run_rows": run_rows,
+        "run_exit_code": run_rc,
+        "run_s": round(run_secs, 1),
+        "run_peak_rss_mb": round(run_mb, 1),
+        "run_report_rows": report.height,
+        "run_succeeded": int((report["outcome"] == "succeeded").sum()),
+        "target": "validate <= 20 s and <= 1.5 GB; run completes with peak RSS <= 600 MB",
+        "met": rc == 0 and secs <= 20 and mb <= 1536 and run_rc == 0 and run_mb <= 600 and report.height == run_rows,
+    }
+
+
+SCENARIOS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
+    "1 request economy": scenario_request_economy,
+    "2 throughput inside a rate limit": scenario_throughput,
+    "3 latency-bound submission": scenario_latency,
+    "4 client overhead": scenario_overhead,
+    "5 large upload": scenario_upload,
+    "6 big manifests": scenario_big_manifests,
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"Mode: {results['mode']}; {results['date']}; {m['cores']} cores, {m['cpu']}, Python {m['python']}.",
+        "",
+        "| scenario | figure | batch-ingest | baselines | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    r = results["scenarios"]
+    if "1 request economy" in r:
+        x = r["1 request economy"]
+        lines.append(
+            f"| 1 request economy | API requests per job | {x['batch_ingest_requests_per_job']} | sequential "
+            f"{x['sequential_requests_per_job']}, parallel per-job polling {x['parallel_per_job_polling_requests_per_job']} "
+            f"| {x['target']} | {'yes' if x['met'] else 'no'} |"
+        )
+    if "2 throughput inside a rate limit" in r:
+        x = r["2 throughput inside a rate limit"]
+        lines.append(
+            f"| 2 throughput, R={x['rate_limit_per_min']}/min | jobs finished per minute (share of R ÷ requests per job) "
+            f"| {x['batch_ingest_jobs_per_min']} ({x['share_of_bound']:.0%} of {x['bound_jobs_per_min']}), 429s "
+            f"{x['batch_ingest_429_share']:.2%} | parallel per-job polling {x['parallel_per_job_polling_jobs_per_min']}, "
+            f"429s {x['parallel_per_job_polling_429_share']:.2%} | {x['target']} | {'yes' if x['met'] else 'no'} |"
+        )
+    if "3 latency-bound submission" in r:
+        x = r["3 latency-bound submission"]
+        for c, v in x["by_concurrency"].items():
+            lines.append(
+                f"| 3 latency 50 ms, C={c} | submissions per second (share of C ÷ latency = {v['bound_per_s']:g}) "
+                f"| {v['batch_ingest_per_s']} ({v['batch_ingest_share_of_bound']:.0%}) | bare httpx loop "
+                f"{v['bare_httpx_per_s']} ({v['bare_share_of_bound']:.0%}) | ≥ 90% | "
+                f"{'yes' if v['batch_ingest_share_of_bound'] >= 0.9 else 'no'} |"
+            )
+    if "4 client overhead" in r:
+        x = r["4 client overhead"]
+        lines.append(
+            f"| 4 client overhead, {x['jobs']} jobs | CPU µs per job (emulator included) | {x['batch_ingest_cpu_us_per_job']} "
+            f"| bare httpx loop {x['bare_loop_cpu_us_per_job']} (ratio {x['ratio']}) | {x['target']} | "
+            f"{'yes' if x['met'] else 'no'} |"
+        )
+    if "5 large upload" in r:
+        x = r["5 large upload"]
+        lines.append(
+            f"| 5 upload {x['bytes'] / 2**30:.0f} GiB sparse | runner peak RSS; MB/s | {x['runner_peak_rss_mb']} MB; "
+            f"{x['batch_ingest_mb_per_s']} MB/s ({x['share_of_bare']:.0%} of bare) | bare streamed httpx "
+            f"{x['bare_httpx_mb_per_s']} MB/s | {x['target']} | {'yes' if x['met'] else 'no'} |"
+        )
+    if "6 big manifests" in r:
+        x = r["6 big manifests"]
+        lines.append(
+            f"| 6 validate {x['validate_rows']:,} rows; run {x['run_rows']:,} rows | time, peak RSS | validate "
+            f"{x['validate_s']} s, {x['validate_peak_rss_mb']} MB; run {x['run_s']} s, {x['run_peak_rss_mb']} MB, "
+            f"{x['run_succeeded']:,} succeeded | — | {x['target']} | {'yes' if x['met'] else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes")
+    parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,3")
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    chosen = {k: f for k, f in SCENARIOS.items() if not args.only or k.split()[0] in args.only.split(",")}
+    results: dict[str, Any] = {
+        "mode": mode,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "scenarios": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for name, fn in chosen.items():
+            folder = Path(tmp) / name.split()[0]
+            folder.mkdir()
+            started = time.perf_counter()
+            print(f"== {name} ...", flush=True)
+            results["scenarios"][name] = fn(folder, args.quick)
+            results["scenarios"][name]["bench_seconds"] = round(time.perf_counter() - started, 1)
+            print(json.dumps(results["scenarios"][name], indent=2), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{mode}.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = to_markdown(results)
+    (RESULTS / f"{mode}.md").write_text(table)
+    print(table)
+    if mode == "full" and not args.only:
+        (ROOT / "BENCHMARKS.md").write_text(
+            "# Benchmarks\n\nThe latest full run of `uv run python bench/run.py` (see the README's Benchmarks "
+            "section for what each figure means). Written by the script; not edited by hand.\n\n" + table
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
