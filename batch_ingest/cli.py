@@ -63,6 +63,32 @@ def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--log-file and --log-format: an event log for cron (submissions, state changes, errors)."""
+    fn = click.option(
+        "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+        help="Format of --log-file lines.",
+    )(fn)  # fmt: skip
+    return click.option(
+        "--log-file", type=click.Path(dir_okay=False, path_type=Path),
+        help="Append one event per submission, state change and error to this file.",
+    )(fn)  # fmt: skip
+
+
+def progress_for(quiet: bool, options: dict[str, Any]):  # -> Progress
+    """The progress sink for a command: screen output plus the optional event log."""
+    from .progress import choose_progress
+
+    log_file, log_format = options.pop("log_file", None), options.pop("log_format", "text")
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.open("a").close()
+        except OSError as exc:
+            raise UsageError(f"--log-file {log_file}: cannot write: {exc.strerror}") from None
+    return choose_progress(quiet=quiet, log_file=log_file, log_format=log_format)
+
+
 _SETTING_FLAGS = (
     "api_url", "merchant_id", "api_key", "token", "email", "password", "rate", "concurrency",
     "upload_concurrency", "retries", "job_timeout", "poll_min_interval", "poll_max_interval", "encode_status_map",
@@ -187,11 +213,14 @@ def emulator(**options: Any) -> None:
 @click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform (cron).")
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; create no job (same as `validate`).")
 @click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@log_options
 @api_options
 @handle_errors
 def run(
-    manifest: Path, fmt, default_profile, report_dir, max_failures, skip_existing, dry_run, emulator, quiet, **options: Any
+    manifest: Path, fmt, default_profile, report_dir, max_failures, skip_existing, dry_run, emulator, html, quiet,
+    **options: Any,
 ) -> None:
     """Submit every row of MANIFEST, poll until every job finished, and write the report.
 
@@ -199,10 +228,12 @@ def run(
     configuration or manifest error; 3 run aborted; 130 interrupted.
     """
     if dry_run:
+        options.pop("log_file", None), options.pop("log_format", None)
         _validate(manifest, fmt, default_profile, emulator, options)
         return
-    from .progress import choose_progress
     from .runner import RunOptions, run_manifest
+
+    progress = progress_for(quiet, options)
 
     with emulator_for_run(emulator, options):
         settings = build_settings(options)
@@ -214,7 +245,14 @@ def run(
             skip_existing=skip_existing,
             handle_signals=True,
         )
-        result = run_manifest(manifest, settings, run_options, progress=choose_progress(quiet=quiet))
+        result = run_manifest(manifest, settings, run_options, progress=progress)
+    if html is not None:
+        from .html import write_html
+        from .review import load_run, merge_runs, summarize
+
+        runs = [load_run(result.run_dir)]
+        merged = merge_runs(runs)
+        write_html(merged, summarize(merged, runs), html)
     _finish(result, quiet)
 
 
@@ -269,6 +307,7 @@ def validate(manifest: Path, fmt, default_profile, emulator, as_json, **options:
 @click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
 @click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@log_options
 @api_options
 @handle_errors
 def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) -> None:
@@ -279,13 +318,13 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) ->
     Resuming a finished run changes nothing. Credentials come from flags or the environment
     as for `run`; the API URL and other non-secret settings default to the run's own.
     """
-    from .progress import choose_progress
     from .runner import RunOptions, resume_run, stored_settings
 
+    progress = progress_for(quiet, options)
     stored = stored_settings(run_dir) if (run_dir / "journal.sqlite").exists() else {}
     settings = build_settings(options, stored)
     run_options = RunOptions(max_failures=max_failures, skip_existing=skip_existing, handle_signals=True)
-    _finish(resume_run(run_dir, settings, run_options, progress=choose_progress(quiet=quiet)), quiet)
+    _finish(resume_run(run_dir, settings, run_options, progress=progress), quiet)
 
 
 @main.command()
@@ -300,6 +339,7 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) ->
 @click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
 @click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@log_options
 @api_options
 @handle_errors
 def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quiet, **options: Any) -> None:
@@ -309,9 +349,9 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     the merged view (latest attempt per row). Interrupted rows keep their job: it is polled,
     not submitted again.
     """
-    from .progress import choose_progress
     from .runner import RunOptions, retry_run, stored_settings
 
+    progress = progress_for(quiet, options)
     run_dir = source if source.is_dir() else source.parent
     stored = stored_settings(run_dir) if (run_dir / "journal.sqlite").exists() else {}
     settings = build_settings(options, stored)
@@ -319,7 +359,7 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     run_options = RunOptions(
         run_dir=report_dir, max_failures=max_failures, skip_existing=skip_existing, handle_signals=True
     )
-    result = retry_run(source, settings, run_options, only=outcomes, progress=choose_progress(quiet=quiet))
+    result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
     if result is None:
         click.echo(f"nothing to retry: no row of {source} has outcome {', '.join(outcomes)}")
         sys.exit(0)
@@ -368,3 +408,78 @@ def pl_col_outcome_in(outcomes):  # noqa: ANN001, ANN201
     import polars as pl
 
     return pl.col("outcome").is_in(list(outcomes))
+
+
+def _client_call(options: dict[str, Any], call):  # noqa: ANN001, ANN202
+    from .api.client import SmartStreamClient
+
+    settings = build_settings(options)
+
+    async def go():  # noqa: ANN202
+        async with SmartStreamClient.from_settings(settings) as client:
+            return await call(client)
+
+    return asyncio.run(go())
+
+
+@main.command()
+@click.option("--emulator", is_flag=True, help="Ask the bundled emulator instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+@api_options
+@handle_errors
+def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
+    """List the account's job profiles (id, ref_id, name): the values a manifest's profile column takes."""
+
+    async def call(client):  # noqa: ANN001, ANN202
+        return [p async for p in client.iter_job_profiles(sort="id", order="ASC")]
+
+    with emulator_for_run(emulator, options):
+        found = _client_call(options, call)
+    for p in found:
+        if as_json:
+            click.echo(json.dumps({"id": p.id, "ref_id": p.ref_id, "name": p.name, "description": p.description}))
+        else:
+            click.echo(f"{p.id:>8}  ref:{p.ref_id or '-':<20}  {p.name or ''}")
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="How many of the newest jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@api_options
+@handle_errors
+def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
+    """Show one job (JOB is an id or ref:<ref_id>), or the newest jobs."""
+    from dataclasses import asdict
+
+    async def call(client):  # noqa: ANN001, ANN202
+        if job:
+            return [await client.get_job(job)]
+        return (await client.list_jobs(limit=limit, sort="created_at", order="DESC")).items
+
+    found = _client_call(options, call)
+    if as_json:
+        data = [asdict(j) for j in found]
+        click.echo(json.dumps(data[0] if job else data, indent=2))
+        return
+    for j in found:
+        if job:
+            for key, value in asdict(j).items():
+                click.echo(f"{key:>15}: {'' if value is None else value}")
+        else:
+            click.echo(f"{j.id}  status {j.encode_status}  {j.updated_at}  ref:{j.ref_id or '-'}  {j.source_url or ''}")
+
+
+@main.command()
+@api_options
+@handle_errors
+def config(**options: Any) -> None:
+    """Show the resolved settings (flag, environment, config file, default) with secrets masked."""
+    from .settings import load_config_file, resolve_settings
+
+    flags = {name: options.pop(name, None) for name in _SETTING_FLAGS}
+    file_config, path = load_config_file(options.pop("config_file", None), warn=lambda m: click.echo(f"warning: {m}", err=True))
+    settings = resolve_settings(flags, config=file_config)
+    click.echo(f"# config file: {path or '(none)'}")
+    for key, value in settings.masked().items():
+        click.echo(f"{key} = {'' if value is None else value}")

@@ -133,7 +133,7 @@ class Poller:
     def _final(self, job: Tracked, status: int | None, updated_at: str | None, verdict: str, now: float):
         state = {SUCCEEDED: J_SUCCEEDED, FAILED: J_FAILED}.get(verdict, TIMED_OUT)
         del self._jobs[job.job_id]
-        self.progress.row_finished(state)
+        self.progress.row_finished(state, row=job.row, job_id=job.job_id, encode_status=status)
         self.on_final(state)
         return (job.row, status, updated_at, state, now)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 import time
 from collections import Counter
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 
 class Progress:
@@ -14,11 +17,14 @@ class Progress:
     def start(self, *, rows: int, to_submit: int, upload_bytes: int) -> None:
         """A run begins: `to_submit` of `rows` will be sent, `upload_bytes` uploaded."""
 
-    def row_submitted(self) -> None:
+    def row_submitted(self, *, row: int | None = None, job_id: str | None = None) -> None:
         """A job was created (or adopted) for one more row."""
 
-    def row_finished(self, outcome: str) -> None:
-        """One more row reached a final outcome."""
+    def row_finished(self, outcome: str, *, row: int | None = None, **details: Any) -> None:
+        """One more row reached a final outcome (details: job_id, encode_status, error)."""
+
+    def retrying(self, *, row: int, error: str) -> None:
+        """A row's request failed in a way worth retrying."""
 
     def bytes_sent(self, n: int) -> None:
         """`n` more bytes of an upload left."""
@@ -52,11 +58,11 @@ class LogProgress(Progress):
             done = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "none finished"
             self.message(f"submitted {self.submitted}/{self.to_submit}; {done}")
 
-    def row_submitted(self) -> None:
+    def row_submitted(self, **_: Any) -> None:
         self.submitted += 1
         self._maybe_report()
 
-    def row_finished(self, outcome: str) -> None:
+    def row_finished(self, outcome: str, **_: Any) -> None:
         self.outcomes[outcome] += 1
         self._maybe_report()
 
@@ -83,10 +89,10 @@ class BarProgress(Progress):
             )
             self._bars.append(self._bytes)
 
-    def row_submitted(self) -> None:
+    def row_submitted(self, **_: Any) -> None:
         self._submitted.update(1)
 
-    def row_finished(self, outcome: str) -> None:
+    def row_finished(self, outcome: str, **_: Any) -> None:
         self._finished.update(1)
 
     def bytes_sent(self, n: int) -> None:
@@ -103,9 +109,92 @@ class BarProgress(Progress):
             bar.close()
 
 
-def choose_progress(*, quiet: bool, stream: TextIO | None = None) -> Progress:
-    """Bars on a terminal, log lines otherwise, nothing with --quiet."""
-    if quiet:
-        return Progress()
+class EventLog(Progress):
+    """One log record per submission, state change and error, as text or JSON lines (for cron).
+
+    Only row numbers, job ids, outcomes and API error codes and messages are logged: never
+    settings, headers or credentials.
+    """
+
+    def __init__(self, path: Path, fmt: str = "text") -> None:
+        self.logger = logging.getLogger(f"batch_ingest.events.{id(self)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        self.handler = logging.FileHandler(path, encoding="utf-8")
+        self.fmt = fmt
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        self.logger.addHandler(self.handler)
+
+    def _emit(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+        fields = {k: v for k, v in fields.items() if v is not None}
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        if self.fmt == "json":
+            line = json.dumps({"ts": stamp, "level": logging.getLevelName(level).lower(), "event": event, **fields})
+        else:
+            line = f"{stamp} {logging.getLevelName(level)} {event} " + " ".join(f"{k}={v}" for k, v in fields.items())
+        self.logger.log(level, line)
+
+    def start(self, *, rows: int, to_submit: int, upload_bytes: int) -> None:
+        self._emit("run_started", rows=rows, to_submit=to_submit, upload_bytes=upload_bytes)
+
+    def row_submitted(self, *, row: int | None = None, job_id: str | None = None) -> None:
+        self._emit("submitted", row=row, job_id=job_id)
+
+    def row_finished(self, outcome: str, *, row: int | None = None, **details: Any) -> None:
+        level = logging.INFO if outcome in ("succeeded", "skipped") else logging.WARNING
+        self._emit("finished", level, row=row, outcome=outcome, **details)
+
+    def retrying(self, *, row: int, error: str) -> None:
+        self._emit("retrying", logging.WARNING, row=row, error=error)
+
+    def message(self, text: str) -> None:
+        self._emit("message", text=text)
+
+    def close(self) -> None:
+        self._emit("run_ended")
+        self.handler.close()
+        self.logger.removeHandler(self.handler)
+
+
+class Tee(Progress):
+    """Every event to every sink."""
+
+    def __init__(self, *sinks: Progress) -> None:
+        self.sinks = sinks
+
+    def start(self, **kw: Any) -> None:
+        for s in self.sinks:
+            s.start(**kw)
+
+    def row_submitted(self, **kw: Any) -> None:
+        for s in self.sinks:
+            s.row_submitted(**kw)
+
+    def row_finished(self, outcome: str, **kw: Any) -> None:
+        for s in self.sinks:
+            s.row_finished(outcome, **kw)
+
+    def retrying(self, **kw: Any) -> None:
+        for s in self.sinks:
+            s.retrying(**kw)
+
+    def bytes_sent(self, n: int) -> None:
+        for s in self.sinks:
+            s.bytes_sent(n)
+
+    def message(self, text: str) -> None:
+        for s in self.sinks:
+            s.message(text)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+
+
+def choose_progress(
+    *, quiet: bool, stream: TextIO | None = None, log_file: Path | None = None, log_format: str = "text"
+) -> Progress:
+    """Bars on a terminal, log lines otherwise, nothing with --quiet; plus an event log with --log-file."""
     stream = stream or sys.stderr
-    return BarProgress() if stream.isatty() else LogProgress(stream)
+    screen = Progress() if quiet else (BarProgress() if stream.isatty() else LogProgress(stream))
+    return Tee(screen, EventLog(log_file, log_format)) if log_file else screen

@@ -7,8 +7,9 @@ config file (``batch-ingest.toml`` in the working folder, or ``--config FILE``),
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,13 @@ _CONVERTERS: dict[str, Any] = {
 SECRET_FIELDS = frozenset({"api_key", "token", "password"})
 
 
-def load_config_file(path: Path | None) -> tuple[dict[str, Any], Path | None]:
-    """Read a TOML config file: (settings table, path read). No file at the default place is fine."""
+def load_config_file(
+    path: Path | None, *, warn: Callable[[str], Any] | None = None
+) -> tuple[dict[str, Any], Path | None]:
+    """Read a TOML config file: (settings table, path read). No file at the default place is fine.
+
+    A secret in the file is accepted with a warning (louder when others can read the file).
+    """
     explicit = path is not None
     path = path or Path(DEFAULT_CONFIG_FILE)
     if not path.exists():
@@ -195,7 +201,16 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], Path | None]:
             f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
             f"known: {', '.join(sorted(_CONVERTERS))}"
         )
-    return {k.replace("-", "_"): v for k, v in table.items()}, path
+    values = {k.replace("-", "_"): v for k, v in table.items()}
+    secrets_found = sorted(SECRET_FIELDS & set(values))
+    if secrets_found:
+        message = (
+            f"config file {path} holds {', '.join(secrets_found)}: prefer the SMARTSTREAM_* environment variables"
+        )
+        if path.stat().st_mode & 0o077:
+            message += f"; the file is readable by other users: chmod 600 {path}"
+        (warn or (lambda m: print(f"batch-ingest: warning: {m}", file=sys.stderr)))(message)
+    return values, path
 
 
 def resolve_settings(

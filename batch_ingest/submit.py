@@ -175,7 +175,7 @@ class Submitter:
             now=self._clock(),
         )
         self._claimed.add(job.id)
-        self.progress.row_finished("skipped")
+        self.progress.row_finished("skipped", row=task.row, job_id=job.id)
         return True
 
     async def _submit_row(self, task: RowTask) -> None:
@@ -220,6 +220,7 @@ class Submitter:
                     in_doubt = False
                 self.journal.mark_pending(task.row)
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
+                self.progress.retrying(row=task.row, error=str(exc))
                 raise
             except TransientApiError as exc:  # 429: refused, so surely not created
                 self.journal.mark_pending(task.row)
@@ -263,13 +264,13 @@ class Submitter:
             updated_at=job.updated_at,
             now=now,
         )
-        self.progress.row_submitted()
+        self.progress.row_submitted(row=task.row, job_id=job.id)
         self.on_submitted(task.row, job, now)
 
     def _fail(self, task: RowTask, exc: ApiError) -> None:
         self.journal.mark_error(task.row, http_status=exc.status, code=exc.code, message=exc.message, now=self._clock())
         self.stats.errors += 1
-        self.progress.row_finished("error")
+        self.progress.row_finished("error", row=task.row, error=f"{exc.code or exc.status}: {exc.message}")
         self.count_failure()
 
     async def _create(self, task: RowTask) -> Job:

@@ -1,0 +1,100 @@
+"""Around the batch: profiles, jobs, config, the config file's precedence, the event log."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from batch_ingest.cli import main
+from batch_ingest.emulator import EmulatorConfig
+from batch_ingest.errors import ConfigError
+from batch_ingest.settings import load_config_file, resolve_settings
+
+from .test_faults import FAST, FLAGS, mixed_manifest
+
+
+def cli(args, env=None):
+    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+
+
+def test_profiles_and_jobs(emulator_server, tmp_path):
+    server = emulator_server(EmulatorConfig(**FAST))
+    result = cli(["profiles", "--json"], env=server.env())
+    assert result.exit_code == 0
+    profiles = [json.loads(line) for line in result.output.splitlines()]
+    assert [(p["id"], p["ref_id"]) for p in profiles] == [("100", "default"), ("101", "hd"), ("102", "sd"), ("103", "audio")]
+
+    manifest = mixed_manifest(tmp_path, 5)
+    assert cli(["run", str(manifest), *FLAGS], env=server.env()).exit_code == 0
+    newest = json.loads(cli(["jobs", "--limit", "3", "--json"], env=server.env()).output)
+    assert len(newest) == 3
+    one = json.loads(cli(["jobs", "ref:ref-0", "--json"], env=server.env()).output)
+    assert one["ref_id"] == "ref-0" and one["encode_status"] == 2
+    text = cli(["jobs", one["id"]], env=server.env()).output
+    assert f"id: {one['id']}" in text
+    missing = CliRunner().invoke(main, ["jobs", "ref:nope"], env=server.env())
+    assert missing.exit_code == 3 and "JOB_NOT_FOUND" in missing.output
+
+
+def test_precedence_flag_env_file_default(tmp_path, monkeypatch):
+    (tmp_path / "batch-ingest.toml").write_text(
+        'merchant_id = "from-file"\nrate = 10\nconcurrency = 3\nencode_status_map = { succeeded = [7], failed = [8] }\n'
+    )
+    config, path = load_config_file(None)
+    assert path == Path("batch-ingest.toml")
+    env = {"SMARTSTREAM_RATE": "20", "SMARTSTREAM_MERCHANT_ID": "from-env"}
+    s = resolve_settings({"merchant_id": "from-flag"}, env=env, config=config)
+    assert s.merchant_id == "from-flag"  # flag beats environment
+    assert s.rate == 20  # environment beats file
+    assert s.concurrency == 3  # file beats default
+    assert s.retries == 5  # default
+    assert s.encode_status_map.classify(7) == "succeeded" and s.encode_status_map.classify(2) == "in_progress"
+
+
+def test_config_command_masks_secrets_and_warns_about_them(tmp_path):
+    cfg = tmp_path / "bi.toml"
+    cfg.write_text('merchant_id = "m"\napi_key = "very-secret-key"\n')
+    os.chmod(cfg, 0o644)
+    result = CliRunner().invoke(main, ["config", "--config", str(cfg), "--token", "tok-secret"])
+    assert result.exit_code == 0
+    assert "very-secret-key" not in result.output and "tok-secret" not in result.output
+    assert "api_key = ********" in result.stdout and "merchant_id = m" in result.stdout
+    assert "readable by other users: chmod 600" in result.stderr
+    os.chmod(cfg, 0o600)
+    result = CliRunner().invoke(main, ["config", "--config", str(cfg)])
+    assert "holds api_key" in result.stderr and "readable by other" not in result.stderr
+
+
+def test_bad_config_file_and_values_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("rate = [\n")
+    result = CliRunner().invoke(main, ["config", "--config", str(bad)])
+    assert result.exit_code == 2 and "cannot read config file" in result.output
+    bad.write_text("speed = 3\n")
+    result = CliRunner().invoke(main, ["config", "--config", str(bad)])
+    assert result.exit_code == 2 and "unknown setting(s) speed" in result.output
+    result = CliRunner().invoke(main, ["config", "--config", str(tmp_path / "none.toml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = CliRunner().invoke(main, ["config"], env={"SMARTSTREAM_CONCURRENCY": "many"})
+    assert result.exit_code == 2 and "SMARTSTREAM_CONCURRENCY must be a whole number" in result.output
+    with pytest.raises(ConfigError, match="write it like"):
+        resolve_settings({"encode_status_map": "ok=2"}, env={})
+
+
+def test_json_event_log_for_cron(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=1))
+    manifest = mixed_manifest(tmp_path, 12)
+    log = tmp_path / "logs" / "run.jsonl"
+    result = cli(["run", str(manifest), "--log-file", str(log), "--log-format", "json", *FLAGS], env=server.env())
+    assert result.exit_code == 1
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_ended"
+    assert kinds.count("submitted") == 12 and kinds.count("finished") == 12
+    failed = [e for e in events if e.get("outcome") == "failed"]
+    assert failed and all(e["level"] == "warning" and e["job_id"] for e in failed)
+    assert server.config.token not in log.read_text() and server.config.api_key not in log.read_text()
