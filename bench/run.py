@@ -332,10 +332,11 @@ async def body():
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             yield chunk
-    yield b"\\r\\n--x--\\r\\n"
+    yield TAIL
+TAIL = b"\\r\\n--x--\\r\\n"
 head = len(b"--x\\r\\nContent-Disposition: form-data; name=\\"source_file\\"; filename=\\"big.mp4\\"\\r\\n\\r\\n")
 headers = {"X-Streaks-Api-Key": "emulator-api-key", "Authorization": "Bearer emulator-token",
-           "Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(head + size + 10)}
+           "Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(head + size + len(TAIL))}
 async def main():
     async with httpx.AsyncClient(timeout=600, trust_env=False) as c:
         t = time.perf_counter()

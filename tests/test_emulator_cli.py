@@ -153,3 +153,14 @@ def test_sparse_1gb_upload_keeps_both_sides_small(emulator_process, tmp_path):
     assert client["peak_mb"] < PEAK_RSS_LIMIT_MB, client
     assert emulator_peak < PEAK_RSS_LIMIT_MB, emulator_peak
     assert os.stat(video).st_blocks == 0  # the test itself stayed sparse
+
+
+def test_bound_socket_says_tcp_so_answers_are_not_held_by_nagle():
+    """asyncio turns TCP_NODELAY on for accepted sockets only when the listening socket's protocol is TCP."""
+    from batch_ingest.emulator.server import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()

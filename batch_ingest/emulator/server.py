@@ -126,7 +126,9 @@ def env_for(config: EmulatorConfig, url: str) -> dict[str, str]:
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready socket on host:port (port 0: a free one). Raises OSError when taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only when the protocol says
+    # TCP, and without it every answer waits ~40 ms on Nagle and the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
