@@ -46,6 +46,15 @@ FINAL = (2, 3, 4)
 # -- helpers ------------------------------------------------------------------------------------
 
 
+EMULATOR_PIDS: list[int] = []
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def emulator_process(*args: str):
     """The emulator in its own process (its CPU is not ours), on a free loopback port."""
@@ -65,9 +74,11 @@ def emulator_process(*args: str):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("emulator did not start: " + proc.stderr.read().decode()[-500:])
             time.sleep(0.05)
+    EMULATOR_PIDS.append(proc.pid)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        EMULATOR_PIDS.pop()
         proc.terminate()
         proc.wait(timeout=10)
 
@@ -170,8 +181,13 @@ async def per_job_polling(url: str, n: int, concurrency: int, poll_every: float,
     return done[0], counter[0], time.perf_counter() - start
 
 
-async def bare_creates(url_or_transport, n: int, concurrency: int, lists: int = 0) -> tuple[int, float]:
-    """A bare httpx loop: n creates with `concurrency` workers, then `lists` list calls. (requests, seconds)."""
+async def bare_creates(
+    url_or_transport, n: int, concurrency: int, lists: int = 0, client_per_worker: bool = False
+) -> tuple[int, float]:
+    """A bare httpx loop: n creates with `concurrency` workers, then `lists` list calls. (requests, seconds).
+
+    `client_per_worker`: each worker has its own single-connection client instead of one shared pool.
+    """
     counter = [0]
     queue = list(range(n))
     kw: dict[str, Any] = {"headers": HEADERS, "timeout": 60, "limits": httpx.Limits(max_connections=concurrency)}
@@ -182,12 +198,20 @@ async def bare_creates(url_or_transport, n: int, concurrency: int, lists: int = 
     start = time.perf_counter()
     async with httpx.AsyncClient(**kw) as c:
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             while queue:
                 i = queue.pop()
-                await _send(c, "POST", f"{PREFIX}/jobs", counter, json={"source_url": f"https://b/{i}.mp4", "job_profile_id": 100})
+                body = {"source_url": f"https://b/{i}.mp4", "job_profile_id": 100}
+                await _send(client, "POST", f"{PREFIX}/jobs", counter, json=body)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async def own_client_worker() -> None:
+            async with httpx.AsyncClient(**{**kw, "limits": httpx.Limits(max_connections=1)}) as mine:
+                await worker(mine)
+
+        if client_per_worker:
+            await asyncio.gather(*(own_client_worker() for _ in range(concurrency)))
+        else:
+            await asyncio.gather(*(worker(c) for _ in range(concurrency)))
         for _ in range(lists):
             await _send(c, "GET", f"{PREFIX}/jobs", counter, params={"limit": 100, "sort": "updated_at", "order": "DESC"})
     return counter[0], time.perf_counter() - start
@@ -277,6 +301,10 @@ def scenario_latency(tmp: Path, quick: bool) -> dict[str, Any]:
             run_batch_ingest(url_manifest(tmp, n, f"lat{c}.csv"), s, tmp / f"lat{c}")
             ours = _submission_rate(tmp / f"lat{c}")
         with emulator_process(*args) as url:
+            # The machine's ceiling: one client (one connection) per worker, no shared pool at all.
+            _, secs = asyncio.run(bare_creates(url, n, c, client_per_worker=True))
+            ceiling = n / secs
+        with emulator_process(*args) as url:
             _, secs = asyncio.run(bare_creates(url, n, c))
             bare = n / secs
         bound = c / latency
@@ -286,6 +314,8 @@ def scenario_latency(tmp: Path, quick: bool) -> dict[str, Any]:
             "bound_per_s": bound,
             "batch_ingest_share_of_bound": round(ours / bound, 3),
             "bare_share_of_bound": round(bare / bound, 3),
+            "bare_client_per_worker_per_s": round(ceiling, 1),
+            "batch_ingest_share_of_client_per_worker": round(ours / ceiling, 3),
         }
         met = met and ours / bound >= 0.9
     out["target"] = ">= 90% of C / latency at every C"
@@ -353,19 +383,23 @@ def scenario_upload(tmp: Path, quick: bool) -> dict[str, Any]:
     with open(big, "wb") as f:
         f.truncate(size)
     manifest = tmp / "up.csv"
-    manifest.write_text(f"source,ref_id\n{big},big-1\n")
+    ours, bare, peak_mb, rc = 0.0, 0.0, 0.0, 0
     with emulator_process("--rate-limit", "0", "--queue-seconds", "0", "--encode-seconds", "0") as url:
-        rc, _, peak_mb, _ = measured_child(
-            [sys.executable, "-m", "batch_ingest", "run", str(manifest), "--report-dir", str(tmp / "up"), "-q",
-             "--poll-min-interval", "0.5"],
-            env=run_env(url),
-        )  # fmt: skip
-        con = sqlite3.connect(tmp / "up" / "journal.sqlite")
-        sent, submitted = con.execute("SELECT sent_at, submitted_at FROM rows").fetchone()
-        con.close()
-        ours = size / (submitted - sent)
-        bare_out = subprocess.run([sys.executable, "-c", BARE_UPLOAD, url, str(big)], capture_output=True, text=True)
-        bare = size / json.loads(bare_out.stdout)["s"]
+        for attempt in range(2):  # alternate, best of two each: the first upload to a fresh emulator is noisy
+            manifest.write_text(f"source,ref_id\n{big},big-{attempt}\n")
+            run_dir = tmp / f"up{attempt}"
+            rc, _, mb, _ = measured_child(
+                [sys.executable, "-m", "batch_ingest", "run", str(manifest), "--report-dir", str(run_dir), "-q",
+                 "--poll-min-interval", "0.5"],
+                env=run_env(url),
+            )  # fmt: skip
+            peak_mb = max(peak_mb, mb)
+            con = sqlite3.connect(run_dir / "journal.sqlite")
+            sent, submitted = con.execute("SELECT sent_at, submitted_at FROM rows").fetchone()
+            con.close()
+            ours = max(ours, size / (submitted - sent))
+            bare_out = subprocess.run([sys.executable, "-c", BARE_UPLOAD, url, str(big)], capture_output=True, text=True)
+            bare = max(bare, size / json.loads(bare_out.stdout)["s"])
     big.unlink()
     return {
         "bytes": size,
@@ -461,7 +495,8 @@ def to_markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| 3 latency 50 ms, C={c} | submissions per second (share of C ÷ latency = {v['bound_per_s']:g}) "
                 f"| {v['batch_ingest_per_s']} ({v['batch_ingest_share_of_bound']:.0%}) | bare httpx loop "
-                f"{v['bare_httpx_per_s']} ({v['bare_share_of_bound']:.0%}) | ≥ 90% | "
+                f"{v['bare_httpx_per_s']} ({v['bare_share_of_bound']:.0%}); one client per worker "
+                f"{v['bare_client_per_worker_per_s']} ({v['bare_client_per_worker_per_s'] / v['bound_per_s']:.0%}) | ≥ 90% | "
                 f"{'yes' if v['batch_ingest_share_of_bound'] >= 0.9 else 'no'} |"
             )
     if "4 client overhead" in r:

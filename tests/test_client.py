@@ -228,3 +228,14 @@ async def test_a_wave_of_429s_escalates_the_backoff_once(fake_clock):
     assert max(pauses) <= 1.0 and limiter.budget == 80
     ticket = await limiter.acquire()  # after the pause: a new wave may escalate
     assert limiter.on_rate_limited(None, ticket) > 1.0 and limiter.budget == 64
+
+
+def test_connections_are_split_over_small_pools_totalling_the_bound():
+    from batch_ingest.api.client import CONNECTIONS_PER_POOL
+
+    for bound in (1, 9, 16, 17, 33, 65):
+        client = client_for("http://x.test", EmulatorConfig(), max_connections=bound)
+        assert sum(client._sizes) == bound
+        assert max(client._sizes) <= CONNECTIONS_PER_POOL and max(client._sizes) - min(client._sizes) <= 1
+        assert [p._transport._pool._max_connections for p in client._pools] == client._sizes
+        asyncio.run(client.aclose())

@@ -33,7 +33,7 @@ def raw(api, config=CONFIG):
         from batch_ingest.emulator.app import create_app  # noqa: F401  (same app as the store's)
 
         client = api.make_client()
-        return httpx.AsyncClient(transport=client._http._transport, base_url=api.url, headers=headers)
+        return httpx.AsyncClient(transport=client._pools[0]._transport, base_url=api.url, headers=headers)
     return httpx.AsyncClient(base_url=api.url, headers=headers, trust_env=False)
 
 
