@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import sqlite3
 import time
@@ -164,8 +165,8 @@ class Journal:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             deferred, self._deferred = self._deferred, []
-            for sql, params in deferred:
-                self._conn.execute(sql, params)
+            for sql, group in itertools.groupby(deferred, key=lambda d: d[0]):  # order kept
+                self._conn.executemany(sql, [params for _, params in group])
             yield
         except BaseException:
             self._conn.execute("ROLLBACK")

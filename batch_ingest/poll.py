@@ -13,6 +13,7 @@ long while is read on its own (`GET jobs/:id`), a few per poll at most, as a saf
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ class Poller:
         self._clock = clock
         self._sleep = sleep
         self._jobs: dict[str, Tracked] = {}
+        self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, job id); stale entries skipped
+        self._ready: list[str] = []  # jobs final on arrival
         self._watermark: float | None = None  # platform time up to which every change was seen
         self._wake = asyncio.Event()
         self.interval = min_interval
@@ -86,11 +89,12 @@ class Poller:
         if seen_at is not None and (self._watermark is None or seen_at.timestamp() < self._watermark):
             # A job older than the watermark (adopted, or resumed) might have changed unseen.
             self._watermark = seen_at.timestamp()
-        self._jobs[job_id] = Tracked(row, job_id, submitted_at + self.job_timeout, self._clock(), status)
-        self._wake.set()
+        tracked = Tracked(row, job_id, submitted_at + self.job_timeout, self._clock(), status)
+        self._jobs[job_id] = tracked
+        heapq.heappush(self._deadlines, (tracked.deadline, job_id))
         if status is not None and self.status_map.classify(status) != "in_progress":
-            # Already final in the create answer: record it at the next poll without a request.
-            self._wake.set()
+            self._ready.append(job_id)  # already final in the create answer: record it without a request
+        self._wake.set()
 
     def resume_in_flight(self) -> None:
         """Track every job the journal says is submitted and unfinished (after a crash or stop)."""
@@ -122,11 +126,15 @@ class Poller:
         """Record jobs already final (from a create answer) and jobs past their timeout, for free."""
         now = self._clock()
         updates = []
-        for job in list(self._jobs.values()):
-            verdict = self.status_map.classify(job.status)
-            if verdict != "in_progress":
-                updates.append(self._final(job, job.status, None, verdict, now))
-            elif now >= job.deadline:
+        ready, self._ready = self._ready, []
+        for job_id in ready:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                updates.append(self._final(job, job.status, None, self.status_map.classify(job.status), now))
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, job_id = heapq.heappop(self._deadlines)
+            job = self._jobs.get(job_id)
+            if job is not None:
                 updates.append(self._final(job, job.status, None, "timed_out", now))
         self.journal.record_progress(updates)
 
@@ -147,18 +155,19 @@ class Poller:
         page = 1
         try:
             while True:
-                result = await self.client.list_jobs(limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC")
+                items = await self.client.list_jobs_raw(limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC")
                 self.requests += 1
                 news = 0
-                for job in result.items:
-                    updated = parse_api_date(job.updated_at)
+                for item in items:
+                    updated = parse_api_date(item.get("updated_at"))
                     if updated is not None and (newest is None or updated.timestamp() > newest):
                         newest = updated.timestamp()
-                    if self._observe(job, now, updates):
+                    # Build a Job only for our own jobs: the list also holds everyone else's.
+                    if item.get("id") in self._jobs and self._observe(Job.from_api(item), now, updates):
                         news += 1
                 changes += news
-                last = parse_api_date(result.items[-1].updated_at) if result.items else None
-                if len(result.items) < MAX_PAGE_SIZE or last is None:
+                last = parse_api_date(items[-1].get("updated_at")) if items else None
+                if len(items) < MAX_PAGE_SIZE or last is None:
                     break
                 if self._watermark is not None and last.timestamp() < self._watermark:
                     # Past the last change seen: read on through the overlap only while pages bring news.

@@ -138,19 +138,12 @@ class Submitter:
         if pages is None or pages > len(refs):
             return  # per-row look-ups are cheaper
         existing: dict[str, Job] = {}
-        for job in first.items:
+        jobs = list(first.items)
+        if len(first.items) == 100:
+            jobs += [j async for j in self.client.iter_jobs(limit=100, sort="created_at", order="DESC", page=2)]
+        for job in jobs:  # newest first: the first job seen for a ref_id is its newest
             if job.ref_id and job.ref_id not in existing:
                 existing[job.ref_id] = job
-        if len(first.items) == 100:
-            page = 2
-            while True:
-                result = await self.client.list_jobs(limit=100, page=page, sort="created_at", order="DESC")
-                for job in result.items:
-                    if job.ref_id and job.ref_id not in existing:
-                        existing[job.ref_id] = job
-                if len(result.items) < 100:
-                    break
-                page += 1
         self._existing = existing
 
     async def _find_existing(self, task: RowTask) -> Job | None:
@@ -196,9 +189,7 @@ class Submitter:
         async def attempt() -> Job:
             nonlocal in_doubt, sent_at
             if in_doubt:
-                found = await self._look_up(task, sent_at)
-                if found is not None:
-                    self.stats.adopted += 1
+                if (found := await self._adopt(task, sent_at)) is not None:
                     return found
                 in_doubt = False
                 self.journal.mark_pending(task.row)
@@ -213,9 +204,7 @@ class Submitter:
                     in_doubt = True
                     self.stats.in_doubt += 1
                     await self._sleep(self.in_doubt_delay)
-                    found = await self._look_up(task, sent_at)
-                    if found is not None:
-                        self.stats.adopted += 1
+                    if (found := await self._adopt(task, sent_at)) is not None:
                         return found
                     in_doubt = False
                 self.journal.mark_pending(task.row)
@@ -292,6 +281,13 @@ class Submitter:
                 description=task.description,
                 on_progress=self.progress.bytes_sent,
             )
+
+    async def _adopt(self, task: RowTask, sent_at: float | None) -> Job | None:
+        """The in-doubt row's job if the platform has it (counted as adopted), else None."""
+        found = await self._look_up(task, sent_at)
+        if found is not None:
+            self.stats.adopted += 1
+        return found
 
     async def _look_up(self, task: RowTask, sent_at: float | None) -> Job | None:
         """The job an in-doubt create made, if the platform has it and no other row claimed it."""

@@ -96,6 +96,8 @@ def test_mixed_manifest_report_cell_by_cell(tmp_path, emulator_server):
     }  # fmt: skip
     assert summary["exit_code"] == 1
     assert summary["api_requests"] == server.stats()["requests_total"]
+    # Each distinct profile is looked up once (100, ref:hd, 102, 4242), not once per row.
+    assert server.stats()["requests"]["GET job_profiles/:id"] == {"200": 3, "404": 1}
     text = json.dumps(summary) + (tmp_path / "run" / "report.csv").read_text()
     assert server.config.token not in text and server.config.api_key not in text
 
@@ -272,3 +274,17 @@ def test_concurrency_bounds_hold(tmp_path, emulator_server):
     assert stats["max_concurrent_uploads"] == 1
     # 4 submissions plus the one poller share the connection pool.
     assert 4 <= stats["max_concurrent_requests"] <= 5
+
+
+def test_ndjson_manifest(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    path = tmp_path / "m.ndjson"
+    path.write_text(
+        '{"source": "https://cdn.example.com/1.mp4", "profile": 100, "ref_id": "n1", "tags": ["a"]}\n'
+        '{"source": "https://cdn.example.com/2.mp4", "profile": "ref:sd", "ref_id": "n2", "tags": []}\n'
+    )
+    result = invoke(["run", str(path), *RUN_FLAGS], env=server.env())
+    assert result.exit_code == 0, result.output
+    report = pl.read_parquet(result.output.strip().splitlines()[-1])
+    assert report["job_profile_id"].to_list() == [100, 102]
+    assert report["tags"].to_list() == [["a"], []]

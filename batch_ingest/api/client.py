@@ -345,24 +345,23 @@ class SmartStreamClient:
         self, *, limit: int = MAX_PAGE_SIZE, page: int = 1, sort: str = "updated_at", order: str = "DESC"
     ) -> Page[Job]:
         """GET jobs: one page."""
-        body = await self._get(
-            f"{self._prefix}/jobs", {"limit": limit, "page": page, "sort": sort, "order": order}
-        )
-        items = body.get("jobs") or [] if isinstance(body, dict) else []
-        return Page([Job.from_api(j) for j in items], _count(body), page, limit)
+        body = await self._list("jobs", limit, page, sort, order)
+        return Page([Job.from_api(j) for j in _items(body, "jobs")], _count(body), page, limit)
 
-    async def iter_jobs(
-        self, *, limit: int = MAX_PAGE_SIZE, sort: str = "updated_at", order: str = "DESC"
+    async def list_jobs_raw(
+        self, *, limit: int = MAX_PAGE_SIZE, page: int = 1, sort: str = "updated_at", order: str = "DESC"
+    ) -> list[dict[str, Any]]:
+        """GET jobs: one page as the API's dicts (a poller reads many jobs that are not its own)."""
+        return [j for j in _items(await self._list("jobs", limit, page, sort, order), "jobs") if "id" in j]
+
+    async def _list(self, what: str, limit: int, page: int, sort: str, order: str) -> Any:
+        return await self._get(f"{self._prefix}/{what}", {"limit": limit, "page": page, "sort": sort, "order": order})
+
+    def iter_jobs(
+        self, *, limit: int = MAX_PAGE_SIZE, sort: str = "updated_at", order: str = "DESC", page: int = 1
     ) -> AsyncIterator[Job]:
-        """Every job, page by page, ending on the first page shorter than `limit`."""
-        page = 1
-        while True:
-            result = await self.list_jobs(limit=limit, page=page, sort=sort, order=order)
-            for job in result.items:
-                yield job
-            if len(result.items) < limit:
-                return
-            page += 1
+        """Every job from `page` on, page by page, ending on the first page shorter than `limit`."""
+        return _paginate(self.list_jobs, limit=limit, sort=sort, order=order, page=page)
 
     async def get_job_profile(self, profile_id: str | int) -> JobProfile:
         """GET job_profiles/:id, or job_profiles/ref:<ref_id>."""
@@ -372,24 +371,30 @@ class SmartStreamClient:
         self, *, limit: int = MAX_PAGE_SIZE, page: int = 1, sort: str = "updated_at", order: str = "DESC"
     ) -> Page[JobProfile]:
         """GET job_profiles: one page."""
-        body = await self._get(
-            f"{self._prefix}/job_profiles", {"limit": limit, "page": page, "sort": sort, "order": order}
-        )
-        items = body.get("job_profiles") or [] if isinstance(body, dict) else []
-        return Page([JobProfile.from_api(p) for p in items], _count(body), page, limit)
+        body = await self._list("job_profiles", limit, page, sort, order)
+        return Page([JobProfile.from_api(p) for p in _items(body, "job_profiles")], _count(body), page, limit)
 
-    async def iter_job_profiles(
+    def iter_job_profiles(
         self, *, limit: int = MAX_PAGE_SIZE, sort: str = "updated_at", order: str = "DESC"
     ) -> AsyncIterator[JobProfile]:
         """Every job profile, page by page, ending on the first short page."""
-        page = 1
-        while True:
-            result = await self.list_job_profiles(limit=limit, page=page, sort=sort, order=order)
-            for profile in result.items:
-                yield profile
-            if len(result.items) < limit:
-                return
-            page += 1
+        return _paginate(self.list_job_profiles, limit=limit, sort=sort, order=order)
+
+
+async def _paginate(list_page: Callable[..., Awaitable[Page[Any]]], *, limit: int, page: int = 1, **kw: Any):
+    """Items of every page from `page` on; never trusts `count`, stops at a page shorter than `limit`."""
+    while True:
+        result = await list_page(limit=limit, page=page, **kw)
+        for item in result.items:
+            yield item
+        if len(result.items) < limit:
+            return
+        page += 1
+
+
+def _items(body: Any, key: str) -> list[dict[str, Any]]:
+    items = body.get(key) if isinstance(body, dict) else None
+    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
 
 
 def _count(body: Any) -> int | None:
