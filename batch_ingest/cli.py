@@ -247,12 +247,9 @@ def run(
         )
         result = run_manifest(manifest, settings, run_options, progress=progress)
     if html is not None:
-        from .html import write_html
-        from .review import load_run, merge_runs, summarize
+        from .review import write_html_report
 
-        runs = [load_run(result.run_dir)]
-        merged = merge_runs(runs)
-        write_html(merged, summarize(merged, runs), html)
+        write_html_report([result.run_dir], html)
     _finish(result, quiet)
 
 
@@ -321,8 +318,7 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) ->
     from .runner import RunOptions, resume_run, stored_settings
 
     progress = progress_for(quiet, options)
-    stored = stored_settings(run_dir) if (run_dir / "journal.sqlite").exists() else {}
-    settings = build_settings(options, stored)
+    settings = build_settings(options, stored_settings(run_dir))
     run_options = RunOptions(max_failures=max_failures, skip_existing=skip_existing, handle_signals=True)
     _finish(resume_run(run_dir, settings, run_options, progress=progress), quiet)
 
@@ -352,9 +348,7 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     from .runner import RunOptions, retry_run, stored_settings
 
     progress = progress_for(quiet, options)
-    run_dir = source if source.is_dir() else source.parent
-    stored = stored_settings(run_dir) if (run_dir / "journal.sqlite").exists() else {}
-    settings = build_settings(options, stored)
+    settings = build_settings(options, stored_settings(source if source.is_dir() else source.parent))
     outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
     run_options = RunOptions(
         run_dir=report_dir, max_failures=max_failures, skip_existing=skip_existing, handle_signals=True
@@ -379,13 +373,12 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
     Prints totals per outcome, profile and source type, failures grouped by error code with
     examples, duration percentiles, and the commands that retry or resume what did not succeed.
     """
-    from .report import SUCCESS_OUTCOMES
-    from .review import format_review, load_run, merge_runs, summarize, write_frame
+    from .review import format_review, load_run, merge_runs, not_succeeded, summarize, write_frame
 
     runs = [load_run(p) for p in paths]
     merged = merge_runs(runs)
     info = summarize(merged, runs)
-    shown = merged.filter(~pl_col_outcome_in(SUCCESS_OUTCOMES)) if failed else merged
+    shown = not_succeeded(merged) if failed else merged
     if out is not None:
         write_frame(shown, out)
     if html is not None:
@@ -402,12 +395,6 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
         click.echo(format_review(info))
     if out is not None and not as_json:
         click.echo(f"wrote {out}", err=True)
-
-
-def pl_col_outcome_in(outcomes):  # noqa: ANN001, ANN201
-    import polars as pl
-
-    return pl.col("outcome").is_in(list(outcomes))
 
 
 def _client_call(options: dict[str, Any], call):  # noqa: ANN001, ANN202

@@ -149,7 +149,7 @@ def _epochs(frame: pl.DataFrame, column: str) -> list[float]:
 
 def render_html(merged: pl.DataFrame, info: dict[str, Any]) -> str:
     """The report as one HTML document."""
-    failures = merged.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES)).head(MAX_TABLE_ROWS)
+    failures = merged.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES)).head(MAX_TABLE_ROWS)  # as review.not_succeeded
     cols = [c for c in ("row", "ref_id", "source", "outcome", "error_code", "http_status", "error_message") if c in failures.columns]
     body_rows = "\n".join(
         "<tr>" + "".join(f"<td>{_esc(rec[c])}</td>" for c in cols) + "</tr>" for rec in failures.select(cols).iter_rows(named=True)

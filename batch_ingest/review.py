@@ -77,6 +77,20 @@ def merge_runs(runs: list[LoadedRun]) -> pl.DataFrame:
     return latest.sort("_manifest_order", "row")
 
 
+def not_succeeded(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows whose outcome is neither succeeded nor skipped."""
+    return frame.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES))
+
+
+def write_html_report(paths: list[Path], out: Path) -> None:
+    """The merged HTML report of the runs or reports at `paths`."""
+    from .html import write_html
+
+    runs = [load_run(p) for p in paths]
+    merged = merge_runs(runs)
+    write_html(merged, summarize(merged, runs), out)
+
+
 def _percentiles(series: pl.Series) -> dict[str, float] | None:
     values = series.drop_nulls()
     if values.is_empty():
@@ -98,7 +112,7 @@ def _counts(frame: pl.DataFrame, column: str) -> dict[str, dict[str, int]]:
 
 def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
     """Totals, per profile and source type, failures by error code, durations, and next commands."""
-    failed = merged.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES))
+    failed = not_succeeded(merged)
     by_code = []
     if not failed.is_empty():
         codes = failed.with_columns(pl.col("error_code").fill_null("(none)"))

@@ -225,7 +225,12 @@ def _open_run(run_dir: Path) -> tuple[Journal, pl.DataFrame, dict[str, Any]]:
 
 
 def stored_settings(run_dir: Path) -> dict[str, Any]:
-    """The non-secret settings a run was started with (a layer under flags and environment on resume)."""
+    """The non-secret settings a run was started with (a layer under flags and environment on resume).
+
+    Empty when `run_dir` holds no journal (the command then reports that itself).
+    """
+    if not (run_dir / JOURNAL_FILE).exists():
+        return {}
     journal = Journal.open(run_dir / JOURNAL_FILE)
     try:
         return dict(journal.meta().get("settings") or {})
