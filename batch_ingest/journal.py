@@ -7,6 +7,8 @@ Row states::
        │          └─▶ error (the submission failed for good)
        └─▶ skipped (already on the platform)            rejected (invalid, never sent)
 
+    pending | sending | submitted ─▶ handed_over (a `retry` run took the row, with its job or doubt)
+
 `sending` is committed *before* the request leaves; a row found in `sending` later is in
 doubt and is looked up on the platform before it is ever sent again. Rows not finished
 when a run stops stay as they are and show as `interrupted` in the report.
@@ -36,6 +38,7 @@ SCHEMA_VERSION = 1
 PENDING, SENDING, SUBMITTED = "pending", "sending", "submitted"
 SUCCEEDED, FAILED, TIMED_OUT = "succeeded", "failed", "timed_out"
 REJECTED, ERROR, SKIPPED = "rejected", "error", "skipped"
+HANDED_OVER = "handed_over"  # unfinished, and taken over by a retry run: this run leaves it alone
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, REJECTED, ERROR, SKIPPED})
 JOURNAL_FILE = "journal.sqlite"
 DEFER_MAX = 256  # deferred state changes held before a commit is forced
@@ -335,6 +338,14 @@ class Journal:
             self._conn.executemany(
                 "UPDATE rows SET state = ?, job_id = ?, sent_at = ?, submitted_at = ?, job_updated_at = ? WHERE row = ?",
                 [(state, job_id, sent_at, submitted_at, updated_at, row) for row, state, job_id, sent_at, submitted_at, updated_at in states],
+            )
+
+    def hand_over(self, rows: list[int], to_run: str) -> None:
+        """Unfinished rows another run has taken over: resuming this run must not touch them again."""
+        with self._tx():
+            self._conn.executemany(
+                "UPDATE rows SET state = ?, error_message = ? WHERE row = ? AND state IN (?, ?, ?)",
+                [(HANDED_OVER, f"continued by the retry run in {to_run}", r, PENDING, SENDING, SUBMITTED) for r in rows],
             )
 
     def unfinished(self) -> list[tuple]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from .journal import PENDING, SENDING, SUBMITTED
+from .journal import HANDED_OVER, PENDING, SENDING, SUBMITTED
 
 REPORT_PARQUET, REPORT_CSV, SUMMARY_JSON = "report.parquet", "report.csv", "summary.json"
 PLAN_PARQUET = "plan.parquet"
@@ -32,7 +32,7 @@ def _api_time(name: str) -> pl.Expr:
 
 def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
     """Join plan and journal into the report frame, in manifest order."""
-    unfinished = pl.col("state").is_in([PENDING, SENDING, SUBMITTED])
+    unfinished = pl.col("state").is_in([PENDING, SENDING, SUBMITTED, HANDED_OVER])
     frame = plan.join(journal, on="row", how="left", suffix="_journal", maintain_order="left")
     frame = frame.with_columns(
         pl.when(unfinished).then(pl.lit("interrupted")).otherwise(pl.col("state")).alias("outcome"),

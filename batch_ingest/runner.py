@@ -317,6 +317,12 @@ async def retry_run_async(
     journal = Journal.create(run_dir / JOURNAL_FILE, plan, meta)
     try:
         journal.carry_over(carried)
+        # The original run must not poll, look up or send these rows again if it is resumed.
+        old_journal = Journal.open(original / JOURNAL_FILE)
+        try:
+            old_journal.hand_over([c[0] for c in carried], str(run_dir))
+        finally:
+            old_journal.close()
         async with SmartStreamClient.from_settings(settings, transport=transport) as client:
             return await _execute(journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started)
     finally:

@@ -10,6 +10,7 @@ against the emulator's own records, that:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -306,3 +307,27 @@ def test_first_sigint_stops_gracefully_second_exits_at_once(tmp_path, emulator_s
     assert result.exit_code == 0, result.output
     check_consistent(run_dir, server, n)
     assert server.stats()["jobs_created"] == n
+
+
+def test_retry_takes_over_interrupted_rows_and_the_original_lets_go(tmp_path, emulator_server):
+    """Interrupted rows keep their job in the retry run; resuming the original afterwards sends nothing."""
+    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.02))
+    manifest = mixed_manifest(tmp_path, 120)
+    first, second = tmp_path / "first", tmp_path / "second"
+    result = run_cli(["run", str(manifest), "--report-dir", str(first), "--concurrency", "2", *FLAGS], server.env())
+    assert result.exit_code == 3  # the static token expired mid-run
+    interrupted = pl.read_parquet(first / "report.parquet").filter(pl.col("outcome") == "interrupted")
+    assert interrupted.height > 0
+    env = {k: v for k, v in server.env().items() if k != "SMARTSTREAM_TOKEN"}
+    env.update(SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password, **QUICK_DOUBT)
+    result = run_cli(["retry", str(first), "--report-dir", str(second), *FLAGS], env)
+    assert result.exit_code == 0, result.output
+    assert server.stats()["jobs_created"] == 120 and server.stats()["duplicate_ref_ids"] == {}
+    created = server.stats()["jobs_created"]
+    result = run_cli(["resume", str(first), *FLAGS], env)  # the original: nothing left that is its own
+    assert server.stats()["jobs_created"] == created
+    again = pl.read_parquet(first / "report.parquet").filter(pl.col("row").is_in(interrupted["row"].to_list()))
+    assert (again["outcome"] == "interrupted").all()
+    assert again["error_message"].str.contains("continued by the retry run").all()
+    merged = json.loads(run_cli(["report", str(first), str(second), "--json"], {}).output)
+    assert merged["rows"] == 120 and merged["outcomes"]["succeeded"] == 120
