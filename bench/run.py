@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import socket
 import sqlite3
 import subprocess

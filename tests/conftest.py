@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from batch_ingest.api import Auth, RateLimiter, SmartStreamClient
+from batch_ingest.api import Auth, SmartStreamClient
 from batch_ingest.emulator import EmulatorConfig, EmulatorServer, Store, create_app
 from batch_ingest.settings import Secret
 

@@ -30,9 +30,7 @@ def raw(api, config=CONFIG):
     """An httpx client that speaks to the same emulator as `api`, with valid credentials."""
     headers = {"X-Streaks-Api-Key": config.api_key, "Authorization": f"Bearer {config.token}"}
     if api.mode == "asgi":
-        from batch_ingest.emulator.app import create_app  # noqa: F401  (same app as the store's)
-
-        client = api.make_client()
+        client = api.make_client()  # its transport serves the same app as the store's
         return httpx.AsyncClient(transport=client._pools[0]._transport, base_url=api.url, headers=headers)
     return httpx.AsyncClient(base_url=api.url, headers=headers, trust_env=False)
 

@@ -126,7 +126,7 @@ def test_token_expiring_mid_run_is_renewed(tmp_path, emulator_server):
 
 
 def test_static_token_expiry_stops_cleanly_and_resumes(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.02))
+    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.03))
     manifest = mixed_manifest(tmp_path, 150)
     run_dir = tmp_path / "run"
     result = run_cli(["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "2", *FLAGS], server.env())
@@ -153,7 +153,8 @@ def test_all_rows_fail(tmp_path, emulator_server):
 
 
 def test_max_failures_trip_then_resume(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=2))
+    # Slow answers keep submissions going while the first failures come back from the poller.
+    server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=2, latency_s=0.02))
     manifest = mixed_manifest(tmp_path, 120)
     run_dir = tmp_path / "run"
     args = ["run", str(manifest), "--report-dir", str(run_dir), "--max-failures", "5", "--concurrency", "2", *FLAGS]
@@ -311,7 +312,7 @@ def test_first_sigint_stops_gracefully_second_exits_at_once(tmp_path, emulator_s
 
 def test_retry_takes_over_interrupted_rows_and_the_original_lets_go(tmp_path, emulator_server):
     """Interrupted rows keep their job in the retry run; resuming the original afterwards sends nothing."""
-    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.02))
+    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.03))
     manifest = mixed_manifest(tmp_path, 120)
     first, second = tmp_path / "first", tmp_path / "second"
     result = run_cli(["run", str(manifest), "--report-dir", str(first), "--concurrency", "2", *FLAGS], server.env())

@@ -200,15 +200,16 @@ def test_unreachable_api_aborts_with_exit_3(tmp_path):
 
 
 def test_max_failures_trips(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(**FAST))
-    rows = ["source,profile"] + [f"https://gone{i}.invalid/x.mp4,100" for i in range(10)]
+    # Submission errors are counted as they happen, so with one worker the trip point is exact.
+    server = emulator_server(EmulatorConfig(**FAST, storage_missing_for=("no-storage",)))
+    rows = ["source,profile"] + [f"https://cdn.example.com/no-storage/{i}.mp4,100" for i in range(10)]
     manifest = write_manifest(tmp_path, "\n".join(rows) + "\n")
     result = invoke(["run", str(manifest), "--max-failures", "2", "--concurrency", "1", *RUN_FLAGS], env=server.env())
     assert result.exit_code == 3
     report = pl.read_parquet(result.output.strip().splitlines()[-1])
     assert report.height == 10  # every row is in the report, finished or not
-    assert set(report["outcome"]) <= {"failed", "interrupted"}
-    assert (report["outcome"] == "interrupted").sum() > 0
+    assert report["outcome"].to_list() == ["error"] * 3 + ["interrupted"] * 7
+    assert server.stats()["requests"]["POST jobs"] == {"404": 3}  # nothing sent after the trip
 
 
 def test_sample_run_as_a_real_process(tmp_path):

@@ -1,0 +1,209 @@
+"""The batch commands: run, validate, resume, retry, report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import EXIT_ROWS_FAILED, BatchIngestError
+from .common import api_options, build_settings, emulator_for_run, handle_errors, log_options, main, progress_for
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "ndjson"]), help="Manifest format (default: by extension).")
+@click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell (id or ref:<ref_id>).")
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The run's folder [default reports/<run-id>].")
+@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
+@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform (cron).")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; create no job (same as `validate`).")
+@click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@log_options
+@api_options
+@handle_errors
+def run(
+    manifest: Path, fmt, default_profile, report_dir, max_failures, skip_existing, dry_run, emulator, html, quiet,
+    **options: Any,
+) -> None:
+    """Submit every row of MANIFEST, poll until every job finished, and write the report.
+
+    Exit codes: 0 every row succeeded or was skipped; 1 some row did not; 2 usage,
+    configuration or manifest error; 3 run aborted; 130 interrupted.
+    """
+    if dry_run:
+        options.pop("log_file", None), options.pop("log_format", None)
+        _validate(manifest, fmt, default_profile, emulator, options)
+        return
+    from ..runner import RunOptions, run_manifest
+
+    progress = progress_for(quiet, options)
+
+    with emulator_for_run(emulator, options):
+        settings = build_settings(options)
+        run_options = RunOptions(
+            run_dir=report_dir,
+            fmt=fmt,
+            default_profile=default_profile,
+            max_failures=max_failures,
+            skip_existing=skip_existing,
+            handle_signals=True,
+        )
+        result = run_manifest(manifest, settings, run_options, progress=progress)
+    if html is not None:
+        from ..review import write_html_report
+
+        write_html_report([result.run_dir], html)
+    _finish(result, quiet)
+
+
+def _finish(result, quiet: bool) -> None:
+    """Print the summary (unless quiet) and the report path last; exit with the run's code."""
+    if not quiet:
+        click.echo(result.summary_text())
+    click.echo(str(result.report_path))
+    sys.exit(result.exit_code)
+
+
+def _validate(manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False) -> None:
+    from ..api.client import SmartStreamClient
+    from ..plan import describe_plan, format_plan
+    from ..runner import RunOptions, plan_run
+
+    with emulator_for_run(emulator, options):
+        settings = build_settings(options)
+        run_options = RunOptions(fmt=fmt, default_profile=default_profile)
+
+        async def go():
+            try:
+                settings.require_api()
+            except BatchIngestError:
+                return await plan_run(manifest, settings, run_options, None)
+            async with SmartStreamClient.from_settings(settings) as client:
+                return await plan_run(manifest, settings, run_options, client)
+
+        info = describe_plan(asyncio.run(go()))
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_plan(info))
+    sys.exit(EXIT_ROWS_FAILED if info["rejected"] else 0)
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "ndjson"]), help="Manifest format (default: by extension).")
+@click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell.")
+@click.option("--emulator", is_flag=True, help="Check profiles against the bundled emulator.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@api_options
+@handle_errors
+def validate(manifest: Path, fmt, default_profile, emulator, as_json, **options: Any) -> None:
+    """Check MANIFEST and print the plan; create no job. Exit 0 when no row is rejected, 1 otherwise.
+
+    Profiles are checked against the platform when API settings are available.
+    """
+    _validate(manifest, fmt, default_profile, emulator, options, as_json)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
+@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@log_options
+@api_options
+@handle_errors
+def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) -> None:
+    """Continue the run in RUN_DIR from its journal and rewrite its report.
+
+    Finished rows are left alone, submitted jobs are polled, rows whose create was in doubt
+    are looked up on the platform before anything is sent again, and the rest are submitted.
+    Resuming a finished run changes nothing. Credentials come from flags or the environment
+    as for `run`; the API URL and other non-secret settings default to the run's own.
+    """
+    from ..runner import RunOptions, resume_run, stored_settings
+
+    progress = progress_for(quiet, options)
+    settings = build_settings(options, stored_settings(run_dir))
+    run_options = RunOptions(max_failures=max_failures, skip_existing=skip_existing, handle_signals=True)
+    _finish(resume_run(run_dir, settings, run_options, progress=progress), quiet)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "--only",
+    default="failed,error,timed_out,interrupted",
+    show_default=True,
+    help="Outcomes to retry, comma-separated.",
+)
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The new run's folder.")
+@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
+@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@log_options
+@api_options
+@handle_errors
+def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quiet, **options: Any) -> None:
+    """Start a new run of the rows of SOURCE (a run folder or its report) that did not succeed.
+
+    The new run's summary.json links to the original; `batch-ingest report ORIGINAL NEW` shows
+    the merged view (latest attempt per row). Interrupted rows keep their job: it is polled,
+    not submitted again.
+    """
+    from ..runner import RunOptions, retry_run, stored_settings
+
+    progress = progress_for(quiet, options)
+    settings = build_settings(options, stored_settings(source if source.is_dir() else source.parent))
+    outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
+    run_options = RunOptions(
+        run_dir=report_dir, max_failures=max_failures, skip_existing=skip_existing, handle_signals=True
+    )
+    result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
+    if result is None:
+        click.echo(f"nothing to retry: no row of {source} has outcome {', '.join(outcomes)}")
+        sys.exit(0)
+    _finish(result, quiet)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--failed", is_flag=True, help="List only the rows that did not succeed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, for scripts.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the merged (or --failed) report: .parquet or .csv.")
+@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Write a self-contained HTML report.")
+@handle_errors
+def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | None, html: Path | None) -> None:
+    """Summarise one or more runs (run folders or report files), merged: the latest attempt per row wins.
+
+    Prints totals per outcome, profile and source type, failures grouped by error code with
+    examples, duration percentiles, and the commands that retry or resume what did not succeed.
+    """
+    from ..review import format_review, load_run, merge_runs, not_succeeded, summarize, write_frame
+
+    runs = [load_run(p) for p in paths]
+    merged = merge_runs(runs)
+    info = summarize(merged, runs)
+    shown = not_succeeded(merged) if failed else merged
+    if out is not None:
+        write_frame(shown, out)
+    if html is not None:
+        from ..html import write_html
+
+        write_html(merged, info, html)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+    elif failed:
+        cols = [c for c in ("row", "ref_id", "source", "outcome", "error_code", "error_message") if c in shown.columns]
+        for rec in shown.select(cols).iter_rows(named=True):
+            click.echo("\t".join("" if rec[c] is None else str(rec[c]) for c in cols))
+    else:
+        click.echo(format_review(info))
+    if out is not None and not as_json:
+        click.echo(f"wrote {out}", err=True)
+
+
