@@ -14,19 +14,30 @@ from ..errors import EXIT_ROWS_FAILED, BatchIngestError
 from .common import api_options, build_settings, emulator_for_run, handle_errors, log_options, main, progress_for
 
 
+def submit_options(fn):  # noqa: ANN001, ANN201
+    """The options of every command that submits: failure budget, cron skipping, output, API."""
+    for option in (
+        api_options,
+        log_options,
+        click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path."),
+        click.option(
+            "--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform (cron)."
+        ),
+        click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed."),
+    ):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "ndjson"]), help="Manifest format (default: by extension).")
 @click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell (id or ref:<ref_id>).")
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The run's folder [default reports/<run-id>].")
-@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
-@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform (cron).")
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; create no job (same as `validate`).")
 @click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
-@log_options
-@api_options
+@submit_options
 @handle_errors
 def run(
     manifest: Path, fmt, default_profile, report_dir, max_failures, skip_existing, dry_run, emulator, html, quiet,
@@ -111,11 +122,7 @@ def validate(manifest: Path, fmt, default_profile, emulator, as_json, **options:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
-@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
-@log_options
-@api_options
+@submit_options
 @handle_errors
 def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) -> None:
     """Continue the run in RUN_DIR from its journal and rewrite its report.
@@ -142,11 +149,7 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) ->
     help="Outcomes to retry, comma-separated.",
 )
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The new run's folder.")
-@click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed.")
-@click.option("--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
-@log_options
-@api_options
+@submit_options
 @handle_errors
 def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quiet, **options: Any) -> None:
     """Start a new run of the rows of SOURCE (a run folder or its report) that did not succeed.
