@@ -21,6 +21,7 @@ from .errors import (  # noqa: E402
 )
 from .plan import Plan, plan_manifest  # noqa: E402
 from .report import read_report  # noqa: E402
+from .resume import resume_run, resume_run_async, retry_run, retry_run_async  # noqa: E402
 from .runner import RunOptions, RunResult, run_manifest, run_manifest_async  # noqa: E402
 from .settings import Settings, resolve_settings  # noqa: E402
 
@@ -45,6 +46,10 @@ __all__ = [
     "plan_manifest",
     "read_report",
     "resolve_settings",
+    "resume_run",
+    "resume_run_async",
+    "retry_run",
+    "retry_run_async",
     "run_manifest",
     "run_manifest_async",
 ]

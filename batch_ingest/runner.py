@@ -8,7 +8,7 @@ import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def _run_dir(options: RunOptions, run_id: str) -> Path:
+def prepare_run_dir(options: RunOptions, run_id: str) -> Path:
+    """The run's folder, created; refuses one that already holds a run."""
     run_dir = options.run_dir or DEFAULT_REPORTS / run_id
     if (run_dir / JOURNAL_FILE).exists():
         raise UsageError(
@@ -111,7 +112,7 @@ async def run_manifest_async(
     async with SmartStreamClient.from_settings(settings, transport=transport) as client:
         plan = await plan_run(manifest, settings, options, client)
         run_id = options.run_dir.name if options.run_dir else new_run_id()
-        run_dir = _run_dir(options, run_id)
+        run_dir = prepare_run_dir(options, run_id)
         plan.frame.write_parquet(run_dir / PLAN_PARQUET)
         meta = {
             "run_id": run_id,
@@ -127,12 +128,12 @@ async def run_manifest_async(
         }
         journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta)
         try:
-            return await _execute(journal, run_dir, plan.frame, plan.extras, settings, options, client, progress, started)
+            return await execute_journal(journal, run_dir, plan.frame, plan.extras, settings, options, client, progress, started)
         finally:
             journal.close()
 
 
-async def _execute(
+async def execute_journal(
     journal: Journal,
     run_dir: Path,
     plan: pl.DataFrame,
@@ -209,127 +210,10 @@ async def _execute(
         _remove_signal_handlers(options)
         progress.close()
 
-    return _finish(journal, run_dir, plan, extras, started, client, submitter, poller, progress, interrupted)
+    return finish_run(journal, run_dir, plan, extras, started, client, submitter, poller, progress, interrupted)
 
 
-def _open_run(run_dir: Path) -> tuple[Journal, pl.DataFrame, dict[str, Any]]:
-    if not run_dir.is_dir():
-        raise UsageError(f"{run_dir} is not a run folder: give the folder that holds {JOURNAL_FILE}")
-    journal = Journal.open(run_dir / JOURNAL_FILE)
-    try:
-        plan = pl.read_parquet(run_dir / PLAN_PARQUET)
-    except (OSError, pl.exceptions.PolarsError) as exc:
-        journal.close()
-        raise UsageError(f"{run_dir / PLAN_PARQUET} cannot be read ({exc}): the run folder is incomplete") from None
-    return journal, plan, journal.meta()
-
-
-def stored_settings(run_dir: Path) -> dict[str, Any]:
-    """The non-secret settings a run was started with (a layer under flags and environment on resume).
-
-    Empty when `run_dir` holds no journal (the command then reports that itself).
-    """
-    if not (run_dir / JOURNAL_FILE).exists():
-        return {}
-    journal = Journal.open(run_dir / JOURNAL_FILE)
-    try:
-        return dict(journal.meta().get("settings") or {})
-    finally:
-        journal.close()
-
-
-async def resume_run_async(
-    run_dir: str | Path,
-    settings: Settings,
-    options: RunOptions = RunOptions(),
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    progress: Progress | None = None,
-) -> RunResult:
-    """Continue a run from its journal: finished rows stay, in-doubt rows are looked up, the rest sent."""
-    run_dir = Path(run_dir)
-    progress = progress or Progress()
-    started = time.time()
-    journal, plan, meta = _open_run(run_dir)
-    try:
-        stored = meta.get("options") or {}
-        options = replace(
-            options,
-            max_failures=options.max_failures if options.max_failures is not None else stored.get("max_failures"),
-            skip_existing=options.skip_existing or bool(stored.get("skip_existing")),
-        )
-        journal.set_meta(resumes=int(meta.get("resumes", 0)) + 1)
-        if not journal.unfinished():
-            # Nothing left: rewrite the report from the journal, without a single request.
-            return _finish(journal, run_dir, plan, meta.get("extras", []), started, None, None, None, progress)
-        settings.require_api()
-        async with SmartStreamClient.from_settings(settings, transport=transport) as client:
-            return await _execute(journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started)
-    finally:
-        journal.close()
-
-
-RETRYABLE = ("failed", "error", "timed_out", "interrupted")
-
-
-async def retry_run_async(
-    source: str | Path,
-    settings: Settings,
-    options: RunOptions = RunOptions(),
-    *,
-    only: tuple[str, ...] = RETRYABLE,
-    transport: httpx.AsyncBaseTransport | None = None,
-    progress: Progress | None = None,
-) -> RunResult | None:
-    """A new run of the rows of an earlier run whose outcome is in `only`; None when there are none.
-
-    Rows that were interrupted keep their job (polled, not sent again) or their doubt (looked up first).
-    """
-    source = Path(source)
-    original = source if source.is_dir() else source.parent
-    bad = sorted(set(only) - set(RETRYABLE))
-    if bad:
-        raise UsageError(f"--only takes {', '.join(RETRYABLE)}; not {', '.join(bad)} (rejected rows need a fixed manifest)")
-    old_journal, old_plan, old_meta = _open_run(original)
-    try:
-        report = build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", []))
-        rows = report.filter(pl.col("outcome").is_in(list(only)))["row"].to_list()
-        carried = [u for u in old_journal.unfinished() if u[0] in set(rows)]
-    finally:
-        old_journal.close()
-    if not rows:
-        return None
-    plan = old_plan.filter(pl.col("row").is_in(rows))
-    progress = progress or Progress()
-    settings.require_api()
-    started = time.time()
-    run_id = options.run_dir.name if options.run_dir else new_run_id()
-    run_dir = _run_dir(options, run_id)
-    plan.write_parquet(run_dir / PLAN_PARQUET)
-    meta = {
-        **{k: old_meta[k] for k in ("manifest", "extras") if k in old_meta},
-        "run_id": run_id,
-        "started_at": started,
-        "retry_of": {"run_dir": str(original), "run_id": old_meta.get("run_id"), "only": list(only)},
-        "settings": {k: v for k, v in settings.masked().items() if k not in ("api_key", "token", "password")},
-        "options": {"max_failures": options.max_failures, "skip_existing": options.skip_existing},
-    }
-    journal = Journal.create(run_dir / JOURNAL_FILE, plan, meta)
-    try:
-        journal.carry_over(carried)
-        # The original run must not poll, look up or send these rows again if it is resumed.
-        old_journal = Journal.open(original / JOURNAL_FILE)
-        try:
-            old_journal.hand_over([c[0] for c in carried], str(run_dir))
-        finally:
-            old_journal.close()
-        async with SmartStreamClient.from_settings(settings, transport=transport) as client:
-            return await _execute(journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started)
-    finally:
-        journal.close()
-
-
-def _finish(
+def finish_run(
     journal: Journal,
     run_dir: Path,
     plan: pl.DataFrame,
@@ -432,13 +316,3 @@ def run_manifest(
 ) -> RunResult:
     """Run a manifest from synchronous code (see `run_manifest_async`)."""
     return asyncio.run(run_manifest_async(manifest, settings, options, transport=transport, progress=progress))
-
-
-def resume_run(run_dir: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult:
-    """Resume a run from synchronous code (see `resume_run_async`)."""
-    return asyncio.run(resume_run_async(run_dir, settings, options, **kwargs))
-
-
-def retry_run(source: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult | None:
-    """Retry rows of a run from synchronous code (see `retry_run_async`)."""
-    return asyncio.run(retry_run_async(source, settings, options, **kwargs))

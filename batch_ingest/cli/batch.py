@@ -132,7 +132,8 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) ->
     Resuming a finished run changes nothing. Credentials come from flags or the environment
     as for `run`; the API URL and other non-secret settings default to the run's own.
     """
-    from ..runner import RunOptions, resume_run, stored_settings
+    from ..resume import resume_run, stored_settings
+    from ..runner import RunOptions
 
     progress = progress_for(quiet, options)
     settings = build_settings(options, stored_settings(run_dir))
@@ -158,7 +159,8 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     the merged view (latest attempt per row). Interrupted rows keep their job: it is polled,
     not submitted again.
     """
-    from ..runner import RunOptions, retry_run, stored_settings
+    from ..resume import retry_run, stored_settings
+    from ..runner import RunOptions
 
     progress = progress_for(quiet, options)
     settings = build_settings(options, stored_settings(source if source.is_dir() else source.parent))
