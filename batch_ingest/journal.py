@@ -24,7 +24,6 @@ import contextlib
 import itertools
 import json
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,14 +311,13 @@ class Journal:
         created_at: str | None,
         updated_at: str | None,
         now: float,
-        state: str = SUBMITTED,
     ) -> None:
-        """The platform holds a job for the row (created, adopted after a look-up, or skipped)."""
+        """The platform holds a job for the row (created, or adopted after a look-up)."""
         self._write(
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, job_profile_id = coalesce(?, job_profile_id), "
             "encode_status = ?, job_created_at = ?, job_updated_at = ?, submitted_at = coalesce(submitted_at, ?), "
             "http_status = NULL, error_code = NULL, error_message = NULL WHERE row = ?",
-            (state, job_id, media_id, job_profile_id, encode_status, created_at, updated_at, now, row),
+            (SUBMITTED, job_id, media_id, job_profile_id, encode_status, created_at, updated_at, now, row),
         )
 
     def mark_skipped(self, row: int, *, job_id: str, media_id: str | None, encode_status: int | None,
@@ -393,7 +391,3 @@ class Journal:
                         (final, status, updated_at, now, code, message, row),
                     )
 
-
-def now_s() -> float:
-    """Wall-clock seconds since the epoch, as stored in the journal."""
-    return time.time()

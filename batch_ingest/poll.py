@@ -78,7 +78,6 @@ class Poller:
         self._wake = asyncio.Event()
         self.interval = min_interval
         self.polls = 0
-        self.requests = 0
 
     def track(self, row: int, job: Job, submitted_at: float) -> None:
         """Follow a job created (or adopted) for `row`."""
@@ -156,7 +155,6 @@ class Poller:
         try:
             while True:
                 items = await self.client.list_jobs_raw(limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC")
-                self.requests += 1
                 news = 0
                 for item in items:
                     updated = parse_api_date(item.get("updated_at"))
@@ -209,7 +207,6 @@ class Poller:
             except NotFoundError:
                 tracked.last_seen = now  # vanished from the platform: wait for the timeout
                 continue
-            self.requests += 1
             self._observe(job, now, updates)
             tracked.last_seen = now
 
