@@ -8,6 +8,15 @@ Row states::
        └─▶ skipped (already on the platform)            rejected (invalid, never sent)
 
     pending | sending | submitted ─▶ handed_over (a `retry` run took the row, with its job or doubt)
+    submitted ─▶ pending (a *followed* job failed or vanished: the row is sent again)
+
+A row may *follow* a job it did not create in this attempt (`follow`): `recheck` for a
+timed-out row re-checked by `retry`, `existing` / `existing-any` for a job `--skip-existing`
+found still encoding. A followed job that fails sends the row again (`existing-any`: it is
+reported as failed); one that succeeds ends the row `succeeded` (`recheck`) or `skipped`.
+
+`known_jobs` holds job ids this run must never adopt for a row in doubt: the jobs of the run
+it retries, and failed jobs a row is being sent again after.
 
 `sending` is committed *before* the request leaves; a row found in `sending` later is in
 doubt and is looked up on the platform before it is ever sent again. Rows not finished
@@ -33,13 +42,19 @@ import polars as pl
 
 from .errors import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PENDING, SENDING, SUBMITTED = "pending", "sending", "submitted"
 SUCCEEDED, FAILED, TIMED_OUT = "succeeded", "failed", "timed_out"
 REJECTED, ERROR, SKIPPED = "rejected", "error", "skipped"
 HANDED_OVER = "handed_over"  # unfinished, and taken over by a retry run: this run leaves it alone
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, REJECTED, ERROR, SKIPPED})
+UNFINISHED_STATES = (PENDING, SENDING, SUBMITTED)
+# What a row follows instead of a job it created (see the module docstring).
+RECHECK, EXISTING, EXISTING_ANY = "recheck", "existing", "existing-any"
+RESEND_ON_FAILURE = frozenset({RECHECK, EXISTING})
 JOURNAL_FILE = "journal.sqlite"
+EXISTING_MESSAGE = "a job with this ref_id already exists on the platform (--skip-existing)"
+EXISTING_FAILED_MESSAGE = "the job with this ref_id on the platform failed; not sent again (--skip-existing=any)"
 DEFER_MAX = 256  # deferred state changes held before a commit is forced
 
 _SCHEMA = """
@@ -67,14 +82,34 @@ CREATE TABLE IF NOT EXISTS rows (
     attempts INTEGER NOT NULL DEFAULT 0,
     sent_at REAL,
     submitted_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    follow TEXT,
+    handed_to TEXT
 );
 CREATE INDEX IF NOT EXISTS rows_state ON rows(state, row);
+CREATE TABLE IF NOT EXISTS known_jobs (job_id TEXT PRIMARY KEY, origin TEXT NOT NULL);
 """
+_MIGRATIONS = {  # from version N to N + 1
+    1: (
+        "ALTER TABLE rows ADD COLUMN follow TEXT",
+        "ALTER TABLE rows ADD COLUMN handed_to TEXT",
+        "CREATE TABLE IF NOT EXISTS known_jobs (job_id TEXT PRIMARY KEY, origin TEXT NOT NULL)",
+    ),
+}
 _ROW_COLUMNS = (
     "row", "key", "ref_id", "source", "source_type", "source_path", "job_profile_id", "name",
     "description", "bytes", "state", "error_code", "error_message",
 )  # fmt: skip
+
+
+# The journal's side of the report join (`Journal.to_frame`).
+FRAME_SCHEMA = {
+    "row": pl.Int64, "key": pl.String, "state": pl.String, "job_id": pl.String, "media_id": pl.String,
+    "journal_profile_id": pl.Int64, "encode_status": pl.Int64, "http_status": pl.Int64,
+    "error_code": pl.String, "error_message": pl.String, "attempts": pl.Int64,
+    "submitted_at": pl.Float64, "finished_at": pl.Float64, "job_created_at": pl.String,
+    "job_updated_at": pl.String,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -95,6 +130,32 @@ class RowTask:
     job_id: str | None
     sent_at: float | None
     attempts: int
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A submitted, unfinished row, as the poller needs it."""
+
+    row: int
+    key: str
+    ref_id: str | None
+    job_id: str
+    submitted_at: float | None
+    job_updated_at: str | None
+    follow: str | None
+
+
+@dataclass(frozen=True)
+class CarriedRow:
+    """An unfinished (or re-checked) row a retry run takes over from the run it retries."""
+
+    row: int
+    state: str
+    job_id: str | None
+    sent_at: float | None
+    submitted_at: float | None
+    job_updated_at: str | None
+    follow: str | None = None
 
 
 class Journal:
@@ -150,11 +211,26 @@ class Journal:
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise UsageError(f"{path} is not a batch-ingest journal: {exc}") from None
-        if version is None or int(version[0]) != SCHEMA_VERSION:
+        found = int(version[0]) if version is not None and str(version[0]).isdigit() else None
+        if found is None or found > SCHEMA_VERSION:
             raise UsageError(
-                f"{path} has journal schema {version[0] if version else '?'}; this batch-ingest reads {SCHEMA_VERSION}"
+                f"{path} has journal schema {version[0] if version else '?'}; this batch-ingest reads "
+                f"{SCHEMA_VERSION} and older: use the batch-ingest that wrote it"
             )
-        return cls(path, conn)
+        journal = cls(path, conn)
+        if found < SCHEMA_VERSION:
+            journal._migrate(found)
+        return journal
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older journal up to SCHEMA_VERSION in one transaction."""
+        with self._tx():
+            for step in range(version, SCHEMA_VERSION):
+                for sql in _MIGRATIONS[step]:
+                    self._conn.execute(sql)
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
 
     def close(self) -> None:
         """Commit what is deferred and close the connection (checkpointing the WAL)."""
@@ -190,6 +266,12 @@ class Journal:
         self._deferred.append((sql, params))
         if len(self._deferred) >= DEFER_MAX:
             self.flush()
+
+    def _write_many(self, sql: str, params: list[tuple]) -> None:
+        """Several rows of one statement, committed now."""
+        if params:
+            with self._tx():
+                self._conn.executemany(sql, params)
 
     def flush(self) -> None:
         """Commit every deferred state change."""
@@ -253,12 +335,25 @@ class Journal:
         )
         return [RowTask(*r) for r in cur.fetchall()]
 
-    def in_flight(self) -> list[tuple[int, str, float | None, str | None]]:
-        """(row, job id, submitted_at, job updated_at) of every submitted, unfinished row."""
+    def in_flight(self) -> list[InFlight]:
+        """Every submitted, unfinished row."""
         self.flush()
-        return self._conn.execute(
-            "SELECT row, job_id, submitted_at, job_updated_at FROM rows WHERE state = ? ORDER BY row", (SUBMITTED,)
-        ).fetchall()
+        cur = self._conn.execute(
+            "SELECT row, key, ref_id, job_id, submitted_at, job_updated_at, follow FROM rows WHERE state = ? "
+            "ORDER BY row",
+            (SUBMITTED,),
+        )
+        return [InFlight(*r) for r in cur.fetchall()]
+
+    def task(self, row: int) -> RowTask | None:
+        """One row as a submitter needs it."""
+        self.flush()
+        found = self._conn.execute(
+            "SELECT row, key, ref_id, source, source_type, source_path, job_profile_id, name, description, bytes, "
+            "state, job_id, sent_at, attempts FROM rows WHERE row = ?",
+            (row,),
+        ).fetchone()
+        return RowTask(*found) if found else None
 
     def counts(self) -> dict[str, int]:
         """Rows per state."""
@@ -266,9 +361,14 @@ class Journal:
         return dict(self._conn.execute("SELECT state, count(*) FROM rows GROUP BY state").fetchall())
 
     def job_ids(self) -> set[str]:
-        """Every job id the run has recorded (to never adopt one job for two rows)."""
+        """Every job id the run has recorded or must never adopt (see `known_jobs`)."""
         self.flush()
-        return {r[0] for r in self._conn.execute("SELECT job_id FROM rows WHERE job_id IS NOT NULL")}
+        rows = {r[0] for r in self._conn.execute("SELECT job_id FROM rows WHERE job_id IS NOT NULL")}
+        return rows | {r[0] for r in self._conn.execute("SELECT job_id FROM known_jobs")}
+
+    def add_known_jobs(self, job_ids: Iterable[str], origin: str) -> None:
+        """Jobs that are not this run's to adopt (another run's, or a failed job a row is sent again after)."""
+        self._write_many("INSERT OR IGNORE INTO known_jobs (job_id, origin) VALUES (?, ?)", [(j, origin) for j in job_ids])
 
     def to_frame(self) -> pl.DataFrame:
         """Every row's journal state as a polars frame, in manifest order."""
@@ -277,14 +377,7 @@ class Journal:
             "SELECT row, key, state, job_id, media_id, job_profile_id, encode_status, http_status, error_code, "
             "error_message, attempts, submitted_at, finished_at, job_created_at, job_updated_at FROM rows ORDER BY row"
         )
-        schema = {
-            "row": pl.Int64, "key": pl.String, "state": pl.String, "job_id": pl.String, "media_id": pl.String,
-            "journal_profile_id": pl.Int64, "encode_status": pl.Int64, "http_status": pl.Int64,
-            "error_code": pl.String, "error_message": pl.String, "attempts": pl.Int64,
-            "submitted_at": pl.Float64, "finished_at": pl.Float64, "job_created_at": pl.String,
-            "job_updated_at": pl.String,
-        }  # fmt: skip
-        return pl.DataFrame(cur.fetchall(), schema=schema, orient="row")
+        return pl.DataFrame(cur.fetchall(), schema=FRAME_SCHEMA, orient="row")
 
     # -- state changes (each commits before returning) ------------------------------------------
 
@@ -311,48 +404,94 @@ class Journal:
         created_at: str | None,
         updated_at: str | None,
         now: float,
+        follow: str | None = None,
     ) -> None:
-        """The platform holds a job for the row (created, or adopted after a look-up)."""
+        """The platform holds a job for the row (created, adopted after a look-up, or followed)."""
+        message = EXISTING_MESSAGE if follow in (EXISTING, EXISTING_ANY) else None
         self._write(
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, job_profile_id = coalesce(?, job_profile_id), "
             "encode_status = ?, job_created_at = ?, job_updated_at = ?, submitted_at = coalesce(submitted_at, ?), "
-            "http_status = NULL, error_code = NULL, error_message = NULL WHERE row = ?",
-            (SUBMITTED, job_id, media_id, job_profile_id, encode_status, created_at, updated_at, now, row),
+            "follow = ?, http_status = NULL, error_code = NULL, error_message = ? WHERE row = ?",
+            (SUBMITTED, job_id, media_id, job_profile_id, encode_status, created_at, updated_at, now, follow, message, row),
         )
 
-    def mark_skipped(self, row: int, *, job_id: str, media_id: str | None, encode_status: int | None,
-                     job_profile_id: int | None, now: float) -> None:
-        """The platform already holds a job with the row's ref_id (--skip-existing): record it, send nothing."""
+    def mark_existing(
+        self, row: int, *, state: str, job_id: str, media_id: str | None, encode_status: int | None,
+        job_profile_id: int | None, created_at: str | None, updated_at: str | None, now: float,
+    ) -> None:  # fmt: skip
+        """--skip-existing found a final job with the row's ref_id: `skipped` (it succeeded) or `failed`."""
+        code = "ENCODE_FAILED" if state == FAILED else None
         self._write(
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, encode_status = ?, "
-            "job_profile_id = coalesce(?, job_profile_id), finished_at = ?, error_code = NULL, "
-            "error_message = 'a job with this ref_id already exists on the platform' WHERE row = ?",
-            (SKIPPED, job_id, media_id, encode_status, job_profile_id, now, row),
+            "job_profile_id = coalesce(?, job_profile_id), job_created_at = ?, job_updated_at = ?, finished_at = ?, "
+            "error_code = ?, error_message = ? WHERE row = ?",
+            (state, job_id, media_id, encode_status, job_profile_id, created_at, updated_at, now, code,
+             EXISTING_MESSAGE if state == SKIPPED else EXISTING_FAILED_MESSAGE, row),
+        )  # fmt: skip
+
+    def carry_over(self, rows: list[CarriedRow]) -> None:
+        """Take over rows of an earlier run (retry): their state, job and doubt, and what they follow."""
+        self._write_many(
+            "UPDATE rows SET state = ?, job_id = ?, sent_at = ?, submitted_at = ?, job_updated_at = ?, follow = ? "
+            "WHERE row = ?",
+            [(c.state, c.job_id, c.sent_at, c.submitted_at, c.job_updated_at, c.follow, c.row) for c in rows],
         )
 
-    def carry_over(self, states: list[tuple]) -> None:
-        """Copy unfinished states from an earlier run's journal (retry): (row, state, job_id, sent_at, submitted_at, updated_at)."""
-        with self._tx():
-            self._conn.executemany(
-                "UPDATE rows SET state = ?, job_id = ?, sent_at = ?, submitted_at = ?, job_updated_at = ? WHERE row = ?",
-                [(state, job_id, sent_at, submitted_at, updated_at, row) for row, state, job_id, sent_at, submitted_at, updated_at in states],
-            )
-
     def hand_over(self, rows: list[int], to_run: str) -> None:
-        """Unfinished rows another run has taken over: resuming this run must not touch them again."""
-        with self._tx():
-            self._conn.executemany(
-                "UPDATE rows SET state = ?, error_message = ? WHERE row = ? AND state IN (?, ?, ?)",
-                [(HANDED_OVER, f"continued by the retry run in {to_run}", r, PENDING, SENDING, SUBMITTED) for r in rows],
-            )
+        """Rows a retry run has taken: unfinished ones become `handed_over` (resume leaves them alone),
+        final ones keep their outcome; a later retry of this run leaves every one of them alone."""
+        self._write_many(
+            "UPDATE rows SET handed_to = ?, "
+            "state = CASE WHEN state IN (?, ?, ?) THEN ? ELSE state END, "
+            "error_message = CASE WHEN state IN (?, ?, ?) THEN ? ELSE error_message END WHERE row = ?",
+            [
+                (to_run, *UNFINISHED_STATES, HANDED_OVER, *UNFINISHED_STATES, f"continued by the retry run in {to_run}", r)
+                for r in rows
+            ],
+        )
 
-    def unfinished(self) -> list[tuple]:
-        """(row, state, job_id, sent_at, submitted_at, job_updated_at) of rows not yet final."""
+    def handed_to(self) -> dict[int, str]:
+        """Rows a retry run already took, and that run's folder."""
+        self.flush()
+        return dict(self._conn.execute("SELECT row, handed_to FROM rows WHERE handed_to IS NOT NULL").fetchall())
+
+    def carried_rows(self, rows: Iterable[int]) -> list[CarriedRow]:
+        """The state a retry run takes over for `rows`: unfinished rows keep job and doubt, timed-out
+        rows keep their job to be re-checked; other rows start afresh (not returned)."""
+        self.flush()
+        wanted = set(rows)
+        cur = self._conn.execute(
+            "SELECT row, state, job_id, sent_at, submitted_at, job_updated_at, follow FROM rows "
+            "WHERE state IN (?, ?, ?, ?) ORDER BY row",
+            (*UNFINISHED_STATES, TIMED_OUT),
+        )
+        out = []
+        for row, state, job_id, sent_at, submitted_at, updated_at, follow in cur.fetchall():
+            if row not in wanted:
+                continue
+            if state == TIMED_OUT:
+                if job_id is None:
+                    continue
+                out.append(CarriedRow(row, SUBMITTED, job_id, sent_at, None, updated_at, RECHECK))
+            else:
+                out.append(CarriedRow(row, state, job_id, sent_at, submitted_at, updated_at, follow))
+        return out
+
+    def has_unfinished(self) -> bool:
+        """True while some row is pending, sending or submitted."""
         self.flush()
         return self._conn.execute(
-            "SELECT row, state, job_id, sent_at, submitted_at, job_updated_at FROM rows WHERE state IN (?, ?, ?) ORDER BY row",
-            (PENDING, SENDING, SUBMITTED),
-        ).fetchall()
+            "SELECT 1 FROM rows WHERE state IN (?, ?, ?) LIMIT 1", UNFINISHED_STATES
+        ).fetchone() is not None
+
+    def resend(self, row: int, old_job_id: str, reason: str) -> None:
+        """A followed job failed or vanished: send the row again, never adopting the old job."""
+        self._write("INSERT OR IGNORE INTO known_jobs (job_id, origin) VALUES (?, ?)", (old_job_id, reason))
+        self._write(
+            "UPDATE rows SET state = ?, job_id = NULL, media_id = NULL, encode_status = NULL, job_created_at = NULL, "
+            "job_updated_at = NULL, submitted_at = NULL, follow = NULL, error_message = ? WHERE row = ?",
+            (PENDING, reason, row),
+        )
 
     def mark_error(self, row: int, *, http_status: int | None, code: str | None, message: str, now: float) -> None:
         """The submission failed for good."""
@@ -371,6 +510,7 @@ class Journal:
 
     def record_progress(self, updates: list[tuple[int, int | None, str | None, str | None, float | None]]) -> None:
         """Poll results in one transaction: (row, encode_status, updated_at, final state or None, now)."""
+        updates = [u for u in updates if u is not None]  # None: a followed job's row sent again instead
         if not updates:
             return
         with self._tx():
@@ -378,6 +518,12 @@ class Journal:
                 if final is None:
                     self._conn.execute(
                         "UPDATE rows SET encode_status = ?, job_updated_at = ? WHERE row = ?", (status, updated_at, row)
+                    )
+                elif final == SKIPPED:  # a followed existing job succeeded: this run sent nothing
+                    self._conn.execute(
+                        "UPDATE rows SET state = ?, encode_status = ?, job_updated_at = coalesce(?, job_updated_at), "
+                        "finished_at = ?, error_code = NULL, error_message = ? WHERE row = ?",
+                        (SKIPPED, status, updated_at, now, EXISTING_MESSAGE, row),
                     )
                 else:
                     code, message = (None, None)

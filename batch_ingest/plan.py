@@ -6,8 +6,10 @@ per distinct path) and profile look-ups (one request per distinct profile) leave
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,9 @@ from pathlib import Path
 import polars as pl
 
 from .errors import ManifestError, NotFoundError
+from .journal import FRAME_SCHEMA
 from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
+from .report import REPORT_COLUMNS
 
 READY, REJECTED = "ready", "rejected"
 INVALID_ROW = "INVALID_ROW"
@@ -29,11 +33,71 @@ PLAN_COLUMNS = (
     "row", "key", "ref_id", "source", "source_type", "source_path", "profile", "profile_kind",
     "profile_value", "job_profile_id", "name", "description", "bytes", "status", "error_code", "reason",
 )  # fmt: skip
-REPORT_RESERVED = {
-    "row", "ref_id", "source", "source_type", "profile", "job_profile_id", "job_id", "media_id", "outcome",
-    "encode_status", "http_status", "error_code", "error_message", "attempts", "submitted_at",
-    "finished_at", "duration_s", "bytes",
+# Every name the plan, the journal's frame or the report uses. A manifest column with one of these
+# names (or starting with "_", or ending in the join's "_journal") is carried as manifest_<name>.
+RESERVED_COLUMNS = frozenset(PLAN_COLUMNS) | frozenset(REPORT_COLUMNS) | frozenset(FRAME_SCHEMA)
+EXTRA_PREFIX = "manifest_"
+# Longest cells a row may hold. The vendor publishes no limits: 2,048 characters is the longest
+# URL that browsers, CDNs and HTTP servers accept everywhere; a ref_id travels in a URL path
+# (`jobs/ref:<ref_id>`), so it is held to 255 like a file name.
+MAX_URL_LENGTH = 2048
+MAX_REF_ID_LENGTH = 255
+# Column names people write for a known column; close spellings are found by `_looks_like`.
+_ALIASES = {
+    "url": "source", "video_url": "source", "file": "source_file", "path": "source_file", "file_path": "source_file",
+    "filename": "source_file", "profile_id": "profile", "job_profile": "profile", "job_profile_id": "profile",
+    "ref": "ref_id", "reference": "ref_id", "reference_id": "ref_id", "external_id": "ref_id", "title": "name",
 }  # fmt: skip
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _looks_like(name: str) -> str | None:
+    """The known column `name` is probably meant to be (a misspelling or a common alias), or None."""
+    if name in _ALIASES:
+        return _ALIASES[name]
+    squashed = {_squash(k): k for k in KNOWN_COLUMNS}
+    if _squash(name) in squashed:
+        return squashed[_squash(name)]
+    close = difflib.get_close_matches(_squash(name), list(squashed), n=1, cutoff=0.8)
+    return squashed[close[0]] if close else None
+
+
+def account_for_columns(
+    manifest: Path, columns: list[str], extra_columns: tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, str]]:
+    """The extra columns and their report names; ManifestError (exit 2) for a column that looks like a
+    misspelt known one (unless named in `extra_columns`) or whose report name would collide."""
+    extras = [c for c in columns if c not in KNOWN_COLUMNS and c != RAGGED]
+    allowed = {c.strip().lower() for c in extra_columns}
+    unknown_allowed = sorted(allowed - set(extras))
+    if unknown_allowed:
+        raise ManifestError(
+            f"{manifest}: --extra-columns names {', '.join(unknown_allowed)}, but the manifest has no such "
+            f"extra column; its extra columns: {', '.join(extras) or '(none)'}"
+        )
+    suspicious = [(c, k) for c in extras if c not in allowed and (k := _looks_like(c)) is not None]
+    if suspicious:
+        listed = "; ".join(f"{c!r} looks like {k!r}" for c, k in suspicious)
+        raise ManifestError(
+            f"{manifest}: {listed}. A misspelt column would be ignored, not used: rename it, or pass "
+            f"--extra-columns {','.join(c for c, _ in suspicious)} to carry it into the report as it is"
+        )
+    renamed = {
+        c: EXTRA_PREFIX + c if c in RESERVED_COLUMNS or c.startswith("_") or c.endswith("_journal") else c
+        for c in extras
+    }
+    seen: dict[str, str] = {}
+    for original, name in renamed.items():
+        if name in seen:
+            raise ManifestError(
+                f"{manifest}: columns {seen[name]!r} and {original!r} would both be carried into the report as "
+                f"{name!r} (batch-ingest uses {name.removeprefix(EXTRA_PREFIX)!r} itself): rename one of them"
+            )
+        seen[name] = original
+    return extras, renamed
 
 
 @dataclass
@@ -103,10 +167,12 @@ def _derived_key(source: str, profile: str | None) -> str:
     return f"auto:{digest}"
 
 
-def build_plan(frame: pl.DataFrame, manifest: Path, *, default_profile: str | None = None) -> Plan:
+def build_plan(
+    frame: pl.DataFrame, manifest: Path, *, default_profile: str | None = None, extra_columns: tuple[str, ...] = ()
+) -> Plan:
     """Validate every row; rejected rows keep their number and reason. Never drops a row silently."""
     base = manifest.resolve().parent
-    extras = [c for c in frame.columns if c not in KNOWN_COLUMNS and c != RAGGED]
+    extras, renamed = account_for_columns(manifest, frame.columns, extra_columns)
     cells = [_text(frame, c).alias(f"_{c}") for c in (*SOURCE_COLUMNS, "profile", "ref_id", "name", "description")]
     work = frame.with_columns(cells)
     # Blank lines (every cell empty) are not rows; count them so the plan can say so.
@@ -193,6 +259,16 @@ def build_plan(frame: pl.DataFrame, manifest: Path, *, default_profile: str | No
             pl.format("unsupported source scheme '{}:': use an http(s) URL or a local file path", scheme),
         ),
         _reject((pl.col("source_type") == "url") & ~is_http, "malformed URL: it needs a host, as in https://host/path"),
+        _reject(
+            (pl.col("source_type") == "url") & (pl.col("source").str.len_chars() > MAX_URL_LENGTH),
+            pl.format(f"the URL is {{}} characters long; the longest accepted is {MAX_URL_LENGTH}",
+                      pl.col("source").str.len_chars()),
+        ),
+        _reject(
+            pl.col("_ref_id").str.len_chars() > MAX_REF_ID_LENGTH,
+            pl.format(f"ref_id is {{}} characters long; the longest accepted is {MAX_REF_ID_LENGTH}",
+                      pl.col("_ref_id").str.len_chars()),
+        ),
         _reject(pl.col("_file_problem").is_not_null(), pl.col("_file_problem")),
         _reject(
             pl.col("profile_kind") == "bad",
@@ -255,7 +331,6 @@ def build_plan(frame: pl.DataFrame, manifest: Path, *, default_profile: str | No
         .otherwise(None)
         .alias("profile_value"),
     )
-    renamed = {c: (f"manifest_{c}" if c in REPORT_RESERVED or c in PLAN_COLUMNS else c) for c in extras}
     out = work.select(
         pl.col("row"),
         pl.col("key"),
@@ -276,13 +351,18 @@ def build_plan(frame: pl.DataFrame, manifest: Path, *, default_profile: str | No
         *[pl.col(c).alias(renamed[c]) for c in extras],
     )
     notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
+    if extras:
+        shown = ", ".join(c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras)
+        notes.append(f"columns carried into the report unchanged, not used: {shown}")
     return Plan(manifest=manifest, frame=out, extras=[renamed[c] for c in extras], blank_rows=blank_rows, notes=notes)
 
 
-def plan_manifest(path: str | Path, *, fmt: str | None = None, default_profile: str | None = None) -> Plan:
+def plan_manifest(
+    path: str | Path, *, fmt: str | None = None, default_profile: str | None = None, extra_columns: tuple[str, ...] = ()
+) -> Plan:
     """Read and validate a manifest (no network). Raises ManifestError for structural problems."""
     path = Path(path)
-    return build_plan(read_manifest(path, fmt), path, default_profile=default_profile)
+    return build_plan(read_manifest(path, fmt), path, default_profile=default_profile, extra_columns=extra_columns)
 
 
 async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamClient

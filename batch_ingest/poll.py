@@ -23,7 +23,8 @@ from .api.models import FAILED, SUCCEEDED, EncodeStatusMap, Job, parse_api_date
 from .errors import NotFoundError, TransientApiError
 from .journal import FAILED as J_FAILED
 from .journal import SUCCEEDED as J_SUCCEEDED
-from .journal import TIMED_OUT, Journal
+from .journal import EXISTING, EXISTING_ANY, RESEND_ON_FAILURE, SKIPPED, TIMED_OUT, Journal, RowTask
+from .aio import unless_stopped, wait_any
 from .progress import Progress
 
 OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's commit lag
@@ -40,6 +41,9 @@ class Tracked:
     deadline: float
     last_seen: float  # our clock: when we last learnt this job's state
     status: int | None
+    key: str | None = None
+    ref_id: str | None = None
+    follow: str | None = None  # see journal.py: a re-checked or existing job, not created by this attempt
 
 
 class Poller:
@@ -56,6 +60,8 @@ class Poller:
         min_interval: float,
         max_interval: float,
         on_final: Callable[[str], None] = lambda outcome: None,
+        on_resend: Callable[[int], None] = lambda row: None,
+        on_follow_end: Callable[[], None] = lambda: None,
         fallback_after: float | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -68,6 +74,9 @@ class Poller:
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.on_final = on_final
+        self.on_resend = on_resend  # a followed job failed or vanished: its row is to be sent again
+        self.on_follow_end = on_follow_end
+        self.following = 0  # followed jobs in flight
         self.fallback_after = fallback_after if fallback_after is not None else max(600.0, 20 * max_interval)
         self._clock = clock
         self._sleep = sleep
@@ -79,17 +88,27 @@ class Poller:
         self.interval = min_interval
         self.polls = 0
 
-    def track(self, row: int, job: Job, submitted_at: float) -> None:
-        """Follow a job created (or adopted) for `row`."""
-        self._track(row, job.id, submitted_at, job.encode_status, job.updated_at or job.created_at)
+    def track(
+        self, row: int, job: Job, submitted_at: float, task: RowTask | None = None, follow: str | None = None
+    ) -> None:
+        """Follow a job created, adopted or (with `follow`) found for `row`."""
+        key, ref_id = (task.key, task.ref_id) if task is not None else (None, None)
+        self._track(row, job.id, submitted_at, job.encode_status, job.updated_at or job.created_at, key, ref_id, follow)
 
-    def _track(self, row: int, job_id: str, submitted_at: float, status: int | None, updated_at: str | None) -> None:
+    def _track(
+        self, row: int, job_id: str, submitted_at: float, status: int | None, updated_at: str | None,
+        key: str | None = None, ref_id: str | None = None, follow: str | None = None,
+    ) -> None:  # fmt: skip
         seen_at = parse_api_date(updated_at)
         if seen_at is not None and (self._watermark is None or seen_at.timestamp() < self._watermark):
             # A job older than the watermark (adopted, or resumed) might have changed unseen.
             self._watermark = seen_at.timestamp()
-        tracked = Tracked(row, job_id, submitted_at + self.job_timeout, self._clock(), status)
+        tracked = Tracked(row, job_id, submitted_at + self.job_timeout, self._clock(), status, key, ref_id, follow)
+        if job_id in self._jobs:
+            return
         self._jobs[job_id] = tracked
+        if follow is not None:
+            self.following += 1
         heapq.heappush(self._deadlines, (tracked.deadline, job_id))
         if status is not None and self.status_map.classify(status) != "in_progress":
             self._ready.append(job_id)  # already final in the create answer: record it without a request
@@ -97,8 +116,8 @@ class Poller:
 
     def resume_in_flight(self) -> None:
         """Track every job the journal says is submitted and unfinished (after a crash or stop)."""
-        for row, job_id, submitted_at, updated_at in self.journal.in_flight():
-            self._track(row, job_id, submitted_at or self._clock(), None, updated_at)
+        for f in self.journal.in_flight():
+            self._track(f.row, f.job_id, f.submitted_at or self._clock(), None, f.job_updated_at, f.key, f.ref_id, f.follow)
 
     @property
     def in_flight(self) -> int:
@@ -112,14 +131,14 @@ class Poller:
                 if submitting_done.is_set():
                     return
                 self._wake.clear()
-                await _wait_any(self._wake, submitting_done, stop)
+                await wait_any(self._wake, submitting_done, stop)
                 continue
-            await _wait_any(stop, timeout=self.interval, sleep=self._sleep)
+            await wait_any(stop, timeout=self.interval, sleep=self._sleep)
             if stop.is_set():
                 return
             self._finish_ready()
             if self._jobs:
-                await self.poll_once()
+                await unless_stopped(self.poll_once(), stop)
 
     def _finish_ready(self) -> None:
         """Record jobs already final (from a create answer) and jobs past their timeout, for free."""
@@ -137,12 +156,31 @@ class Poller:
                 updates.append(self._final(job, job.status, None, "timed_out", now))
         self.journal.record_progress(updates)
 
+    def _untrack(self, job: Tracked) -> None:
+        del self._jobs[job.job_id]
+        if job.follow is not None:
+            self.following -= 1
+            self.on_follow_end()
+
     def _final(self, job: Tracked, status: int | None, updated_at: str | None, verdict: str, now: float):
         state = {SUCCEEDED: J_SUCCEEDED, FAILED: J_FAILED}.get(verdict, TIMED_OUT)
-        del self._jobs[job.job_id]
-        self.progress.row_finished(state, row=job.row, job_id=job.job_id, encode_status=status)
+        if state == J_SUCCEEDED and job.follow in (EXISTING, EXISTING_ANY):
+            state = SKIPPED  # the platform's own job succeeded: this run sent nothing
+        self._untrack(job)
+        if state == J_FAILED and job.follow in RESEND_ON_FAILURE:
+            self._resend(job, f"job {job.job_id} ended with encode_status {status}: sent again")
+            return None
+        self.progress.row_finished(
+            state, row=job.row, key=job.key, ref_id=job.ref_id, job_id=job.job_id, encode_status=status
+        )
         self.on_final(state)
         return (job.row, status, updated_at, state, now)
+
+    def _resend(self, job: Tracked, reason: str) -> None:
+        """A followed job failed or vanished: the row goes back to `pending` and to the submitter."""
+        self.journal.resend(job.row, job.job_id, reason)
+        self.progress.retrying(row=job.row, key=job.key, ref_id=job.ref_id, error=reason)
+        self.on_resend(job.row)
 
     async def poll_once(self) -> None:
         """One poll: the changed jobs, newest first, back to the watermark; then the fallback reads."""
@@ -205,8 +243,11 @@ class Poller:
             try:
                 job = await self.client.get_job(tracked.job_id)
             except NotFoundError:
-                tracked.last_seen = now  # vanished from the platform: wait for the timeout
-                continue
+                tracked.last_seen = now
+                if tracked.follow in RESEND_ON_FAILURE:
+                    self._untrack(tracked)
+                    self._resend(tracked, f"job {tracked.job_id} is gone from the platform: sent again")
+                continue  # a job this run created: wait for the timeout
             self._observe(job, now, updates)
             tracked.last_seen = now
 
@@ -216,19 +257,3 @@ class Poller:
             return
         rate = changes / max(self.interval, 1e-3)  # changes per second over the last interval
         self.interval = min(self.max_interval, max(self.min_interval, TARGET_CHANGES_PER_POLL / rate))
-
-
-async def _wait_any(
-    *events: asyncio.Event,
-    timeout: float | None = None,
-    sleep: Callable[[float], Awaitable[None]] | None = None,
-) -> None:
-    """Return when any event is set, or after `timeout` seconds."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    if timeout is not None:
-        waiters.append(asyncio.ensure_future((sleep or asyncio.sleep)(timeout)))
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()

@@ -14,17 +14,20 @@ from typing import Any, TextIO
 class Progress:
     """The silent sink, and the interface every sink has."""
 
-    def start(self, *, rows: int, to_submit: int, upload_bytes: int) -> None:
+    def start(self, *, rows: int, to_submit: int, upload_bytes: int, run_id: str | None = None) -> None:
         """A run begins: `to_submit` of `rows` will be sent, `upload_bytes` uploaded."""
 
-    def row_submitted(self, *, row: int | None = None, job_id: str | None = None) -> None:
-        """A job was created (or adopted) for one more row."""
+    def row_submitted(self, *, row: int | None = None, **details: Any) -> None:
+        """A job was created (or adopted) for one more row (details: key, ref_id, job_id)."""
 
     def row_finished(self, outcome: str, *, row: int | None = None, **details: Any) -> None:
-        """One more row reached a final outcome (details: job_id, encode_status, error)."""
+        """One more row reached a final outcome (details: key, ref_id, job_id, encode_status, error)."""
 
-    def retrying(self, *, row: int, error: str) -> None:
-        """A row's request failed in a way worth retrying."""
+    def retrying(self, *, row: int, error: str, **details: Any) -> None:
+        """A row's request failed in a way worth retrying (details: key, ref_id)."""
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        """The run's report is written: its summary (counts, exit code, report path)."""
 
     def bytes_sent(self, n: int) -> None:
         """`n` more bytes of an upload left."""
@@ -47,7 +50,7 @@ class LogProgress(Progress):
         self.to_submit = 0
         self._last = time.monotonic()
 
-    def start(self, *, rows: int, to_submit: int, upload_bytes: int) -> None:
+    def start(self, *, rows: int, to_submit: int, upload_bytes: int, run_id: str | None = None) -> None:
         self.to_submit = to_submit
         self.message(f"{rows} rows, {to_submit} to submit, {upload_bytes} bytes to upload")
 
@@ -76,7 +79,7 @@ class BarProgress(Progress):
     def __init__(self) -> None:
         self._bars: list = []
 
-    def start(self, *, rows: int, to_submit: int, upload_bytes: int) -> None:
+    def start(self, *, rows: int, to_submit: int, upload_bytes: int, run_id: str | None = None) -> None:
         from tqdm import tqdm
 
         self._submitted = tqdm(total=to_submit, desc="submitted", unit="job", position=0, leave=True)
@@ -122,10 +125,12 @@ class EventLog(Progress):
         self.logger.setLevel(logging.INFO)
         self.handler = logging.FileHandler(path, encoding="utf-8")
         self.fmt = fmt
+        self.run_id: str | None = None
         self.handler.setFormatter(logging.Formatter("%(message)s"))
         self.logger.addHandler(self.handler)
 
     def _emit(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
+        fields = {"run_id": self.run_id, **{k: v for k, v in fields.items() if v is not None}}
         fields = {k: v for k, v in fields.items() if v is not None}
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
         if self.fmt == "json":
@@ -134,24 +139,32 @@ class EventLog(Progress):
             line = f"{stamp} {logging.getLevelName(level)} {event} " + " ".join(f"{k}={v}" for k, v in fields.items())
         self.logger.log(level, line)
 
-    def start(self, *, rows: int, to_submit: int, upload_bytes: int) -> None:
+    def start(self, *, rows: int, to_submit: int, upload_bytes: int, run_id: str | None = None) -> None:
+        self.run_id = run_id
         self._emit("run_started", rows=rows, to_submit=to_submit, upload_bytes=upload_bytes)
 
-    def row_submitted(self, *, row: int | None = None, job_id: str | None = None) -> None:
-        self._emit("submitted", row=row, job_id=job_id)
+    def row_submitted(self, *, row: int | None = None, **details: Any) -> None:
+        self._emit("submitted", row=row, **details)
 
     def row_finished(self, outcome: str, *, row: int | None = None, **details: Any) -> None:
         level = logging.INFO if outcome in ("succeeded", "skipped") else logging.WARNING
         self._emit("finished", level, row=row, outcome=outcome, **details)
 
-    def retrying(self, *, row: int, error: str) -> None:
-        self._emit("retrying", logging.WARNING, row=row, error=error)
+    def retrying(self, *, row: int, error: str, **details: Any) -> None:
+        self._emit("retrying", logging.WARNING, row=row, error=error, **details)
 
     def message(self, text: str) -> None:
         self._emit("message", text=text)
 
+    def finished(self, summary: dict[str, Any]) -> None:
+        self.run_id = summary.get("run_id") or self.run_id
+        level = logging.INFO if summary.get("exit_code") == 0 else logging.WARNING
+        self._emit(
+            "run_ended", level, outcomes=summary.get("outcomes"), exit_code=summary.get("exit_code"),
+            report=(summary.get("report") or {}).get("parquet"),
+        )  # fmt: skip
+
     def close(self) -> None:
-        self._emit("run_ended")
         self.handler.close()
         self.logger.removeHandler(self.handler)
 
@@ -177,6 +190,10 @@ class Tee(Progress):
     def retrying(self, **kw: Any) -> None:
         for s in self.sinks:
             s.retrying(**kw)
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        for s in self.sinks:
+            s.finished(summary)
 
     def bytes_sent(self, n: int) -> None:
         for s in self.sinks:

@@ -79,11 +79,19 @@ def write_report(report: pl.DataFrame, run_dir: Path) -> tuple[Path, Path]:
 
 
 def flat_for_csv(frame: pl.DataFrame) -> pl.DataFrame:
-    """The frame with nested or binary columns (from a Parquet manifest's extras) as JSON text."""
+    """The frame with nested or binary columns (from a Parquet or NDJSON manifest's extras) as JSON text."""
     nested = [n for n, t in frame.schema.items() if t.is_nested() or t == pl.Binary]
     return frame.with_columns(
-        [pl.col(n).map_elements(lambda v: json.dumps(v, default=str), return_dtype=pl.String) for n in nested]
+        [pl.Series(n, [_json_cell(v) for v in frame[n].to_list()], dtype=pl.String) for n in nested]
     )
+
+
+def _json_cell(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return json.dumps(value.decode("utf-8", "backslashreplace"))
+    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 def read_report(path: Path) -> pl.DataFrame:
@@ -110,6 +118,15 @@ def first_failures(report: pl.DataFrame, n: int = FIRST_FAILURES) -> list[dict[s
 def exit_code_for_report(report: pl.DataFrame) -> int:
     """0 when every row succeeded or was skipped, else 1."""
     return 0 if report.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES)).is_empty() else 1
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run folder's summary.json, or None when it has none."""
+    path = run_dir / SUMMARY_JSON
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else None
 
 
 def write_summary(summary: dict[str, Any], run_dir: Path) -> Path:
@@ -139,4 +156,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         for f in failures:
             code = f" {f['error_code']}" if f.get("error_code") else ""
             lines.append(f"  row {f['row']} [{f['outcome']}{code}] {f['source']}: {f.get('error_message') or ''}")
+        more = int(summary.get("not_succeeded") or len(failures)) - len(failures)
+        if more > 0:
+            lines.append(f"  ... and {more} more: batch-ingest report {summary['run_dir']} --failed lists them all")
     return "\n".join(lines)
+
+
+def format_counts(summary: dict[str, Any]) -> str:
+    """One line of counts per outcome (what `-q` prints when a run did not fully succeed)."""
+    parts = ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items() if v)
+    return f"run {summary['run_id']}: {parts or 'no rows'} (exit {summary['exit_code']})"

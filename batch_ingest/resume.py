@@ -1,4 +1,11 @@
-"""Continuing runs: `resume` a run from its journal, `retry` the rows of a run that did not succeed."""
+"""Continuing runs: `resume` a run from its journal, `retry` the rows of a run that did not succeed.
+
+Both lock the run folders they work on (`runlock.py`), send credentials only to the API URL
+the user's own flags, environment or config name (never silently to the one a run folder
+stores), and keep a row to one job: `retry` never adopts a job of the run it retries, re-checks
+timed-out rows by polling the job they have, and marks every row it takes so that a second
+retry of the same run leaves them alone.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +20,26 @@ import polars as pl
 
 from .api.client import SmartStreamClient
 from .errors import UsageError
-from .journal import JOURNAL_FILE, Journal
+from .journal import JOURNAL_FILE, RECHECK, Journal
 from .progress import Progress
-from .report import PLAN_PARQUET, build_report
-from .runner import RunOptions, RunResult, execute_journal, finish_run, prepare_run_dir, new_run_id
+from .report import PLAN_PARQUET, REPORT_PARQUET, build_report, read_report, read_summary, write_report
+from .runlock import RunLock, locked
+from .runner import (
+    RunOptions,
+    RunResult,
+    Segment,
+    _skip_mode,
+    execute_journal,
+    finish_run,
+    new_run_id,
+    prepare_run_dir,
+    run_meta,
+)
 from .settings import Settings
+
+RETRYABLE = ("failed", "error", "timed_out", "interrupted")
+# Settings a resume does not take from the run folder: where credentials go is the user's word.
+NOT_INHERITED = ("api_url",)
 
 
 def _open_run(run_dir: Path) -> tuple[Journal, pl.DataFrame, dict[str, Any]]:
@@ -33,10 +55,13 @@ def _open_run(run_dir: Path) -> tuple[Journal, pl.DataFrame, dict[str, Any]]:
 
 
 def stored_settings(run_dir: Path) -> dict[str, Any]:
-    """The non-secret settings a run was started with (a layer under flags and environment on resume).
+    """The non-secret settings a run was started with, but the API URL (a layer under flags and
+    environment on resume). Empty when `run_dir` holds no journal (the command reports that itself)."""
+    stored = _stored(run_dir)
+    return {k: v for k, v in stored.items() if k not in NOT_INHERITED}
 
-    Empty when `run_dir` holds no journal (the command then reports that itself).
-    """
+
+def _stored(run_dir: Path) -> dict[str, Any]:
     if not (run_dir / JOURNAL_FILE).exists():
         return {}
     journal = Journal.open(run_dir / JOURNAL_FILE)
@@ -44,6 +69,20 @@ def stored_settings(run_dir: Path) -> dict[str, Any]:
         return dict(journal.meta().get("settings") or {})
     finally:
         journal.close()
+
+
+def check_api_url(run_dir: Path, meta: dict[str, Any], settings: Settings, options: RunOptions) -> None:
+    """Refuse to send credentials to an API URL other than the run's own unless the user named it."""
+    started_with = str((meta.get("settings") or {}).get("api_url") or "").rstrip("/")
+    current = settings.api_url.rstrip("/")
+    if not started_with or started_with == current or options.allow_api_url_change:
+        return
+    raise UsageError(
+        f"{run_dir} was started against {started_with}, but the API URL now is {current} "
+        "(from SMARTSTREAM_API_URL, the config file or the default). Credentials go only where you say: "
+        f"pass --api-url {started_with} to continue against the run's own API, or --api-url {current} "
+        "to continue against this one"
+    )
 
 
 async def resume_run_async(
@@ -54,30 +93,55 @@ async def resume_run_async(
     transport: httpx.AsyncBaseTransport | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Continue a run from its journal: finished rows stay, in-doubt rows are looked up, the rest sent."""
+    """Continue a run from its journal: finished rows stay, in-doubt rows are looked up, the rest sent.
+
+    A run with nothing left to do changes no file: its report and summary are read back as they are.
+    """
     run_dir = Path(run_dir)
     progress = progress or Progress()
     started = time.time()
-    journal, plan, meta = _open_run(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a run folder: give the folder that holds {JOURNAL_FILE}")
+    lock = RunLock(run_dir).acquire()
     try:
-        stored = meta.get("options") or {}
-        options = replace(
-            options,
-            max_failures=options.max_failures if options.max_failures is not None else stored.get("max_failures"),
-            skip_existing=options.skip_existing or bool(stored.get("skip_existing")),
-        )
-        journal.set_meta(resumes=int(meta.get("resumes", 0)) + 1)
-        if not journal.unfinished():
-            # Nothing left: rewrite the report from the journal, without a single request.
-            return finish_run(journal, run_dir, plan, meta.get("extras", []), started, None, None, None, progress)
-        settings.require_api()
-        async with SmartStreamClient.from_settings(settings, transport=transport) as client:
-            return await execute_journal(journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started)
+        journal, plan, meta = _open_run(run_dir)
+        try:
+            if not journal.has_unfinished():
+                done = _finished_result(run_dir)
+                if done is not None:
+                    return done
+                # Finished, but the report was never written (the process died just before): write it.
+                lock.write_pid()
+                return finish_run(journal, run_dir, plan, meta.get("extras", []), Segment("resume", started), progress)
+            lock.write_pid()
+            check_api_url(run_dir, meta, settings, options)
+            stored = meta.get("options") or {}
+            options = replace(
+                options,
+                max_failures=options.max_failures if options.max_failures is not None else stored.get("max_failures"),
+                skip_existing=options.skip_existing or _skip_mode(stored.get("skip_existing")),
+            )
+            settings.require_api()
+            async with SmartStreamClient.from_settings(settings, transport=transport) as client:
+                return await execute_journal(
+                    journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started, "resume"
+                )
+        finally:
+            journal.close()
     finally:
-        journal.close()
+        lock.release()
 
 
-RETRYABLE = ("failed", "error", "timed_out", "interrupted")
+def _finished_result(run_dir: Path) -> RunResult | None:
+    """The result of a finished run as its files hold it, or None when a file is missing or unreadable."""
+    try:
+        report = read_report(run_dir / REPORT_PARQUET)
+        summary = read_summary(run_dir)
+    except (OSError, ValueError, pl.exceptions.PolarsError):
+        return None
+    if summary is None:
+        return None
+    return RunResult(run_dir, report, summary, int(summary.get("exit_code", 1)), run_dir / REPORT_PARQUET)
 
 
 async def retry_run_async(
@@ -91,50 +155,79 @@ async def retry_run_async(
 ) -> RunResult | None:
     """A new run of the rows of an earlier run whose outcome is in `only`; None when there are none.
 
-    Rows that were interrupted keep their job (polled, not sent again) or their doubt (looked up first).
+    Interrupted rows keep their job (polled, not sent again) or their doubt (looked up first).
+    Timed-out rows keep their job too: it is polled again with this run's `--job-timeout`, and
+    the row is sent again only if that job fails or is gone. Failed and error rows are sent
+    again; no job of the original run is ever adopted for them. The original run hands every
+    retried row over: resuming it leaves them alone, retrying it again skips them.
     """
     source = Path(source)
     original = source if source.is_dir() else source.parent
     bad = sorted(set(only) - set(RETRYABLE))
     if bad:
         raise UsageError(f"--only takes {', '.join(RETRYABLE)}; not {', '.join(bad)} (rejected rows need a fixed manifest)")
-    old_journal, old_plan, old_meta = _open_run(original)
-    try:
-        report = build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", []))
-        rows = report.filter(pl.col("outcome").is_in(list(only)))["row"].to_list()
-        carried = [u for u in old_journal.unfinished() if u[0] in set(rows)]
-    finally:
-        old_journal.close()
-    if not rows:
-        return None
-    plan = old_plan.filter(pl.col("row").is_in(rows))
     progress = progress or Progress()
-    settings.require_api()
-    started = time.time()
-    run_id = options.run_dir.name if options.run_dir else new_run_id()
-    run_dir = prepare_run_dir(options, run_id)
-    plan.write_parquet(run_dir / PLAN_PARQUET)
-    meta = {
-        **{k: old_meta[k] for k in ("manifest", "extras") if k in old_meta},
-        "run_id": run_id,
-        "started_at": started,
-        "retry_of": {"run_dir": str(original), "run_id": old_meta.get("run_id"), "only": list(only)},
-        "settings": {k: v for k, v in settings.masked().items() if k not in ("api_key", "token", "password")},
-        "options": {"max_failures": options.max_failures, "skip_existing": options.skip_existing},
-    }
-    journal = Journal.create(run_dir / JOURNAL_FILE, plan, meta)
-    try:
-        journal.carry_over(carried)
-        # The original run must not poll, look up or send these rows again if it is resumed.
-        old_journal = Journal.open(original / JOURNAL_FILE)
+    if not original.is_dir():
+        raise UsageError(f"{original} is not a run folder: give the folder that holds {JOURNAL_FILE}")
+    with locked(original):
+        old_journal, old_plan, old_meta = _open_run(original)
         try:
-            old_journal.hand_over([c[0] for c in carried], str(run_dir))
+            report = build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", []))
+            handed = old_journal.handed_to()
+            wanted = report.filter(pl.col("outcome").is_in(list(only)))["row"].to_list()
+            rows = [r for r in wanted if r not in handed]
+            started = time.time()
+            carried = [
+                replace(c, submitted_at=started) if c.follow == RECHECK else c
+                for c in old_journal.carried_rows(rows)
+            ]
+            known = old_journal.job_ids()
         finally:
             old_journal.close()
-        async with SmartStreamClient.from_settings(settings, transport=transport) as client:
-            return await execute_journal(journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started)
-    finally:
-        journal.close()
+        if len(rows) < len(wanted):
+            taken = sorted({handed[r] for r in wanted if r in handed})
+            progress.message(
+                f"{len(wanted) - len(rows)} row(s) were already retried by {', '.join(taken)}: "
+                "retry that run for them instead"
+            )
+        if not rows:
+            return None
+        check_api_url(original, old_meta, settings, options)
+        plan = old_plan.filter(pl.col("row").is_in(rows))
+        settings.require_api()
+        run_id = options.run_dir.name if options.run_dir else new_run_id()
+        run_dir, lock = prepare_run_dir(options, run_id)
+        try:
+            plan.write_parquet(run_dir / PLAN_PARQUET)
+            meta = run_meta(
+                settings,
+                options,
+                **{k: old_meta[k] for k in ("manifest", "extras") if k in old_meta},
+                run_id=run_id,
+                started_at=started,
+                retry_of={"run_dir": str(original), "run_id": old_meta.get("run_id"), "only": list(only)},
+            )
+            journal = Journal.create(run_dir / JOURNAL_FILE, plan, meta)
+            try:
+                journal.carry_over(carried)
+                journal.add_known_jobs(known, f"a job of the retried run {old_meta.get('run_id') or original}")
+                # The original run must not poll, look up, send or retry these rows again.
+                old_journal = Journal.open(original / JOURNAL_FILE)
+                try:
+                    old_journal.hand_over(rows, str(run_dir))
+                    # Its report says so from now on (resuming it later finds nothing to do and writes nothing).
+                    write_report(build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", [])), original)
+                finally:
+                    old_journal.close()
+                async with SmartStreamClient.from_settings(settings, transport=transport) as client:
+                    return await execute_journal(
+                        journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started,
+                        "retry",
+                    )  # fmt: skip
+            finally:
+                journal.close()
+        finally:
+            lock.release()
 
 
 def resume_run(run_dir: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult:
@@ -145,3 +238,4 @@ def resume_run(run_dir: str | Path, settings: Settings, options: RunOptions = Ru
 def retry_run(source: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult | None:
     """Retry rows of a run from synchronous code (see `retry_run_async`)."""
     return asyncio.run(retry_run_async(source, settings, options, **kwargs))
+

@@ -20,6 +20,7 @@ from .api.client import SmartStreamClient
 from .errors import EXIT_ABORTED, EXIT_INTERRUPTED, AuthError, UsageError
 from .journal import JOURNAL_FILE, Journal
 from .plan import Plan, plan_manifest, resolve_profiles
+from .runlock import RunLock
 from .poll import Poller
 from .progress import Progress
 from .report import (
@@ -32,6 +33,8 @@ from .report import (
     write_report,
     write_summary,
 )
+from .submit import SKIP_ANY, SKIP_NOT_FAILED
+from .settings import SECRET_FIELDS as SECRET_SETTINGS
 from .settings import Settings
 from .submit import Submitter
 
@@ -47,8 +50,10 @@ class RunOptions:
     fmt: str | None = None
     default_profile: str | None = None
     max_failures: int | None = None
-    skip_existing: bool = False
+    skip_existing: str | None = None  # None, "not-failed" or "any" (see submit.py)
+    extra_columns: tuple[str, ...] = ()  # columns close to a known name that are meant as extras
     handle_signals: bool = False
+    allow_api_url_change: bool = False  # resume/retry: the user named --api-url explicitly
 
 
 @dataclass
@@ -71,26 +76,53 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def prepare_run_dir(options: RunOptions, run_id: str) -> Path:
-    """The run's folder, created; refuses one that already holds a run."""
+def prepare_run_dir(options: RunOptions, run_id: str) -> tuple[Path, RunLock]:
+    """The run's folder, created and locked; refuses one that already holds a run (or is in use)."""
     run_dir = options.run_dir or DEFAULT_REPORTS / run_id
+    _refuse_existing_run(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the run folder {run_dir}: {exc.strerror}: check --report-dir") from None
+    lock = RunLock(run_dir).acquire()
+    try:
+        _refuse_existing_run(run_dir)  # again, under the lock: another process may have just made it
+    except BaseException:
+        lock.release()
+        raise
+    lock.write_pid()
+    return run_dir, lock
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
     if (run_dir / JOURNAL_FILE).exists():
         raise UsageError(
             f"{run_dir} already holds a run: `batch-ingest resume {run_dir}` continues it, "
             "or pass another --report-dir"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the run folder {run_dir}: {exc.strerror}: check --report-dir") from None
-    return run_dir
+
+
+def run_meta(settings: Settings, options: RunOptions, **values: Any) -> dict[str, Any]:
+    """What a new run records about itself: ids, the non-secret settings and the options."""
+    return {
+        **values,
+        "settings": {k: v for k, v in settings.masked().items() if k not in SECRET_SETTINGS},
+        "options": {
+            "max_failures": options.max_failures,
+            "default_profile": options.default_profile,
+            "skip_existing": options.skip_existing,
+            "extra_columns": list(options.extra_columns),
+        },
+    }
 
 
 async def plan_run(
     manifest: Path, settings: Settings | None, options: RunOptions, client: SmartStreamClient | None
 ) -> Plan:
     """Read, validate and (with a client) resolve profiles: everything short of sending."""
-    plan = plan_manifest(manifest, fmt=options.fmt, default_profile=options.default_profile)
+    plan = plan_manifest(
+        manifest, fmt=options.fmt, default_profile=options.default_profile, extra_columns=options.extra_columns
+    )
     if client is not None:
         plan = await resolve_profiles(plan, client)
     return plan
@@ -112,25 +144,52 @@ async def run_manifest_async(
     async with SmartStreamClient.from_settings(settings, transport=transport) as client:
         plan = await plan_run(manifest, settings, options, client)
         run_id = options.run_dir.name if options.run_dir else new_run_id()
-        run_dir = prepare_run_dir(options, run_id)
-        plan.frame.write_parquet(run_dir / PLAN_PARQUET)
-        meta = {
-            "run_id": run_id,
-            "manifest": str(manifest.resolve()),
-            "started_at": started,
-            "extras": plan.extras,
-            "settings": {k: v for k, v in settings.masked().items() if k not in ("api_key", "token", "password")},
-            "options": {
-                "max_failures": options.max_failures,
-                "default_profile": options.default_profile,
-                "skip_existing": options.skip_existing,
-            },
-        }
-        journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta)
+        run_dir, lock = prepare_run_dir(options, run_id)
         try:
-            return await execute_journal(journal, run_dir, plan.frame, plan.extras, settings, options, client, progress, started)
+            plan.frame.write_parquet(run_dir / PLAN_PARQUET)
+            meta = run_meta(
+                settings, options, run_id=run_id, manifest=str(manifest.resolve()), started_at=started, extras=plan.extras
+            )
+            journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta)
+            try:
+                return await execute_journal(
+                    journal, run_dir, plan.frame, plan.extras, settings, options, client, progress, started, "run",
+                    notes=plan.notes,
+                )  # fmt: skip
+            finally:
+                journal.close()
         finally:
-            journal.close()
+            lock.release()
+
+
+@dataclass
+class Segment:
+    """One process's share of a run (`run`, each `resume`, a `retry`): what it spent."""
+
+    kind: str
+    started: float
+    client: SmartStreamClient | None = None
+    submitter: Submitter | None = None
+    poller: Poller | None = None
+
+    def record(self, finished: float, exit_code: int) -> dict[str, Any]:
+        stats = self.submitter.stats if self.submitter else None
+        return {
+            "kind": self.kind,
+            "started_at": self.started,
+            "finished_at": finished,
+            "elapsed_s": round(finished - self.started, 3),
+            "api_requests": self.client.requests_sent if self.client else 0,
+            "rate_limited": self.client.limiter.rate_limited_total if self.client else 0,
+            "created": stats.created if stats else 0,
+            "adopted_after_doubt": stats.adopted if stats else 0,
+            "in_doubt": stats.in_doubt if stats else 0,
+            "polls": self.poller.polls if self.poller else 0,
+            "exit_code": exit_code,
+        }
+
+
+SEGMENT_SUMS = ("elapsed_s", "api_requests", "rate_limited", "created", "adopted_after_doubt", "in_doubt", "polls")
 
 
 async def execute_journal(
@@ -143,6 +202,9 @@ async def execute_journal(
     client: SmartStreamClient,
     progress: Progress,
     started: float,
+    kind: str,
+    *,
+    notes: list[str] | None = None,
 ) -> RunResult:
     """Submit and poll what the journal says is unfinished, then write the report."""
     stop = asyncio.Event()
@@ -152,7 +214,18 @@ async def execute_journal(
     upload_bytes = int(
         plan.filter((pl.col("status") == "ready") & (pl.col("source_type") == "file"))["bytes"].fill_null(0).sum()
     )
-    progress.start(rows=plan.height, to_submit=to_submit + counts.get("submitted", 0), upload_bytes=upload_bytes)
+    progress.start(
+        rows=plan.height, to_submit=to_submit + counts.get("submitted", 0), upload_bytes=upload_bytes,
+        run_id=journal.meta().get("run_id", run_dir.name),
+    )  # fmt: skip
+    for note in notes or ():
+        progress.message(note)
+    no_ref = _rows_without_ref(journal, options)
+    if no_ref:
+        progress.message(
+            f"--skip-existing: {len(no_ref)} row(s) have no ref_id, so the platform cannot be asked about them: "
+            f"they are always sent (rows {_row_list(no_ref)})"
+        )
     poller = Poller(
         client,
         journal,
@@ -168,14 +241,19 @@ async def execute_journal(
         concurrency=settings.concurrency,
         upload_concurrency=settings.upload_concurrency,
         retries=settings.retries,
-        on_submitted=poller.track,
+        on_submitted=lambda row, job, now, task: poller.track(row, job, now, task),
         progress=progress,
         stop=stop,
         in_doubt_delay=settings.in_doubt_delay,
         max_failures=options.max_failures,
         skip_existing=options.skip_existing,
+        status_map=settings.encode_status_map,
+        follow=lambda row, job, now, task, follow: poller.track(row, job, now, task, follow),
+        following=lambda: poller.following,
     )
-    poller.on_final = lambda state: submitter.count_failure() if state != "succeeded" else None
+    poller.on_final = lambda state: submitter.count_failure() if state not in ("succeeded", "skipped") else None
+    poller.on_resend = submitter.resend
+    poller.on_follow_end = submitter.wake
     poller.resume_in_flight()
     submitting_done = asyncio.Event()
 
@@ -208,9 +286,20 @@ async def execute_journal(
     finally:
         grace_task.cancel()
         _remove_signal_handlers(options)
-        progress.close()
 
-    return finish_run(journal, run_dir, plan, extras, started, client, submitter, poller, progress, interrupted)
+    segment = Segment(kind, started, client, submitter, poller)
+    return finish_run(journal, run_dir, plan, extras, segment, progress, interrupted, options)
+
+
+def _rows_without_ref(journal: Journal, options: RunOptions) -> list[int]:
+    if not options.skip_existing:
+        return []
+    return [t.row for t in journal.tasks(("pending", "sending"), limit=10**9) if not t.ref_id]
+
+
+def _row_list(rows: list[int], shown: int = 20) -> str:
+    text = ", ".join(str(r) for r in rows[:shown])
+    return text + (f" and {len(rows) - shown} more" if len(rows) > shown else "")
 
 
 def finish_run(
@@ -218,18 +307,19 @@ def finish_run(
     run_dir: Path,
     plan: pl.DataFrame,
     extras: list[str],
-    started: float,
-    client: SmartStreamClient | None,
-    submitter: Submitter | None,
-    poller: Poller | None,
+    segment: Segment,
     progress: Progress,
     interrupted: dict[str, bool] | None = None,
+    options: RunOptions | None = None,
 ) -> RunResult:
-    """Build and write the report and summary from the journal; work out the exit code."""
+    """Build and write the report and summary from the journal; work out the exit code.
+
+    The summary's figures add up every segment of the run (run, resume, resume...).
+    """
     report = build_report(plan, journal.to_frame(), extras)
     parquet, _ = write_report(report, run_dir)
     exit_code = exit_code_for_report(report)
-    abort_reason = submitter.stats.abort_reason if submitter else None
+    abort_reason = segment.submitter.stats.abort_reason if segment.submitter else None
     if abort_reason:
         exit_code = EXIT_ABORTED
     signalled = bool(interrupted and interrupted["signalled"])
@@ -237,38 +327,55 @@ def finish_run(
         exit_code = EXIT_INTERRUPTED
     finished = time.time()
     meta = journal.meta()
-    stats = submitter.stats if submitter else None
+    segments = [*meta.get("segments", []), segment.record(finished, exit_code)]
+    journal.set_meta(segments=segments, last_exit_code=exit_code, finished_at=finished)
+    totals = {name: sum(s.get(name, 0) for s in segments) for name in SEGMENT_SUMS}
+    totals["elapsed_s"] = round(totals["elapsed_s"], 3)
+    stored_options = meta.get("options") or {}
+    skip_mode = (options.skip_existing if options else None) or _skip_mode(stored_options.get("skip_existing"))
     summary = {
         "run_id": meta.get("run_id", run_dir.name),
         "manifest": meta.get("manifest"),
         "run_dir": str(run_dir),
-        "started_at": datetime.fromtimestamp(meta.get("started_at", started), timezone.utc).isoformat(),
+        "started_at": datetime.fromtimestamp(meta.get("started_at", segment.started), timezone.utc).isoformat(),
         "finished_at": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
-        "elapsed_s": round(finished - started, 3),
+        **totals,
         "rows": report.height,
         "outcomes": outcome_counts(report),
-        "jobs_submitted": int(report["job_id"].is_not_null().sum()),
-        "api_requests": client.requests_sent if client else 0,
-        "rate_limited": client.limiter.rate_limited_total if client else 0,
-        "created": stats.created if stats else 0,
-        "adopted_after_doubt": stats.adopted if stats else 0,
-        "in_doubt": stats.in_doubt if stats else 0,
-        "polls": poller.polls if poller else 0,
-        "resumes": int(meta.get("resumes", 0)),
+        # Jobs this run's own creates made (adopted after a doubt included); not skipped or carried jobs.
+        "jobs_submitted": totals["created"] + totals["adopted_after_doubt"],
+        "resumes": sum(1 for s in segments if s.get("kind") == "resume"),
+        "segments": [{k: s.get(k) for k in ("kind", "elapsed_s", "api_requests", "exit_code")} for s in segments],
         "abort_reason": abort_reason,
         "interrupted": signalled,
         "exit_code": exit_code,
         "first_failures": first_failures(report),
+        "not_succeeded": int(report.filter(~pl.col("outcome").is_in(["succeeded", "skipped"])).height),
         "report": {"parquet": str(parquet), "csv": str(run_dir / "report.csv")},
         "settings": meta.get("settings"),
     }
+    if skip_mode:
+        no_ref = report.filter(pl.col("ref_id").is_null() & (pl.col("outcome") != "rejected"))["row"].to_list()
+        summary["skip_existing"] = {
+            "mode": skip_mode,
+            "rows_without_ref_id": len(no_ref),
+            "rows_without_ref_id_first": no_ref[:20],
+        }
     if "retry_of" in meta:
         summary["retry_of"] = meta["retry_of"]
     write_summary(summary, run_dir)
-    journal.set_meta(last_exit_code=exit_code, finished_at=finished)
     if exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED):
         progress.message(f"the run can be continued with: batch-ingest resume {run_dir}")
+    progress.finished(summary)
+    progress.close()
     return RunResult(run_dir, report, summary, exit_code, parquet)
+
+
+def _skip_mode(stored: Any) -> str | None:
+    """--skip-existing as stored by this or an older version (which stored a bool)."""
+    if stored is True:
+        return SKIP_NOT_FAILED
+    return stored if stored in (SKIP_NOT_FAILED, SKIP_ANY) else None
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)

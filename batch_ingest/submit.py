@@ -3,20 +3,30 @@
 A create that got no answer (connection dropped, read timeout, 5xx) may have created the
 job. Such a row is *in doubt*: before it is sent again the platform is searched for it, by
 `ref_id` when the row has one, otherwise among the newest jobs by source, profile and
-creation time. A job found is adopted. The journal holds the row in `sending` while in
-doubt, so a crash at any moment leaves the doubt on record for `resume`.
+creation time. A job found is adopted only if this attempt could have created it: never a
+job this run (or the run it retries) already knows, never one stamped before the attempt was
+sent (in the platform's clock, see `api/clock.py`). The journal holds the row in `sending`
+while in doubt, so a crash at any moment leaves the doubt on record for `resume`.
+
+A row is marked `sending` only once the rate limiter has admitted its create, just before
+the request leaves: a row waiting for a slot is still `pending`. On a stop, every row whose
+create is not on the wire is abandoned at once (it stays `pending`, or `sending` when it was
+already in doubt); only requests on the wire are waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api.client import SmartStreamClient
-from .api.models import Job, parse_api_date
+from .api.models import FAILED as VERDICT_FAILED
+from .api.models import SUCCEEDED as VERDICT_SUCCEEDED
+from .api.models import EncodeStatusMap, Job, parse_api_date
 from .api.retry import call_with_retries
 from .errors import (
     ApiConnectionError,
@@ -27,10 +37,11 @@ from .errors import (
     ServerError,
     TransientApiError,
 )
-from .journal import PENDING, SENDING, Journal, RowTask
+from .journal import EXISTING, EXISTING_ANY, FAILED, PENDING, SENDING, SKIPPED, Journal, RowTask
+from .aio import unless_stopped, wait_any
 from .progress import Progress
 
-CLOCK_SKEW_S = 300.0  # how far the platform's clock may be from ours when matching creation times
+SKIP_NOT_FAILED, SKIP_ANY = "not-failed", "any"  # --skip-existing modes
 LOOKUP_PAGES = 5  # newest-jobs pages searched for an in-doubt row without ref_id
 
 
@@ -44,6 +55,9 @@ class SubmitStats:
     errors: int = 0
     abort_reason: str | None = None
     failures: int = 0
+    skipped: int = 0
+    followed_existing: int = 0
+    resent_after_existing_failed: int = 0
     known_job_ids: set[str] = field(default_factory=set)
 
 
@@ -58,12 +72,15 @@ class Submitter:
         concurrency: int,
         upload_concurrency: int,
         retries: int,
-        on_submitted: Callable[[int, Job, float], None],
+        on_submitted: Callable[[int, Job, float, RowTask], None],
         progress: Progress,
         stop: asyncio.Event,
         in_doubt_delay: float = 2.0,
         max_failures: int | None = None,
-        skip_existing: bool = False,
+        skip_existing: str | None = None,
+        status_map: EncodeStatusMap | None = None,
+        follow: Callable[[int, Job, float, RowTask, str], None] | None = None,
+        following: Callable[[], int] = lambda: 0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -76,8 +93,14 @@ class Submitter:
         self.stop = stop
         self.in_doubt_delay = in_doubt_delay
         self.max_failures = max_failures
-        self.skip_existing = skip_existing
+        self.skip_existing = skip_existing  # None, SKIP_NOT_FAILED or SKIP_ANY
+        self.status_map = status_map or EncodeStatusMap()
+        self.follow = follow  # hand a job found by --skip-existing, still encoding, to the poller
+        self.following = following  # followed jobs still in flight: any may send its row again
         self._existing: dict[str, Job] | None = None  # ref_id -> newest job, when listing all was cheaper
+        self._resend: deque[int] = deque()  # rows whose followed job failed: send again
+        self._wake = asyncio.Event()
+        self._on_wire: dict[asyncio.Task, bool] = {}  # row tasks -> is their create on the wire
         self._uploads = asyncio.Semaphore(upload_concurrency)
         self._sleep = sleep
         self._clock = clock
@@ -96,11 +119,30 @@ class Submitter:
         if self.max_failures is not None and self.stats.failures > self.max_failures:
             self.abort(f"more than --max-failures {self.max_failures} rows failed")
 
+    def resend(self, row: int) -> None:
+        """A followed job failed or vanished: the row (back to `pending` in the journal) is sent again."""
+        self._resend.append(row)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Something the feed may be waiting for changed (a followed job ended)."""
+        self._wake.set()
+
     async def run(self) -> SubmitStats:
-        """Submit rows in doubt (looked up first), then pending rows, in manifest order."""
-        if self.skip_existing:
-            await self._prepare_skip_existing()
+        """Submit rows in doubt (looked up first), then pending rows, in manifest order; then rows
+        whose followed job failed, until no followed job is left."""
+        stopper = asyncio.create_task(self._abandon_on_stop())
+        try:
+            if self.skip_existing:
+                await unless_stopped(self._prepare_skip_existing(), self.stop)
+            await self._run_queue()
+        finally:
+            stopper.cancel()
+        return self.stats
+
+    async def _run_queue(self) -> None:
         queue: asyncio.Queue[RowTask | None] = asyncio.Queue(maxsize=self.concurrency * 2)
+        busy = [0]
 
         async def feed() -> None:
             try:
@@ -115,6 +157,16 @@ class Submitter:
                                 return
                             await queue.put(task)
                         after = batch[-1].row
+                # Followed jobs (re-checks, --skip-existing) may still fail and send their row again.
+                while not self.stop.is_set():
+                    while self._resend and not self.stop.is_set():
+                        task = self.journal.task(self._resend.popleft())
+                        if task is not None and task.state == PENDING:
+                            await queue.put(task)
+                    if not (self._resend or busy[0] or not queue.empty() or self.following()):
+                        return
+                    self._wake.clear()
+                    await wait_any(self._wake, self.stop)
             finally:
                 for _ in range(self.concurrency):
                     await queue.put(None)
@@ -123,10 +175,47 @@ class Submitter:
             while (task := await queue.get()) is not None:
                 if self.stop.is_set():
                     continue
-                await self._submit_row(task)
+                busy[0] += 1
+                try:
+                    await self._submit_row_abandonable(task)
+                finally:
+                    busy[0] -= 1
+                    self._wake.set()
 
         await asyncio.gather(feed(), *(work() for _ in range(self.concurrency)))
-        return self.stats
+
+    async def _submit_row_abandonable(self, task: RowTask) -> None:
+        """Submit one row in a task of its own, so that a stop can abandon it while nothing is on the wire."""
+        row_task = asyncio.create_task(self._submit_row(task))
+        self._on_wire[row_task] = False
+        try:
+            await row_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this worker itself is being cancelled (the stop's grace period ran out)
+            # abandoned by the stop: the row stays as the journal has it
+        finally:
+            self._on_wire.pop(row_task, None)
+
+    async def _abandon_on_stop(self) -> None:
+        await self.stop.wait()
+        for row_task, on_wire in list(self._on_wire.items()):
+            if not on_wire:
+                row_task.cancel()
+
+    def _set_on_wire(self, value: bool) -> None:
+        current = asyncio.current_task()
+        if current in self._on_wire:
+            self._on_wire[current] = value  # type: ignore[index]
+
+    async def _pause(self, seconds: float) -> None:
+        """A backoff or in-doubt pause that a stop ends at once (the row is left as it is)."""
+        if self.stop.is_set():
+            raise _Stopped()
+        await unless_stopped(self._sleep(seconds), self.stop)
+        if self.stop.is_set():
+            raise _Stopped()
 
     async def _prepare_skip_existing(self) -> None:
         """Pick the cheaper way to learn which ref_ids exist: one GET per row, or listing every job."""
@@ -155,20 +244,46 @@ class Submitter:
             return None
 
     async def _skip_if_exists(self, task: RowTask) -> bool:
-        """--skip-existing: record the platform's job for this ref_id instead of sending. True if skipped."""
+        """--skip-existing: True when the platform's job for this ref_id settles the row, so nothing is sent.
+
+        A job that succeeded makes the row `skipped`; one still encoding is followed to its end. A
+        failed job never hides a failure: the row is sent again (mode `not-failed`), or reported
+        `failed` with that job (mode `any`).
+        """
         job = await self._find_existing(task)
-        if job is None:
+        if job is None or job.id in self._claimed:
             return False
-        self.journal.mark_skipped(
-            task.row,
-            job_id=job.id,
-            media_id=job.media_id,
-            encode_status=job.encode_status,
-            job_profile_id=int(job.job_profile_id) if (job.job_profile_id or "").isdigit() else None,
-            now=self._clock(),
-        )
+        verdict = self.status_map.classify(job.encode_status)
+        profile_id = int(job.job_profile_id) if (job.job_profile_id or "").isdigit() else None
+        now = self._clock()
+        if verdict == VERDICT_FAILED and self.skip_existing != SKIP_ANY:
+            # Sent again; the failed job is never this row's to adopt in a look-up.
+            self.journal.add_known_jobs([job.id], f"failed job of row {task.row} found by --skip-existing")
+            self._claimed.add(job.id)
+            self.stats.resent_after_existing_failed += 1
+            return False
         self._claimed.add(job.id)
-        self.progress.row_finished("skipped", row=task.row, job_id=job.id)
+        if verdict in (VERDICT_SUCCEEDED, VERDICT_FAILED):
+            state = SKIPPED if verdict == VERDICT_SUCCEEDED else FAILED
+            self.journal.mark_existing(
+                task.row, state=state, job_id=job.id, media_id=job.media_id, encode_status=job.encode_status,
+                job_profile_id=profile_id, created_at=job.created_at, updated_at=job.updated_at, now=now,
+            )  # fmt: skip
+            if state == SKIPPED:
+                self.stats.skipped += 1
+            else:
+                self.count_failure()
+            self.progress.row_finished(state, row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
+            return True
+        follow = EXISTING_ANY if self.skip_existing == SKIP_ANY else EXISTING
+        self.journal.mark_submitted(
+            task.row, job_id=job.id, media_id=job.media_id, job_profile_id=profile_id,
+            encode_status=job.encode_status, created_at=job.created_at, updated_at=job.updated_at, now=now,
+            follow=follow,
+        )  # fmt: skip
+        self.stats.followed_existing += 1
+        if self.follow is not None:
+            self.follow(task.row, job, now, task, follow)
         return True
 
     async def _submit_row(self, task: RowTask) -> None:
@@ -186,6 +301,16 @@ class Submitter:
         in_doubt = task.state == SENDING
         sent_at = task.sent_at
 
+        async def admitted() -> None:
+            # The limiter let the create go: on record as `sending` before it leaves.
+            nonlocal sent_at, in_doubt
+            self._set_on_wire(True)
+            if in_doubt:
+                return  # resent after a 401 within the same attempt: already on record
+            sent_at = self._clock()
+            in_doubt = True
+            await self.journal.sending(task.row, sent_at)
+
         async def attempt() -> Job:
             nonlocal in_doubt, sent_at
             if in_doubt:
@@ -195,34 +320,41 @@ class Submitter:
                 self.journal.mark_pending(task.row)
             if self.stop.is_set():
                 raise _Stopped()
-            sent_at = self._clock()
-            await self.journal.sending(task.row, sent_at)
             try:
-                job = await self._create(task)
+                job = await self._create(task, admitted)
             except (ApiConnectionError, ServerError) as exc:
+                self._set_on_wire(False)
+                if not in_doubt:
+                    raise  # never left: nothing to look up or undo
                 if isinstance(exc, ServerError) or exc.in_doubt:
-                    in_doubt = True
                     self.stats.in_doubt += 1
-                    await self._sleep(self.in_doubt_delay)
+                    await self._pause(self.in_doubt_delay)
                     if (found := await self._adopt(task, sent_at)) is not None:
                         return found
-                    in_doubt = False
+                in_doubt = False
                 self.journal.mark_pending(task.row)
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
                 self.progress.retrying(row=task.row, error=str(exc))
                 raise
             except TransientApiError as exc:  # 429: refused, so surely not created
+                self._set_on_wire(False)
+                in_doubt = False
                 self.journal.mark_pending(task.row)
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
+                raise
+            except PermanentApiError:
+                self._set_on_wire(False)
+                in_doubt = False  # answered: surely not created
                 raise
             except BaseException:
                 # Cancelled or anything unforeseen mid-request: the row stays `sending`, in doubt.
                 raise
+            self._set_on_wire(False)
             self.stats.created += 1
             return job
 
         try:
-            job = await call_with_retries(attempt, self.retries, sleep=self._sleep)
+            job = await call_with_retries(attempt, self.retries, sleep=self._pause)
         except _Stopped:
             return
         except AuthError as exc:
@@ -253,16 +385,18 @@ class Submitter:
             updated_at=job.updated_at,
             now=now,
         )
-        self.progress.row_submitted(row=task.row, job_id=job.id)
-        self.on_submitted(task.row, job, now)
+        self.progress.row_submitted(row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
+        self.on_submitted(task.row, job, now, task)
 
     def _fail(self, task: RowTask, exc: ApiError) -> None:
         self.journal.mark_error(task.row, http_status=exc.status, code=exc.code, message=exc.message, now=self._clock())
         self.stats.errors += 1
-        self.progress.row_finished("error", row=task.row, error=f"{exc.code or exc.status}: {exc.message}")
+        self.progress.row_finished(
+            "error", row=task.row, key=task.key, ref_id=task.ref_id, error=f"{exc.code or exc.status}: {exc.message}"
+        )
         self.count_failure()
 
-    async def _create(self, task: RowTask) -> Job:
+    async def _create(self, task: RowTask, admitted: Callable[[], Awaitable[None]]) -> Job:
         if task.source_type == "url":
             assert task.job_profile_id is not None
             return await self.client.create_job(
@@ -271,6 +405,7 @@ class Submitter:
                 ref_id=task.ref_id,
                 name=task.name,
                 description=task.description,
+                on_admitted=admitted,
             )
         async with self._uploads:
             return await self.client.upload_job(
@@ -280,6 +415,7 @@ class Submitter:
                 name=task.name,
                 description=task.description,
                 on_progress=self.progress.bytes_sent,
+                on_admitted=admitted,
             )
 
     async def _adopt(self, task: RowTask, sent_at: float | None) -> Job | None:
@@ -290,8 +426,8 @@ class Submitter:
         return found
 
     async def _look_up(self, task: RowTask, sent_at: float | None) -> Job | None:
-        """The job an in-doubt create made, if the platform has it and no other row claimed it."""
-        earliest = (sent_at or 0.0) - CLOCK_SKEW_S
+        """The job an in-doubt create made, if the platform has it and this attempt could have made it."""
+        earliest = self.client.platform_clock.floor(sent_at) if sent_at is not None else float("-inf")
         if task.ref_id:
             try:
                 job = await self.client.get_job_by_ref(task.ref_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ..errors import (
 )
 from ..settings import Settings
 from .auth import Auth, expiration_epoch
+from .clock import PlatformClock
 from .models import Job, JobProfile, Page
 from .ratelimit import RateLimiter, parse_retry_after
 from .retry import call_with_retries
@@ -43,6 +45,7 @@ UPLOAD_CHUNK = 4 * 1024 * 1024  # bytes read from disk per step of an upload (1 
 CONNECTIONS_PER_POOL = 16
 MAX_PAGE_SIZE = 100  # NOTES.md: assume at most 100 items per page
 ProgressCallback = Callable[[int], Any]
+AdmittedCallback = Callable[[], Awaitable[None]]
 
 # Errors before a single byte of the request could have left: the server surely saw nothing.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
@@ -77,14 +80,17 @@ class SmartStreamClient:
         read_timeout: float = 60.0,
         get_retries: int = 5,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._clock = clock
         self.merchant_id = merchant_id
         self.auth = auth
         self.limiter = limiter or RateLimiter(0)
         self.get_retries = get_retries
         self._sleep = sleep
         self.requests_sent = 0
+        self.platform_clock = PlatformClock()
         self._prefix = f"/v1/merchants/{quote(merchant_id, safe='')}"
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)
         count = -(-max_connections // CONNECTIONS_PER_POOL)
@@ -155,8 +161,12 @@ class SmartStreamClient:
         params: dict[str, Any] | None = None,
         json: Any = None,
         content: Any = None,
+        on_admitted: AdmittedCallback | None = None,
     ) -> httpx.Response:
         admitted_at = await self.limiter.acquire()
+        if on_admitted is not None:
+            # The request leaves right after this: the caller records that (a create's `sending`).
+            await on_admitted()
         self.requests_sent += 1
         pool = self._pick_pool()
         self._busy[pool] += 1
@@ -184,6 +194,7 @@ class SmartStreamClient:
             ) from exc
         finally:
             self._busy[pool] -= 1
+        self.platform_clock.observe_date(response.headers.get("Date"), self._clock())
         self._raise_for_status(method, path, response, admitted_at)
         self.limiter.on_success()
         return response
@@ -234,8 +245,13 @@ class SmartStreamClient:
         params: dict[str, Any] | None = None,
         json: Any = None,
         body: Callable[[], tuple[dict[str, str], Any]] | None = None,
+        on_admitted: AdmittedCallback | None = None,
     ) -> httpx.Response:
-        """Send one authenticated request; after a 401, renew the token once and resend."""
+        """Send one authenticated request; after a 401, renew the token once and resend.
+
+        `on_admitted` is awaited once the rate limiter admits the request, just before it leaves
+        (again before a resend after a 401).
+        """
         for attempt in (1, 2):
             headers, token = await self.auth.headers(self._fetch_token)
             content = None
@@ -243,7 +259,9 @@ class SmartStreamClient:
                 extra, content = body()
                 headers.update(extra)
             try:
-                return await self._send_once(method, path, headers=headers, params=params, json=json, content=content)
+                return await self._send_once(
+                    method, path, headers=headers, params=params, json=json, content=content, on_admitted=on_admitted
+                )
             except AuthError:
                 if attempt == 1 and await self.auth.renew_after_401(self._fetch_token, token):
                     continue
@@ -281,6 +299,7 @@ class SmartStreamClient:
         ref_id: str | None = None,
         name: str | None = None,
         description: str | None = None,
+        on_admitted: AdmittedCallback | None = None,
     ) -> Job:
         """POST jobs (remote asset ingest). Not retried: see the module docstring."""
         path = f"{self._prefix}/jobs"
@@ -288,8 +307,13 @@ class SmartStreamClient:
         for key, value in (("ref_id", ref_id), ("name", name), ("description", description)):
             if value is not None and value != "":
                 payload[key] = value
-        response = await self._request("POST", path, json=payload)
-        return Job.from_api(self._json(response, "POST", path))
+        response = await self._request("POST", path, json=payload, on_admitted=on_admitted)
+        return self._created(response, path)
+
+    def _created(self, response: httpx.Response, path: str) -> Job:
+        job = Job.from_api(self._json(response, "POST", path))
+        self.platform_clock.observe_created(job.created_at, self._clock())
+        return job
 
     async def upload_job(
         self,
@@ -300,6 +324,7 @@ class SmartStreamClient:
         name: str | None = None,
         description: str | None = None,
         on_progress: ProgressCallback | None = None,
+        on_admitted: AdmittedCallback | None = None,
     ) -> Job:
         """POST jobs (local file ingest), streaming `source_file` from disk. Not retried."""
         file_path = Path(file_path)
@@ -330,8 +355,8 @@ class SmartStreamClient:
                 headers["Profile-Id"] = str(profile_id)
             return headers, _stream_file(file_path, size, head, tail, on_progress)
 
-        response = await self._request("POST", path, body=body)
-        return Job.from_api(self._json(response, "POST", path))
+        response = await self._request("POST", path, body=body, on_admitted=on_admitted)
+        return self._created(response, path)
 
     async def get_job(self, job_id: str) -> Job:
         """GET jobs/:job_id, or jobs/ref:<ref_id> when `job_id` starts with `ref:`."""

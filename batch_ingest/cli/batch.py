@@ -14,6 +14,19 @@ from ..errors import EXIT_ROWS_FAILED, BatchIngestError
 from .common import api_options, build_settings, emulator_for_run, handle_errors, log_options, main, progress_for
 
 
+extra_columns_option = click.option(
+    "--extra-columns",
+    metavar="COL[,COL...]",
+    default="",
+    help="Manifest columns to carry into the report as they are although their names look like a known "
+    "column's (e.g. 'profle' next to 'profile'): without this such a column stops the run (exit 2).",
+)
+
+
+def _columns(text: str) -> tuple[str, ...]:
+    return tuple(c.strip().lower() for c in text.split(",") if c.strip())
+
+
 def submit_options(fn):  # noqa: ANN001, ANN201
     """The options of every command that submits: failure budget, cron skipping, output, API."""
     for option in (
@@ -21,7 +34,14 @@ def submit_options(fn):  # noqa: ANN001, ANN201
         log_options,
         click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path."),
         click.option(
-            "--skip-existing", is_flag=True, help="Skip rows whose ref_id already has a job on the platform (cron)."
+            "--skip-existing",
+            type=click.Choice(["not-failed", "any"]),
+            is_flag=False,
+            flag_value="not-failed",
+            default=None,
+            help="Don't send a row whose ref_id already has a job on the platform that succeeded or is still "
+            "encoding (followed to its end); a row whose job failed is sent again. "
+            "--skip-existing=any never sends such a row and reports the failed job (cron).",
         ),
         click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed."),
     ):
@@ -37,11 +57,12 @@ def submit_options(fn):  # noqa: ANN001, ANN201
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; create no job (same as `validate`).")
 @click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report.")
+@extra_columns_option
 @submit_options
 @handle_errors
 def run(
     manifest: Path, fmt, default_profile, report_dir, max_failures, skip_existing, dry_run, emulator, html, quiet,
-    **options: Any,
+    extra_columns, **options: Any,
 ) -> None:
     """Submit every row of MANIFEST, poll until every job finished, and write the report.
 
@@ -50,7 +71,7 @@ def run(
     """
     if dry_run:
         options.pop("log_file", None), options.pop("log_format", None)
-        _validate(manifest, fmt, default_profile, emulator, options)
+        _validate(manifest, fmt, default_profile, emulator, options, extra_columns=extra_columns)
         return
     from ..runner import RunOptions, run_manifest
 
@@ -64,6 +85,7 @@ def run(
             default_profile=default_profile,
             max_failures=max_failures,
             skip_existing=skip_existing,
+            extra_columns=_columns(extra_columns),
             handle_signals=True,
         )
         result = run_manifest(manifest, settings, run_options, progress=progress)
@@ -75,21 +97,29 @@ def run(
 
 
 def _finish(result, quiet: bool) -> None:
-    """Print the summary (unless quiet) and the report path last; exit with the run's code."""
+    """Print the summary (quiet: one line of counts, only when the run did not fully succeed) and the
+    report path last; exit with the run's code."""
+    from ..report import format_counts
+
     if not quiet:
         click.echo(result.summary_text())
+    elif result.exit_code != 0:
+        click.echo(format_counts(result.summary))
     click.echo(str(result.report_path))
     sys.exit(result.exit_code)
 
 
-def _validate(manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False) -> None:
+def _validate(
+    manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False,
+    extra_columns: str = "",
+) -> None:  # fmt: skip
     from ..api.client import SmartStreamClient
     from ..plan import describe_plan, format_plan
     from ..runner import RunOptions, plan_run
 
     with emulator_for_run(emulator, options):
         settings = build_settings(options)
-        run_options = RunOptions(fmt=fmt, default_profile=default_profile)
+        run_options = RunOptions(fmt=fmt, default_profile=default_profile, extra_columns=_columns(extra_columns))
 
         async def go():
             try:
@@ -110,14 +140,15 @@ def _validate(manifest: Path, fmt, default_profile, emulator: bool, options: dic
 @click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell.")
 @click.option("--emulator", is_flag=True, help="Check profiles against the bundled emulator.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@extra_columns_option
 @api_options
 @handle_errors
-def validate(manifest: Path, fmt, default_profile, emulator, as_json, **options: Any) -> None:
+def validate(manifest: Path, fmt, default_profile, emulator, as_json, extra_columns, **options: Any) -> None:
     """Check MANIFEST and print the plan; create no job. Exit 0 when no row is rejected, 1 otherwise.
 
     Profiles are checked against the platform when API settings are available.
     """
-    _validate(manifest, fmt, default_profile, emulator, options, as_json)
+    _validate(manifest, fmt, default_profile, emulator, options, as_json, extra_columns)
 
 
 @main.command()
@@ -129,15 +160,19 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) ->
 
     Finished rows are left alone, submitted jobs are polled, rows whose create was in doubt
     are looked up on the platform before anything is sent again, and the rest are submitted.
-    Resuming a finished run changes nothing. Credentials come from flags or the environment
-    as for `run`; the API URL and other non-secret settings default to the run's own.
+    Resuming a finished run changes nothing. Credentials and the API URL come from flags, the
+    environment or the config file as for `run` (a run started against another API URL is
+    refused unless --api-url names one); other non-secret settings default to the run's own.
     """
     from ..resume import resume_run, stored_settings
     from ..runner import RunOptions
 
     progress = progress_for(quiet, options)
+    explicit_url = options.get("api_url") is not None
     settings = build_settings(options, stored_settings(run_dir))
-    run_options = RunOptions(max_failures=max_failures, skip_existing=skip_existing, handle_signals=True)
+    run_options = RunOptions(
+        max_failures=max_failures, skip_existing=skip_existing, handle_signals=True, allow_api_url_change=explicit_url
+    )
     _finish(resume_run(run_dir, settings, run_options, progress=progress), quiet)
 
 
@@ -156,18 +191,23 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     """Start a new run of the rows of SOURCE (a run folder or its report) that did not succeed.
 
     The new run's summary.json links to the original; `batch-ingest report ORIGINAL NEW` shows
-    the merged view (latest attempt per row). Interrupted rows keep their job: it is polled,
-    not submitted again.
+    the merged view (latest attempt per row). Failed and error rows are sent again (never
+    adopting a job of the original run). Interrupted rows keep their job: it is polled, not
+    submitted again. Timed-out rows keep their job too: it is re-checked with this run's
+    --job-timeout (counted from now), and the row is sent again only if that job failed or is
+    gone. The retry runs with the current flags, environment and config, not the old run's.
     """
-    from ..resume import retry_run, stored_settings
+    from ..resume import retry_run
     from ..runner import RunOptions
 
     progress = progress_for(quiet, options)
-    settings = build_settings(options, stored_settings(source if source.is_dir() else source.parent))
+    explicit_url = options.get("api_url") is not None
+    settings = build_settings(options)
     outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
     run_options = RunOptions(
-        run_dir=report_dir, max_failures=max_failures, skip_existing=skip_existing, handle_signals=True
-    )
+        run_dir=report_dir, max_failures=max_failures, skip_existing=skip_existing, handle_signals=True,
+        allow_api_url_change=explicit_url,
+    )  # fmt: skip
     result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
     if result is None:
         click.echo(f"nothing to retry: no row of {source} has outcome {', '.join(outcomes)}")
