@@ -173,6 +173,9 @@ def build_plan(
     """Validate every row; rejected rows keep their number and reason. Never drops a row silently."""
     base = manifest.resolve().parent
     extras, renamed = account_for_columns(manifest, frame.columns, extra_columns)
+    # Extras travel under internal names, so none can meet a working column (row, key, status...).
+    hidden = {c: f"__extra_{i}__" for i, c in enumerate(extras)}
+    frame = frame.rename(hidden)
     cells = [_text(frame, c).alias(f"_{c}") for c in (*SOURCE_COLUMNS, "profile", "ref_id", "name", "description")]
     work = frame.with_columns(cells)
     # Blank lines (every cell empty) are not rows; count them so the plan can say so.
@@ -348,7 +351,7 @@ def build_plan(
         pl.col("status"),
         pl.col("error_code"),
         pl.col("reason"),
-        *[pl.col(c).alias(renamed[c]) for c in extras],
+        *[pl.col(hidden[c]).alias(renamed[c]) for c in extras],
     )
     notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
     if extras:

@@ -38,6 +38,10 @@ from .runner import (
 from .settings import Settings
 
 RETRYABLE = ("failed", "error", "timed_out", "interrupted")
+
+
+class NothingToRetry(Exception):
+    """No row of the run is left to retry; the message says why (exit 0)."""
 # Settings a resume does not take from the run folder: where credentials go is the user's word.
 NOT_INHERITED = ("api_url",)
 
@@ -152,8 +156,8 @@ async def retry_run_async(
     only: tuple[str, ...] = RETRYABLE,
     transport: httpx.AsyncBaseTransport | None = None,
     progress: Progress | None = None,
-) -> RunResult | None:
-    """A new run of the rows of an earlier run whose outcome is in `only`; None when there are none.
+) -> RunResult:
+    """A new run of the rows of an earlier run whose outcome is in `only`; NothingToRetry when there are none.
 
     Interrupted rows keep their job (polled, not sent again) or their doubt (looked up first).
     Timed-out rows keep their job too: it is polled again with this run's `--job-timeout`, and
@@ -184,14 +188,16 @@ async def retry_run_async(
             known = old_journal.job_ids()
         finally:
             old_journal.close()
+        already = ""
         if len(rows) < len(wanted):
             taken = sorted({handed[r] for r in wanted if r in handed})
-            progress.message(
+            already = (
                 f"{len(wanted) - len(rows)} row(s) were already retried by {', '.join(taken)}: "
                 "retry that run for them instead"
             )
+            progress.message(already)
         if not rows:
-            return None
+            raise NothingToRetry(already or f"nothing to retry: no row of {original} has outcome {', '.join(only)}")
         check_api_url(original, old_meta, settings, options)
         plan = old_plan.filter(pl.col("row").is_in(rows))
         settings.require_api()
@@ -235,7 +241,7 @@ def resume_run(run_dir: str | Path, settings: Settings, options: RunOptions = Ru
     return asyncio.run(resume_run_async(run_dir, settings, options, **kwargs))
 
 
-def retry_run(source: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult | None:
+def retry_run(source: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult:
     """Retry rows of a run from synchronous code (see `retry_run_async`)."""
     return asyncio.run(retry_run_async(source, settings, options, **kwargs))
 

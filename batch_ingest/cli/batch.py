@@ -197,7 +197,7 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     --job-timeout (counted from now), and the row is sent again only if that job failed or is
     gone. The retry runs with the current flags, environment and config, not the old run's.
     """
-    from ..resume import retry_run
+    from ..resume import NothingToRetry, retry_run
     from ..runner import RunOptions
 
     progress = progress_for(quiet, options)
@@ -208,9 +208,10 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
         run_dir=report_dir, max_failures=max_failures, skip_existing=skip_existing, handle_signals=True,
         allow_api_url_change=explicit_url,
     )  # fmt: skip
-    result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
-    if result is None:
-        click.echo(f"nothing to retry: no row of {source} has outcome {', '.join(outcomes)}")
+    try:
+        result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
+    except NothingToRetry as exc:
+        click.echo(str(exc))
         sys.exit(0)
     _finish(result, quiet)
 

@@ -13,15 +13,18 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.models import format_api_date
 from .faults import DropConnectionResponse, burst_429, chance, retry_after_headers
@@ -190,6 +193,8 @@ async def create_job(request: Request, store: Store) -> Response:
             return error(404, "JOB_PROFILE_NOT_FOUND", "Job profile not found")
         if store.storage_missing(source_url):
             return error(404, "STORAGE_NOT_FOUND", "Storage not found")
+        if store.fail_create_once(source_url):
+            return error(500, "SERVER_ERROR", SERVER_ERROR)
         job = store.create_job(source_type="url", source_url=source_url, job_profile_id=str(profile_id), **extras)
         view = job.view(store.config.merchant_id)
     return JSONResponse(view, status_code=201)
@@ -285,6 +290,8 @@ async def _upload_job(request: Request, store: Store, content_type: str) -> Resp
             return error(404, "JOB_PROFILE_NOT_FOUND", "Job profile not found")
         if store.storage_missing(sink.file_name):
             return error(404, "STORAGE_NOT_FOUND", "Storage not found")
+        if store.fail_create_once(sink.file_name):
+            return error(500, "SERVER_ERROR", SERVER_ERROR)
         job = store.create_job(
             source_type="file",
             source_url=sink.file_name,
@@ -390,13 +397,40 @@ def create_app(config: EmulatorConfig | None = None, *, clock: Callable[[], floa
         Route("/_emulator/stats", emulator_stats, methods=["GET"]),
         Route("/_emulator/jobs", emulator_jobs, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={404: not_found, 405: method_not_allowed},
+        middleware=[Middleware(_DateHeader)],
+    )
     app.router.redirect_slashes = False
     config = config or EmulatorConfig()
     if config.time_scale != 1.0:
         clock = _scaled(clock, config.time_scale)
     app.state.store = Store(config, clock=clock)
     return app
+
+
+class _DateHeader:
+    """Every answer carries `Date` from the emulator's own clock, as a real server's does from its own
+    (uvicorn's is turned off: it would tell the machine's time, not the platform's)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        store: Store = scope["app"].state.store
+
+        async def send_with_date(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                headers.append((b"date", formatdate(store.clock(), usegmt=True).encode("ascii")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_date)
 
 
 def _scaled(clock: Callable[[], float], scale: float) -> Callable[[], float]:

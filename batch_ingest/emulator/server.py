@@ -37,6 +37,7 @@ def _uvicorn_config(app: Any, host: str, port: int, log_level: str) -> uvicorn.C
         access_log=False,
         lifespan="off",
         timeout_keep_alive=30,
+        date_header=False,  # the app stamps Date from the emulator's clock
         # Large uploads arrive as a stream; nothing in uvicorn needs a size cap here.
     )
 

@@ -67,6 +67,7 @@ class EmulatorConfig:
     hang_s: float = 30.0
     storage_missing: bool = False  # every create answers 404 STORAGE_NOT_FOUND
     storage_missing_for: tuple[str, ...] = ()  # ...or only creates whose source contains one of these
+    create_error_once: bool = False  # the first create of each source (since the knob was set) answers 500
 
     def with_changes(self, **changes: Any) -> EmulatorConfig:
         """A copy with some knobs changed (unknown names raise TypeError)."""
@@ -143,6 +144,7 @@ class Store:
         self.counters = Counters()
         self.window: list[float] = []  # admitted request times in the current rolling minute
         self.burst_left = 0
+        self.failed_once: set[str] = set()  # sources whose create already failed once (create_error_once)
         self.in_progress = Counter()  # requests being handled now, by kind ("api", "upload")
         self.max_in_progress = Counter()
         created = format_api_date(self.started)
@@ -240,6 +242,14 @@ class Store:
     def storage_missing(self, source: str) -> bool:
         """True when a create from `source` must answer STORAGE_NOT_FOUND."""
         return self.config.storage_missing or any(s in source for s in self.config.storage_missing_for)
+
+    def fail_create_once(self, source: str) -> bool:
+        """True (a 500, nothing created) for the first create of `source` while `create_error_once` is set."""
+        if not self.config.create_error_once or source in self.failed_once:
+            return False
+        self.failed_once.add(source)
+        self.counters.faults["500_once"] += 1
+        return True
 
     def find_job(self, key: str) -> JobRecord | None:
         """A job by id, or by `ref:<ref_id>` (the newest job with that ref id)."""
