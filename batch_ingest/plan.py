@@ -402,9 +402,18 @@ async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamCl
     return Plan(plan.manifest, frame, plan.extras, plan.blank_rows, True, plan.notes)
 
 
-def describe_plan(plan: Plan, *, max_rejected: int = 100) -> dict:
+def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | None = None) -> dict:
     """The plan in numbers: rows to submit, rejected rows with reasons, counts per profile, bytes."""
     ready, rejected = plan.ready, plan.rejected
+    notes = list(plan.notes)
+    if skip_existing:
+        no_ref = ready.filter(pl.col("ref_id").is_null())["row"].to_list()
+        if no_ref:
+            shown = ", ".join(str(r) for r in no_ref[:20]) + (f" and {len(no_ref) - 20} more" if len(no_ref) > 20 else "")
+            notes.append(
+                f"--skip-existing: {len(no_ref)} row(s) have no ref_id, so the platform cannot be asked about them: "
+                f"they are always sent (rows {shown})"
+            )
     per_profile = (
         ready.with_columns(pl.col("profile").fill_null("(platform default)"))
         .group_by("profile")
@@ -423,7 +432,7 @@ def describe_plan(plan: Plan, *, max_rejected: int = 100) -> dict:
         "rejected": rejected.height,
         "rejected_rows": rejected.head(max_rejected).select("row", "source", "error_code", "reason").to_dicts(),
         "profiles_checked": plan.profiles_checked,
-        "notes": plan.notes,
+        "notes": notes,
     }
 
 

@@ -168,6 +168,8 @@ def test_skip_existing_second_night_resends_failed_and_follows_encoding(tmp_path
     assert n2.filter(pl.col("row") <= 2)["outcome"].to_list() == ["succeeded", "succeeded"]
     assert (n2.filter(pl.col("row").is_between(3, 8))["outcome"] == "skipped").all()
     assert server.stats()["jobs_created"] == 12 + 2 + 2
+    plan = cli(["validate", str(manifest), "--skip-existing"]).output
+    assert "--skip-existing: 2 row(s) have no ref_id" in plan and "(rows 9, 10)" in plan
     summary = json.loads((tmp_path / "n2" / "summary.json").read_text())
     assert summary["skip_existing"] == {"mode": "not-failed", "rows_without_ref_id": 2, "rows_without_ref_id_first": [9, 10]}
     assert summary["jobs_submitted"] == 4  # two re-sent, two without ref_id; the skipped are not counted

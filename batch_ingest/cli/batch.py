@@ -71,7 +71,7 @@ def run(
     """
     if dry_run:
         options.pop("log_file", None), options.pop("log_format", None)
-        _validate(manifest, fmt, default_profile, emulator, options, extra_columns=extra_columns)
+        _validate(manifest, fmt, default_profile, emulator, options, extra_columns=extra_columns, skip_existing=skip_existing)
         return
     from ..runner import RunOptions, run_manifest
 
@@ -111,7 +111,7 @@ def _finish(result, quiet: bool) -> None:
 
 def _validate(
     manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False,
-    extra_columns: str = "",
+    extra_columns: str = "", skip_existing: str | None = None,
 ) -> None:  # fmt: skip
     from ..api.client import SmartStreamClient
     from ..plan import describe_plan, format_plan
@@ -129,7 +129,7 @@ def _validate(
             async with SmartStreamClient.from_settings(settings) as client:
                 return await plan_run(manifest, settings, run_options, client)
 
-        info = describe_plan(asyncio.run(go()))
+        info = describe_plan(asyncio.run(go()), skip_existing=skip_existing)
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_plan(info))
     sys.exit(EXIT_ROWS_FAILED if info["rejected"] else 0)
 
@@ -140,15 +140,19 @@ def _validate(
 @click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell.")
 @click.option("--emulator", is_flag=True, help="Check profiles against the bundled emulator.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option(
+    "--skip-existing", type=click.Choice(["not-failed", "any"]), is_flag=False, flag_value="not-failed", default=None,
+    help="Plan for a run with --skip-existing: name the rows that cannot be skipped (no ref_id).",
+)
 @extra_columns_option
 @api_options
 @handle_errors
-def validate(manifest: Path, fmt, default_profile, emulator, as_json, extra_columns, **options: Any) -> None:
+def validate(manifest: Path, fmt, default_profile, emulator, as_json, skip_existing, extra_columns, **options: Any) -> None:
     """Check MANIFEST and print the plan; create no job. Exit 0 when no row is rejected, 1 otherwise.
 
     Profiles are checked against the platform when API settings are available.
     """
-    _validate(manifest, fmt, default_profile, emulator, options, as_json, extra_columns)
+    _validate(manifest, fmt, default_profile, emulator, options, as_json, extra_columns, skip_existing)
 
 
 @main.command()
