@@ -7,15 +7,18 @@
     │   └── ConfigError         missing/invalid configuration     exit 2
     ├── ManifestError           manifest unreadable or malformed  exit 2
     ├── RunAborted              the run stopped itself            exit 3
+    ├── SourceUnreadable        a row's local file vanished or changed (a row outcome, SOURCE_UNREADABLE)
     └── ApiError                anything the SmartSTREAM API did (method, path, status, code, message)
         ├── TransientApiError   worth retrying
         │   ├── ApiConnectionError   no answer: connect/read/write failure or timeout
-        │   │                        (``in_doubt`` when the request may have reached the server)
+        │   │   │                    (``in_doubt`` when the request may have reached the server)
+        │   │   └── MalformedResponse   a 2xx answer that is not what the API documents (in doubt)
         │   ├── RateLimitedError     429, with ``retry_after`` seconds when the server said so
         │   └── ServerError          5xx
         └── PermanentApiError   4xx other than 429: retrying cannot help
             ├── AuthError            401
-            └── NotFoundError        404 (JOB_NOT_FOUND, JOB_PROFILE_NOT_FOUND, STORAGE_NOT_FOUND)
+            ├── NotFoundError        404 (JOB_NOT_FOUND, JOB_PROFILE_NOT_FOUND, STORAGE_NOT_FOUND)
+            └── EndlessListing       a listing that pages without end (the run aborts, exit 3)
 
 The retry policy keys on TransientApiError versus PermanentApiError and nothing else.
 No exception carries request headers, tokens or passwords.
@@ -23,12 +26,23 @@ No exception carries request headers, tokens or passwords.
 
 from __future__ import annotations
 
+import contextvars
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
 # Exit codes, documented in the README. Mapped from exceptions in one place: ``exit_code_for``.
 EXIT_OK = 0
 EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+EXIT_INTERNAL = 4  # an error we did not foresee (a bug, or the machine failing): traceback in error.log
 EXIT_INTERRUPTED = 130
+ERROR_LOG = "error.log"
+# The run folder of the command under way, where an internal error's traceback goes.
+error_log_folder: contextvars.ContextVar[Path | None] = contextvars.ContextVar("error_log_folder", default=None)
 
 
 class BatchIngestError(Exception):
@@ -57,6 +71,12 @@ class RunAborted(BatchIngestError):
     """The run stopped before finishing: authentication failed, API unreachable, too many failures."""
 
     exit_code = EXIT_ABORTED
+
+
+class SourceUnreadable(BatchIngestError):
+    """A row's local file could not be read for upload (gone, unreadable, a folder, changed size)."""
+
+    code = "SOURCE_UNREADABLE"
 
 
 class ApiError(BatchIngestError):
@@ -97,6 +117,16 @@ class ApiConnectionError(TransientApiError):
         super().__init__(message, **kwargs)
 
 
+class MalformedResponse(ApiConnectionError):
+    """A 2xx answer whose body is not what the API documents (not JSON, wrong types, too large).
+
+    The server did something, so a create answered this way is in doubt: looked up, never
+    blindly sent again."""
+
+    def __init__(self, message: str, **kwargs) -> None:
+        super().__init__(message, in_doubt=True, **kwargs)
+
+
 class RateLimitedError(TransientApiError):
     """HTTP 429. ``retry_after`` is the wait in seconds the server asked for, if it asked."""
 
@@ -117,6 +147,10 @@ class AuthError(PermanentApiError):
     """HTTP 401: the API key or token was refused."""
 
 
+class EndlessListing(PermanentApiError):
+    """A paginated listing that never ends (repeats pages, or passes every bound): the API misbehaves."""
+
+
 class NotFoundError(PermanentApiError):
     """HTTP 404: the job, job profile or storage does not exist."""
 
@@ -128,3 +162,24 @@ def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, BatchIngestError):
         return exc.exit_code
     return EXIT_ABORTED
+
+
+def write_error_log(folder: Path | None, exc: BaseException) -> Path:
+    """Append `exc`'s traceback to FOLDER/error.log (or a private file in the temp folder when there
+    is no folder, or it cannot be written); return the file's path. Never raises."""
+    text = f"--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} pid {os.getpid()}\n" + "".join(
+        traceback.format_exception(exc)
+    )
+    candidates = [folder / ERROR_LOG] if folder is not None else []
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    fd, name = tempfile.mkstemp(prefix="batch-ingest-error-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    return Path(name)

@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from .errors import UsageError
+from .report import write_atomically
 from .report import OUTCOMES, SUCCESS_OUTCOMES
 
 COLORS = {
@@ -190,7 +191,8 @@ def render_html(merged: pl.DataFrame, info: dict[str, Any]) -> str:
 
 def write_html(merged: pl.DataFrame, info: dict[str, Any], out: Path) -> None:
     """Write the HTML report to `out`."""
+    data = render_html(merged, info).encode("utf-8")
     try:
-        out.write_text(render_html(merged, info), encoding="utf-8")
+        write_atomically(out, lambda f: f.write(data))
     except OSError as exc:
         raise UsageError(f"--html {out}: cannot write: {exc.strerror}") from None

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -180,6 +181,8 @@ class Journal:
         """A new journal holding every plan row: ready rows `pending`, the others `rejected`."""
         if path.exists():
             raise UsageError(f"{path} already exists: resume that run, or choose another --report-dir")
+        # Created private first: SQLite gives the -wal and -shm files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         conn = cls._connect(path)
         journal = cls(path, conn)
         conn.executescript(_SCHEMA)

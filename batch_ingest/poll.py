@@ -17,10 +17,11 @@ import heapq
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from .api.client import MAX_PAGE_SIZE, SmartStreamClient
-from .api.models import FAILED, SUCCEEDED, EncodeStatusMap, Job, parse_api_date
-from .errors import NotFoundError, TransientApiError
+from .api.client import MAX_PAGE_SIZE, MAX_POLL_PAGES, SmartStreamClient
+from .api.models import FAILED, SUCCEEDED, EncodeStatusMap, Job, MalformedRecord, parse_api_date
+from .errors import EndlessListing, MalformedResponse, NotFoundError, TransientApiError
 from .journal import FAILED as J_FAILED
 from .journal import SUCCEEDED as J_SUCCEEDED
 from .journal import EXISTING, EXISTING_ANY, RESEND_ON_FAILURE, SKIPPED, TIMED_OUT, Journal, RowTask
@@ -149,12 +150,18 @@ class Poller:
             job = self._jobs.get(job_id)
             if job is not None:
                 updates.append(self._final(job, job.status, None, self.status_map.classify(job.status), now))
+        updates.extend(self._expire(now))
+        self.journal.record_progress(updates)
+
+    def _expire(self, now: float) -> list:
+        """Final updates for every job past its deadline."""
+        updates = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, job_id = heapq.heappop(self._deadlines)
             job = self._jobs.get(job_id)
-            if job is not None:
+            if job is not None and job.deadline <= now:
                 updates.append(self._final(job, job.status, None, "timed_out", now))
-        self.journal.record_progress(updates)
+        return updates
 
     def _untrack(self, job: Tracked) -> None:
         del self._jobs[job.job_id]
@@ -190,16 +197,21 @@ class Poller:
         changes = 0
         newest: float | None = None
         page = 1
+        previous: list[Any] | None = None
         try:
             while True:
                 items = await self.client.list_jobs_raw(limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC")
+                ids = [item.get("id") for item in items]
+                if previous is not None and ids and ids == previous:
+                    raise EndlessListing(f"page {page} of the jobs list repeats page {page - 1}: the API pages without end")
+                previous = ids
                 news = 0
                 for item in items:
-                    updated = parse_api_date(item.get("updated_at"))
+                    updated = parse_api_date(item.get("updated_at")) if isinstance(item.get("updated_at"), str) else None
                     if updated is not None and (newest is None or updated.timestamp() > newest):
                         newest = updated.timestamp()
                     # Build a Job only for our own jobs: the list also holds everyone else's.
-                    if item.get("id") in self._jobs and self._observe(Job.from_api(item), now, updates):
+                    if isinstance(item.get("id"), str) and item["id"] in self._jobs and self._observe(_job(item), now, updates):
                         news += 1
                 changes += news
                 last = parse_api_date(items[-1].get("updated_at")) if items else None
@@ -209,6 +221,13 @@ class Poller:
                     # Past the last change seen: read on through the overlap only while pages bring news.
                     if news == 0 or last.timestamp() < self._watermark - OVERLAP_S:
                         break
+                if page >= MAX_POLL_PAGES:
+                    raise EndlessListing(f"the jobs list did not end within {MAX_POLL_PAGES} pages of changes")
+                # A long walk: jobs whose time is up end now, not after it.
+                now = self._clock()
+                updates.extend(self._expire(now))
+                if not self._jobs:
+                    break
                 page += 1
         except TransientApiError as exc:
             self.progress.message(f"polling failed this time, will try again: {exc}")
@@ -257,3 +276,10 @@ class Poller:
             return
         rate = changes / max(self.interval, 1e-3)  # changes per second over the last interval
         self.interval = min(self.max_interval, max(self.min_interval, TARGET_CHANGES_PER_POLL / rate))
+
+
+def _job(item: dict[str, Any]) -> Job:
+    try:
+        return Job.from_api(item)
+    except MalformedRecord as exc:
+        raise MalformedResponse(f"malformed job in the jobs list: {exc}", method="GET", path="jobs") from None

@@ -10,6 +10,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
+from .text import safe_text
+
 
 class Progress:
     """The silent sink, and the interface every sink has."""
@@ -70,7 +72,7 @@ class LogProgress(Progress):
         self._maybe_report()
 
     def message(self, text: str) -> None:
-        print(f"batch-ingest: {text}", file=self.stream, flush=True)
+        print(f"batch-ingest: {safe_text(text)}", file=self.stream, flush=True)
 
 
 class BarProgress(Progress):
@@ -105,7 +107,7 @@ class BarProgress(Progress):
     def message(self, text: str) -> None:
         from tqdm import tqdm
 
-        tqdm.write(f"batch-ingest: {text}", file=sys.stderr)
+        tqdm.write(f"batch-ingest: {safe_text(text)}", file=sys.stderr)
 
     def close(self) -> None:
         for bar in self._bars:

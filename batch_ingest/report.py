@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +74,36 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
 def write_report(report: pl.DataFrame, run_dir: Path) -> tuple[Path, Path]:
     """Write report.parquet and report.csv (same content) atomically; return their paths."""
     parquet, csv = run_dir / REPORT_PARQUET, run_dir / REPORT_CSV
-    tmp = run_dir / (REPORT_PARQUET + ".tmp")
-    report.write_parquet(tmp)
-    tmp.replace(parquet)
-    tmp = run_dir / (REPORT_CSV + ".tmp")
-    flat_for_csv(report).write_csv(tmp)
-    tmp.replace(csv)
+    write_atomically(parquet, report.write_parquet)
+    write_atomically(csv, lambda f: csv_safe(flat_for_csv(report)).write_csv(f))
     return parquet, csv
+
+
+def write_atomically(path: Path, write: Callable[[Any], Any]) -> None:
+    """Write `path` through a private temporary file beside it, created exclusively (never through a
+    planted symlink), then renamed over `path`: a reader sees the old file or the new one, whole."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# OWASP's advice for CSV injection: a cell a spreadsheet would read as a formula gets a leading quote.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pl.DataFrame) -> pl.DataFrame:
+    """Text cells starting with =, +, -, @, TAB or CR prefixed with ' (the Parquet report keeps them raw)."""
+    text = [n for n, t in frame.schema.items() if t == pl.String]
+    starts = "^[" + re.escape("".join(_FORMULA_START)) + "]"
+    return frame.with_columns(
+        [pl.when(pl.col(n).str.contains(starts)).then(pl.lit("'") + pl.col(n)).otherwise(pl.col(n)).alias(n) for n in text]
+    )
 
 
 def flat_for_csv(frame: pl.DataFrame) -> pl.DataFrame:
@@ -132,9 +160,8 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 def write_summary(summary: dict[str, Any], run_dir: Path) -> Path:
     """Write summary.json atomically."""
     path = run_dir / SUMMARY_JSON
-    tmp = run_dir / (SUMMARY_JSON + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    data = (json.dumps(summary, indent=2, default=str) + "\n").encode("utf-8")
+    write_atomically(path, lambda f: f.write(data))
     return path
 
 

@@ -19,10 +19,10 @@ import httpx
 import polars as pl
 
 from .api.client import SmartStreamClient
-from .errors import UsageError
+from .errors import UsageError, error_log_folder
 from .journal import JOURNAL_FILE, RECHECK, Journal
 from .progress import Progress
-from .report import PLAN_PARQUET, REPORT_PARQUET, build_report, read_report, read_summary, write_report
+from .report import PLAN_PARQUET, REPORT_PARQUET, build_report, read_report, read_summary, write_atomically, write_report
 from .runlock import RunLock, locked
 from .runner import (
     RunOptions,
@@ -107,6 +107,7 @@ async def resume_run_async(
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a run folder: give the folder that holds {JOURNAL_FILE}")
     lock = RunLock(run_dir).acquire()
+    error_log_folder.set(run_dir)
     try:
         journal, plan, meta = _open_run(run_dir)
         try:
@@ -204,7 +205,7 @@ async def retry_run_async(
         run_id = options.run_dir.name if options.run_dir else new_run_id()
         run_dir, lock = prepare_run_dir(options, run_id)
         try:
-            plan.write_parquet(run_dir / PLAN_PARQUET)
+            write_atomically(run_dir / PLAN_PARQUET, plan.write_parquet)
             meta = run_meta(
                 settings,
                 options,

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from .errors import UsageError
-from .report import OUTCOMES, REPORT_PARQUET, SUCCESS_OUTCOMES, SUMMARY_JSON, flat_for_csv, outcome_counts, read_report
+from .report import OUTCOMES, REPORT_PARQUET, SUCCESS_OUTCOMES, SUMMARY_JSON, csv_safe, flat_for_csv, outcome_counts, read_report
 
 EXAMPLES_PER_CODE = 3
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -187,7 +187,7 @@ def write_frame(frame: pl.DataFrame, out: Path) -> None:
         if suffix == ".parquet":
             frame.write_parquet(out)
         elif suffix == ".csv":
-            flat_for_csv(frame).write_csv(out)
+            csv_safe(flat_for_csv(frame)).write_csv(out)
         else:
             raise UsageError(f"--out {out}: name the file .parquet or .csv")
     except OSError as exc:

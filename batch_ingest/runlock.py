@@ -85,3 +85,12 @@ def locked(*run_dirs: Path, write_pid: bool = True) -> Iterator[list[RunLock]]:
     finally:
         for lock in reversed(locks):
             lock.release()
+
+
+def make_private(run_dir: Path) -> None:
+    """The run folder is its user's alone (0700), whatever the umask: nothing in it is readable by
+    others, since they cannot enter it."""
+    try:
+        os.chmod(run_dir, 0o700)
+    except OSError as exc:
+        raise UsageError(f"cannot make the run folder {run_dir} private: {exc.strerror}") from None

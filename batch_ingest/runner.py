@@ -17,10 +17,10 @@ import httpx
 import polars as pl
 
 from .api.client import SmartStreamClient
-from .errors import EXIT_ABORTED, EXIT_INTERRUPTED, AuthError, UsageError
+from .errors import EXIT_ABORTED, EXIT_INTERNAL, EXIT_INTERRUPTED, AuthError, PermanentApiError, UsageError, error_log_folder, write_error_log
 from .journal import JOURNAL_FILE, Journal
 from .plan import Plan, plan_manifest, resolve_profiles
-from .runlock import RunLock
+from .runlock import LOCK_FILE, RunLock, make_private
 from .poll import Poller
 from .progress import Progress
 from .report import (
@@ -30,6 +30,7 @@ from .report import (
     first_failures,
     format_summary,
     outcome_counts,
+    write_atomically,
     write_report,
     write_summary,
 )
@@ -87,10 +88,18 @@ def prepare_run_dir(options: RunOptions, run_id: str) -> tuple[Path, RunLock]:
     lock = RunLock(run_dir).acquire()
     try:
         _refuse_existing_run(run_dir)  # again, under the lock: another process may have just made it
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+        if foreign:
+            raise UsageError(
+                f"{run_dir} is not empty and holds no run ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): "
+                "batch-ingest would overwrite files there; choose an empty or new folder with --report-dir"
+            )
     except BaseException:
         lock.release()
         raise
+    make_private(run_dir)
     lock.write_pid()
+    error_log_folder.set(run_dir)
     return run_dir, lock
 
 
@@ -146,7 +155,7 @@ async def run_manifest_async(
         run_id = options.run_dir.name if options.run_dir else new_run_id()
         run_dir, lock = prepare_run_dir(options, run_id)
         try:
-            plan.frame.write_parquet(run_dir / PLAN_PARQUET)
+            write_atomically(run_dir / PLAN_PARQUET, plan.frame.write_parquet)
             meta = run_meta(
                 settings, options, run_id=run_id, manifest=str(manifest.resolve()), started_at=started, extras=plan.extras
             )
@@ -268,8 +277,16 @@ async def execute_journal(
             await poller.run(submitting_done, stop)
         except AuthError as exc:
             submitter.abort(f"authentication failed while polling: {exc}")
+        except PermanentApiError as exc:  # a listing without end, a 4xx to a read: polling cannot go on
+            submitter.abort(f"polling failed for good: {exc}")
 
-    work = asyncio.gather(submit(), poll())
+    async def both() -> None:
+        # A failure in either cancels the other (and every task under it) and is raised here.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(submit())
+            group.create_task(poll())
+
+    work = asyncio.ensure_future(both())
 
     async def grace() -> None:
         await stop.wait()
@@ -277,18 +294,42 @@ async def execute_journal(
         work.cancel()
 
     grace_task = asyncio.create_task(grace())
+    internal: BaseException | None = None
     try:
         await work
     except asyncio.CancelledError:
         if not stop.is_set():
             raise
         progress.message(f"requests still in flight after {STOP_GRACE_S:.0f} s were abandoned")
+    except Exception as exc:  # noqa: BLE001 - a bug or the machine failing: keep what the journal holds
+        internal = exc
     finally:
         grace_task.cancel()
         _remove_signal_handlers(options)
 
     segment = Segment(kind, started, client, submitter, poller)
+    if internal is not None:
+        return finish_after_internal_error(journal, run_dir, plan, extras, segment, progress, options, internal)
     return finish_run(journal, run_dir, plan, extras, segment, progress, interrupted, options)
+
+
+def finish_after_internal_error(
+    journal: Journal,
+    run_dir: Path,
+    plan: pl.DataFrame,
+    extras: list[str],
+    segment: Segment,
+    progress: Progress,
+    options: RunOptions,
+    exc: BaseException,
+) -> RunResult:
+    """Log the traceback to RUN_DIR/error.log, write the report of what the journal holds, exit 4."""
+    log = write_error_log(run_dir, exc)
+    first = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and exc.exceptions else exc
+    progress.message(f"internal error: {type(first).__name__}: {first}; details in {log}")
+    result = finish_run(journal, run_dir, plan, extras, segment, progress, None, options, exit_code=EXIT_INTERNAL)
+    progress.message(f"the run can be continued with: batch-ingest resume {run_dir}")
+    return result
 
 
 def _rows_without_ref(journal: Journal, options: RunOptions) -> list[int]:
@@ -311,6 +352,8 @@ def finish_run(
     progress: Progress,
     interrupted: dict[str, bool] | None = None,
     options: RunOptions | None = None,
+    *,
+    exit_code: int | None = None,
 ) -> RunResult:
     """Build and write the report and summary from the journal; work out the exit code.
 
@@ -318,13 +361,15 @@ def finish_run(
     """
     report = build_report(plan, journal.to_frame(), extras)
     parquet, _ = write_report(report, run_dir)
-    exit_code = exit_code_for_report(report)
+    forced, exit_code = exit_code, exit_code_for_report(report)
     abort_reason = segment.submitter.stats.abort_reason if segment.submitter else None
     if abort_reason:
         exit_code = EXIT_ABORTED
     signalled = bool(interrupted and interrupted["signalled"])
     if signalled:
         exit_code = EXIT_INTERRUPTED
+    if forced is not None:
+        exit_code = forced
     finished = time.time()
     meta = journal.meta()
     segments = [*meta.get("segments", []), segment.record(finished, exit_code)]

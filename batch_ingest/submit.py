@@ -144,32 +144,35 @@ class Submitter:
         queue: asyncio.Queue[RowTask | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         busy = [0]
 
-        async def feed() -> None:
-            try:
-                for states in ((SENDING,), (PENDING,)):
-                    after = 0
-                    while not self.stop.is_set():
-                        batch = self.journal.tasks(states, after_row=after, limit=500)
-                        if not batch:
-                            break
-                        for task in batch:
-                            if self.stop.is_set():
-                                return
-                            await queue.put(task)
-                        after = batch[-1].row
-                # Followed jobs (re-checks, --skip-existing) may still fail and send their row again.
+        async def rows() -> None:
+            for states in ((SENDING,), (PENDING,)):
+                after = 0
                 while not self.stop.is_set():
-                    while self._resend and not self.stop.is_set():
-                        task = self.journal.task(self._resend.popleft())
-                        if task is not None and task.state == PENDING:
-                            await queue.put(task)
-                    if not (self._resend or busy[0] or not queue.empty() or self.following()):
-                        return
-                    self._wake.clear()
-                    await wait_any(self._wake, self.stop)
-            finally:
-                for _ in range(self.concurrency):
-                    await queue.put(None)
+                    batch = self.journal.tasks(states, after_row=after, limit=500)
+                    if not batch:
+                        break
+                    for task in batch:
+                        if self.stop.is_set():
+                            return
+                        await queue.put(task)
+                    after = batch[-1].row
+            # Followed jobs (re-checks, --skip-existing) may still fail and send their row again.
+            while not self.stop.is_set():
+                while self._resend and not self.stop.is_set():
+                    task = self.journal.task(self._resend.popleft())
+                    if task is not None and task.state == PENDING:
+                        await queue.put(task)
+                if not (self._resend or busy[0] or not queue.empty() or self.following()):
+                    return
+                self._wake.clear()
+                await wait_any(self._wake, self.stop)
+
+        async def feed() -> None:
+            await rows()
+            # Only on the way out in good order: if anything failed, the task group cancels the
+            # workers instead, so this never waits on a queue nobody reads.
+            for _ in range(self.concurrency):
+                await queue.put(None)
 
         async def work() -> None:
             while (task := await queue.get()) is not None:
@@ -182,7 +185,10 @@ class Submitter:
                     busy[0] -= 1
                     self._wake.set()
 
-        await asyncio.gather(feed(), *(work() for _ in range(self.concurrency)))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(feed())
+            for _ in range(self.concurrency):
+                group.create_task(work())
 
     async def _submit_row_abandonable(self, task: RowTask) -> None:
         """Submit one row in a task of its own, so that a stop can abandon it while nothing is on the wire."""

@@ -23,6 +23,8 @@ from .. import __version__
 from ..errors import (
     ApiConnectionError,
     AuthError,
+    EndlessListing,
+    MalformedResponse,
     NotFoundError,
     PermanentApiError,
     RateLimitedError,
@@ -31,7 +33,7 @@ from ..errors import (
 from ..settings import Settings
 from .auth import Auth, expiration_epoch
 from .clock import PlatformClock
-from .models import Job, JobProfile, Page
+from .models import Job, JobProfile, MalformedRecord, Page
 from .ratelimit import RateLimiter, parse_retry_after
 from .retry import call_with_retries
 
@@ -44,6 +46,9 @@ UPLOAD_CHUNK = 4 * 1024 * 1024  # bytes read from disk per step of an upload (1 
 # their total still equals the caller's bound.
 CONNECTIONS_PER_POOL = 16
 MAX_PAGE_SIZE = 100  # NOTES.md: assume at most 100 items per page
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a page of 100 jobs is ~50 KB; anything this large is not an answer
+MAX_PAGES = 10_000  # a listing that has not ended by then never will (1,000,000 items)
+MAX_POLL_PAGES = 1_000  # one poll reads back to the last change seen: 100,000 changes at most
 ProgressCallback = Callable[[int], Any]
 AdmittedCallback = Callable[[], Awaitable[None]]
 
@@ -93,6 +98,8 @@ class SmartStreamClient:
         self.platform_clock = PlatformClock()
         self._prefix = f"/v1/merchants/{quote(merchant_id, safe='')}"
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)
+        # The read timeout is per read: a server trickling a byte at a time would hold a request forever.
+        self._deadline = connect_timeout + 2 * read_timeout
         count = -(-max_connections // CONNECTIONS_PER_POOL)
         sizes = [max_connections // count + (1 if i < max_connections % count else 0) for i in range(count)]
         self._pools = [
@@ -170,10 +177,17 @@ class SmartStreamClient:
         self.requests_sent += 1
         pool = self._pick_pool()
         self._busy[pool] += 1
+        deadline = self._deadline + (self._upload_allowance(headers) if content is not None else 0.0)
         try:
-            response = await self._pools[pool].request(
-                method, path, headers=headers, params=params, json=json, content=content
-            )
+            async with asyncio.timeout(deadline):
+                request = self._pools[pool].build_request(
+                    method, path, headers=headers, params=params, json=json, content=content
+                )
+                streamed = await self._pools[pool].send(request, stream=True)
+                try:
+                    body = await _read_capped(streamed, MAX_ANSWER_BYTES)
+                finally:
+                    await streamed.aclose()
         except _NOT_SENT as exc:
             raise ApiConnectionError(
                 f"could not connect to {self.base_url}: {type(exc).__name__}",
@@ -181,9 +195,10 @@ class SmartStreamClient:
                 method=method,
                 path=path,
             ) from exc
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            what = "no answer in time" if isinstance(exc, httpx.TimeoutException) else f"no whole answer within {deadline:.0f} s"
             raise ApiConnectionError(
-                f"no answer in time ({type(exc).__name__})", in_doubt=True, method=method, path=path
+                f"{what} ({type(exc).__name__})", in_doubt=True, method=method, path=path
             ) from exc
         except httpx.TransportError as exc:
             raise ApiConnectionError(
@@ -194,10 +209,27 @@ class SmartStreamClient:
             ) from exc
         finally:
             self._busy[pool] -= 1
+        if body is None:
+            if 200 <= streamed.status_code < 300:
+                raise MalformedResponse(
+                    f"the answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB",
+                    method=method, path=path, status=streamed.status_code,
+                )  # fmt: skip
+            body = b""  # an over-long error body: the status says enough
+        response = httpx.Response(streamed.status_code, headers=streamed.headers, content=body, request=request)
         self.platform_clock.observe_date(response.headers.get("Date"), self._clock())
         self._raise_for_status(method, path, response, admitted_at)
         self.limiter.on_success()
         return response
+
+    @staticmethod
+    def _upload_allowance(headers: dict[str, str]) -> float:
+        """Extra seconds an upload's deadline allows for its body (at a slow but steady 64 KiB/s)."""
+        try:
+            size = int(headers.get("Content-Length", "0"))
+        except ValueError:
+            size = 0
+        return size / (64 * 1024)
 
     def _raise_for_status(self, method: str, path: str, response: httpx.Response, admitted_at: float) -> None:
         status = response.status_code
@@ -274,8 +306,8 @@ class SmartStreamClient:
             return response.json()
         except ValueError as exc:
             # A 2xx without readable JSON: the server did something; treat it as no answer.
-            raise ApiConnectionError(
-                "the answer was not JSON", in_doubt=True, method=method, path=path, status=response.status_code
+            raise MalformedResponse(
+                "the answer was not JSON", method=method, path=path, status=response.status_code
             ) from exc
 
     async def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -311,7 +343,7 @@ class SmartStreamClient:
         return self._created(response, path)
 
     def _created(self, response: httpx.Response, path: str) -> Job:
-        job = Job.from_api(self._json(response, "POST", path))
+        job = _parse(Job, self._json(response, "POST", path), "POST", path)
         self.platform_clock.observe_created(job.created_at, self._clock())
         return job
 
@@ -360,7 +392,8 @@ class SmartStreamClient:
 
     async def get_job(self, job_id: str) -> Job:
         """GET jobs/:job_id, or jobs/ref:<ref_id> when `job_id` starts with `ref:`."""
-        return Job.from_api(await self._get(f"{self._prefix}/jobs/{_ref_path(job_id)}"))
+        path = f"{self._prefix}/jobs/{_ref_path(job_id)}"
+        return _parse(Job, await self._get(path), "GET", path)
 
     async def get_job_by_ref(self, ref_id: str) -> Job:
         """GET jobs/ref:<ref_id>."""
@@ -371,13 +404,14 @@ class SmartStreamClient:
     ) -> Page[Job]:
         """GET jobs: one page."""
         body = await self._list("jobs", limit, page, sort, order)
-        return Page([Job.from_api(j) for j in _items(body, "jobs")], _count(body), page, limit)
+        items = _items(body, "jobs", self._prefix)
+        return Page([_parse(Job, j, "GET", f"{self._prefix}/jobs") for j in items], _count(body), page, limit)
 
     async def list_jobs_raw(
         self, *, limit: int = MAX_PAGE_SIZE, page: int = 1, sort: str = "updated_at", order: str = "DESC"
     ) -> list[dict[str, Any]]:
         """GET jobs: one page as the API's dicts (a poller reads many jobs that are not its own)."""
-        return [j for j in _items(await self._list("jobs", limit, page, sort, order), "jobs") if "id" in j]
+        return _items(await self._list("jobs", limit, page, sort, order), "jobs", self._prefix)
 
     async def _list(self, what: str, limit: int, page: int, sort: str, order: str) -> Any:
         return await self._get(f"{self._prefix}/{what}", {"limit": limit, "page": page, "sort": sort, "order": order})
@@ -390,14 +424,17 @@ class SmartStreamClient:
 
     async def get_job_profile(self, profile_id: str | int) -> JobProfile:
         """GET job_profiles/:id, or job_profiles/ref:<ref_id>."""
-        return JobProfile.from_api(await self._get(f"{self._prefix}/job_profiles/{_ref_path(profile_id)}"))
+        path = f"{self._prefix}/job_profiles/{_ref_path(profile_id)}"
+        return _parse(JobProfile, await self._get(path), "GET", path)
 
     async def list_job_profiles(
         self, *, limit: int = MAX_PAGE_SIZE, page: int = 1, sort: str = "updated_at", order: str = "DESC"
     ) -> Page[JobProfile]:
         """GET job_profiles: one page."""
         body = await self._list("job_profiles", limit, page, sort, order)
-        return Page([JobProfile.from_api(p) for p in _items(body, "job_profiles")], _count(body), page, limit)
+        items = _items(body, "job_profiles", self._prefix)
+        path = f"{self._prefix}/job_profiles"
+        return Page([_parse(JobProfile, p, "GET", path) for p in items], _count(body), page, limit)
 
     def iter_job_profiles(
         self, *, limit: int = MAX_PAGE_SIZE, sort: str = "updated_at", order: str = "DESC"
@@ -407,24 +444,60 @@ class SmartStreamClient:
 
 
 async def _paginate(list_page: Callable[..., Awaitable[Page[Any]]], *, limit: int, page: int = 1, **kw: Any):
-    """Items of every page from `page` on; never trusts `count`, stops at a page shorter than `limit`."""
+    """Items of every page from `page` on; never trusts `count` to end paging, stops at a page shorter
+    than `limit`. A listing that goes on past every bound (`count`, when it is larger than one page, or
+    MAX_PAGES) or repeats a page raises MalformedResponse instead of running forever."""
+    first = page
+    previous: list[str] | None = None
     while True:
         result = await list_page(limit=limit, page=page, **kw)
+        ids = [getattr(item, "id", None) for item in result.items]
+        if previous is not None and ids and ids == previous:
+            raise EndlessListing(f"page {page} of the listing repeats page {page - 1}: the API pages without end")
         for item in result.items:
             yield item
         if len(result.items) < limit:
             return
+        read = (page - first + 1) * limit
+        if result.count is not None and result.count > limit and read >= result.count + limit:
+            raise EndlessListing(
+                f"the listing said it holds {result.count} items but page {page} still was full: it pages without end"
+            )
+        if page - first + 1 >= MAX_PAGES:
+            raise EndlessListing(f"the listing did not end within {MAX_PAGES} pages")
+        previous = ids
         page += 1
 
 
-def _items(body: Any, key: str) -> list[dict[str, Any]]:
+def _parse(record: Any, body: Any, method: str, path: str) -> Any:
+    """`record.from_api(body)`, a malformed body raising MalformedResponse with the endpoint named."""
+    try:
+        return record.from_api(body)
+    except MalformedRecord as exc:
+        raise MalformedResponse(f"malformed {record.__name__.lower()} in the answer: {exc}", method=method, path=path) from None
+
+
+def _items(body: Any, key: str, prefix: str) -> list[dict[str, Any]]:
     items = body.get(key) if isinstance(body, dict) else None
-    return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise MalformedResponse(f"the answer holds no list of objects under {key!r}", method="GET", path=f"{prefix}/{key}")
+    return items
 
 
 def _count(body: Any) -> int | None:
     count = body.get("count") if isinstance(body, dict) else None
-    return count if isinstance(count, int) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The body, or None once it passes `cap` bytes (the rest is never read)."""
+    chunks, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _stream_file(

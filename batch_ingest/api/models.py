@@ -14,6 +14,48 @@ FAILED = "failed"
 IN_PROGRESS = "in_progress"
 
 
+class MalformedRecord(ValueError):
+    """An API record whose fields do not have the documented types (the client adds the endpoint)."""
+
+
+def _field_text(data: dict[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise MalformedRecord(f"it has no {key}")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise MalformedRecord(f"its {key} is a {type(value).__name__}, not a string")
+    text = str(value)
+    if required and not text:
+        raise MalformedRecord(f"its {key} is empty")
+    return text
+
+
+def _field_date(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or parse_api_date(value) is None:
+        raise MalformedRecord(f"its {key} is {value!r:.40}, not a DateString")
+    return value
+
+
+def _field_int(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedRecord(f"its {key} is {value!r:.40}, not an integer")
+    return value
+
+
+def _record(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise MalformedRecord(f"it is a {type(data).__name__}, not an object")
+    return data
+
+
 def parse_api_date(value: str | None) -> datetime | None:
     """Parse a SmartSTREAM DateString (`2017-10-01T00:00:00.000Z`) into an aware datetime."""
     if not value:
@@ -48,22 +90,23 @@ class Job:
     updated_at: str | None = None
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> Job:
-        """Build a Job from an API response body, tolerating missing optional fields."""
-        status = data.get("encode_status")
+    def from_api(cls, data: Any) -> Job:
+        """Build a Job from an API response body; missing optional fields are None, wrong types raise
+        MalformedRecord (integer ids are taken as their text)."""
+        data = _record(data)
         return cls(
-            id=str(data["id"]),
-            ref_id=data.get("ref_id"),
-            name=data.get("name"),
-            merchant_id=data.get("merchant_id"),
-            job_profile_id=None if data.get("job_profile_id") is None else str(data["job_profile_id"]),
-            media_id=data.get("media_id"),
-            description=data.get("description"),
-            encode_status=status if isinstance(status, int) and not isinstance(status, bool) else None,
-            source_type=data.get("source_type"),
-            source_url=data.get("source_url"),
-            created_at=data.get("created_at"),
-            updated_at=data.get("updated_at"),
+            id=_field_text(data, "id", required=True),  # type: ignore[arg-type]
+            ref_id=_field_text(data, "ref_id"),
+            name=_field_text(data, "name"),
+            merchant_id=_field_text(data, "merchant_id"),
+            job_profile_id=_field_text(data, "job_profile_id"),
+            media_id=_field_text(data, "media_id"),
+            description=_field_text(data, "description"),
+            encode_status=_field_int(data, "encode_status"),
+            source_type=_field_text(data, "source_type"),
+            source_url=_field_text(data, "source_url"),
+            created_at=_field_date(data, "created_at"),
+            updated_at=_field_date(data, "updated_at"),
         )
 
 
@@ -80,16 +123,21 @@ class JobProfile:
     updated_at: str | None = None
 
     @classmethod
-    def from_api(cls, data: dict[str, Any]) -> JobProfile:
-        """Build a JobProfile from an API response body."""
+    def from_api(cls, data: Any) -> JobProfile:
+        """Build a JobProfile from an API response body; wrong types raise MalformedRecord."""
+        data = _record(data)
+        profile_id = _field_text(data, "id", required=True)
+        assert profile_id is not None
+        if not profile_id.isdigit():
+            raise MalformedRecord(f"its id is {profile_id!r:.40}, not a number")
         return cls(
-            id=str(data["id"]),
-            ref_id=data.get("ref_id"),
-            name=data.get("name"),
-            description=data.get("description"),
-            merchant_id=data.get("merchant_id"),
-            created_at=data.get("created_at"),
-            updated_at=data.get("updated_at"),
+            id=profile_id,
+            ref_id=_field_text(data, "ref_id"),
+            name=_field_text(data, "name"),
+            description=_field_text(data, "description"),
+            merchant_id=_field_text(data, "merchant_id"),
+            created_at=_field_date(data, "created_at"),
+            updated_at=_field_date(data, "updated_at"),
         )
 
 

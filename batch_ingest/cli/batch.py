@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_ROWS_FAILED, BatchIngestError
-from .common import api_options, build_settings, emulator_for_run, handle_errors, log_options, main, progress_for
+from .common import api_options, check_writable, echo, build_settings, emulator_for_run, handle_errors, log_options, main, progress_for
 
 
 extra_columns_option = click.option(
@@ -75,6 +75,7 @@ def run(
         return
     from ..runner import RunOptions, run_manifest
 
+    check_writable(html, "--html")
     progress = progress_for(quiet, options)
 
     with emulator_for_run(emulator, options):
@@ -92,7 +93,10 @@ def run(
     if html is not None:
         from ..review import write_html_report
 
-        write_html_report([result.run_dir], html)
+        try:
+            write_html_report([result.run_dir], html)
+        except (BatchIngestError, OSError) as exc:  # the run is done: its exit code stands
+            echo(f"batch-ingest: warning: the HTML report was not written: {exc}", err=True)
     _finish(result, quiet)
 
 
@@ -102,10 +106,10 @@ def _finish(result, quiet: bool) -> None:
     from ..report import format_counts
 
     if not quiet:
-        click.echo(result.summary_text())
+        echo(result.summary_text())
     elif result.exit_code != 0:
-        click.echo(format_counts(result.summary))
-    click.echo(str(result.report_path))
+        echo(format_counts(result.summary))
+    echo(str(result.report_path))
     sys.exit(result.exit_code)
 
 
@@ -130,7 +134,7 @@ def _validate(
                 return await plan_run(manifest, settings, run_options, client)
 
         info = describe_plan(asyncio.run(go()), skip_existing=skip_existing)
-    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_plan(info))
+    echo(json.dumps(info, indent=2, default=str) if as_json else format_plan(info))
     sys.exit(EXIT_ROWS_FAILED if info["rejected"] else 0)
 
 
@@ -215,7 +219,7 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     try:
         result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
     except NothingToRetry as exc:
-        click.echo(str(exc))
+        echo(str(exc))
         sys.exit(0)
     _finish(result, quiet)
 
@@ -246,14 +250,14 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
 
         write_html(merged, info, html)
     if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
+        echo(json.dumps(info, indent=2, default=str))
     elif failed:
         cols = [c for c in ("row", "ref_id", "source", "outcome", "error_code", "error_message") if c in shown.columns]
         for rec in shown.select(cols).iter_rows(named=True):
-            click.echo("\t".join("" if rec[c] is None else str(rec[c]) for c in cols))
+            echo("\t".join("" if rec[c] is None else str(rec[c]) for c in cols))
     else:
-        click.echo(format_review(info))
+        echo(format_review(info))
     if out is not None and not as_json:
-        click.echo(f"wrote {out}", err=True)
+        echo(f"wrote {out}", err=True)
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import functools
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,11 +15,27 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import EXIT_INTERRUPTED, BatchIngestError, UsageError, exit_code_for
+from ..errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    BatchIngestError,
+    UsageError,
+    error_log_folder,
+    exit_code_for,
+    write_error_log,
+)
+from ..text import safe_text
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn our exceptions into a one-line message on stderr and the documented exit code."""
+    """The one place a command's exit code is decided for what went wrong.
+
+    Our exceptions print one line and exit with their documented code; bad local state (a damaged or
+    read-only journal, a full disk, an unwritable path) exits 2 naming the fix; anything else is an
+    internal error: one line on stderr, the traceback in RUN_DIR/error.log (or a private file in the
+    temp folder), exit 4. No traceback ever reaches the terminal.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -26,10 +45,66 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except BatchIngestError as exc:
-            click.echo(f"batch-ingest: error: {exc}", err=True)
+            click.echo(f"batch-ingest: error: {safe_text(str(exc))}", err=True)
             sys.exit(exit_code_for(exc))
+        except (click.exceptions.Exit, click.exceptions.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            local = local_state_problem(exc)
+            if local is not None:
+                click.echo(f"batch-ingest: error: {safe_text(local)}", err=True)
+                sys.exit(EXIT_USAGE)
+            log = write_error_log(error_log_folder.get(), exc)
+            click.echo(f"batch-ingest: internal error: {safe_text(f'{type(exc).__name__}: {exc}')[:300]}; details in {log}", err=True)
+            sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def check_writable(path: Path | None, option: str) -> None:
+    """UsageError (exit 2) now, before anything is sent, when `path` could not be written later."""
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder: give a file name")
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {path}: not writable: check the permissions or choose another path")
+
+
+def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
+    """click.echo for anything that may hold server or manifest text: control characters escaped."""
+    click.echo(safe_text(text), err=err, nl=nl)
+
+
+def local_state_problem(exc: BaseException) -> str | None:
+    """A message naming the fix when `exc` is the machine's state (disk, permissions, a damaged
+    journal, a bad path) rather than a bug; None otherwise."""
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return local_state_problem(exc.exceptions[0])
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (
+            f"the run's journal cannot be used ({exc}): it is damaged, not a batch-ingest journal, or not "
+            "writable; check the run folder's permissions and free space, or start a new run"
+        )
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
+        where = f" {exc.filename}" if exc.filename else ""
+        fix = _LOCAL_ERRNOS[exc.errno]
+        return f"cannot write{where}: {exc.strerror}: {fix}"
+    if isinstance(exc, ValueError) and "null byte" in str(exc):
+        return "a path contains a NUL byte: check the file names given on the command line and in the manifest"
+    return None
+
+
+_LOCAL_ERRNOS = {
+    errno.ENOSPC: "free some space, then resume the run (`batch-ingest resume RUN_DIR`)",
+    errno.EDQUOT: "free some space (disk quota), then resume the run",
+    errno.EACCES: "check the permissions of that path (or choose another with --report-dir)",
+    errno.EPERM: "check the permissions of that path (or choose another with --report-dir)",
+    errno.EROFS: "the file system is read-only: choose another folder with --report-dir",
+}
 
 
 def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -77,7 +152,8 @@ def progress_for(quiet: bool, options: dict[str, Any]):  # -> Progress
     if log_file is not None:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
-            log_file.open("a").close()
+            os.close(os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600))
+            os.chmod(log_file, 0o600)
         except OSError as exc:
             raise UsageError(f"--log-file {log_file}: cannot write: {exc.strerror}") from None
     return choose_progress(quiet=quiet, log_file=log_file, log_format=log_format)
@@ -121,5 +197,7 @@ def emulator_for_run(enabled: bool, options: dict[str, Any]) -> Iterator[None]:
 @click.version_option(__version__, prog_name="batch-ingest")
 def main() -> None:
     """Move video libraries into SmartSTREAM in bulk: submit, poll, report."""
+    # Run folders, reports, logs and HTML files are their user's alone, whatever the umask.
+    os.umask(0o077)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .common import _SETTING_FLAGS, api_options, build_settings, emulator_for_run, handle_errors, main
+from .common import echo, _SETTING_FLAGS, api_options, build_settings, emulator_for_run, handle_errors, main
 
 
 @main.command()
@@ -77,11 +77,11 @@ def emulator(**options: Any) -> None:
     config = EmulatorConfig().with_changes(**knobs)
     display_host = f"[{host}]" if ":" in host else host
     for name, value in env_for(config, f"http://{display_host}:{port}").items():
-        click.echo(f"export {name}={shlex.quote(value)}")
-    click.echo("# or, to use the auth-token endpoint instead of the static token:")
-    click.echo(f"#   export SMARTSTREAM_EMAIL={shlex.quote(config.email)}")
-    click.echo(f"#   export SMARTSTREAM_PASSWORD={shlex.quote(config.password)}")
-    click.echo(f"# counters: curl http://{display_host}:{port}/_emulator/stats", nl=True)
+        echo(f"export {name}={shlex.quote(value)}")
+    echo("# or, to use the auth-token endpoint instead of the static token:")
+    echo(f"#   export SMARTSTREAM_EMAIL={shlex.quote(config.email)}")
+    echo(f"#   export SMARTSTREAM_PASSWORD={shlex.quote(config.password)}")
+    echo(f"# counters: curl http://{display_host}:{port}/_emulator/stats", nl=True)
     sys.stdout.flush()
     try:
         serve_forever(config, sock)
@@ -117,9 +117,9 @@ def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
         found = _client_call(options, call)
     for p in found:
         if as_json:
-            click.echo(json.dumps({"id": p.id, "ref_id": p.ref_id, "name": p.name, "description": p.description}))
+            echo(json.dumps({"id": p.id, "ref_id": p.ref_id, "name": p.name, "description": p.description}))
         else:
-            click.echo(f"{p.id:>8}  ref:{p.ref_id or '-':<20}  {p.name or ''}")
+            echo(f"{p.id:>8}  ref:{p.ref_id or '-':<20}  {p.name or ''}")
 
 
 @main.command()
@@ -140,14 +140,14 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
     found = _client_call(options, call)
     if as_json:
         data = [asdict(j) for j in found]
-        click.echo(json.dumps(data[0] if job else data, indent=2))
+        echo(json.dumps(data[0] if job else data, indent=2))
         return
     for j in found:
         if job:
             for key, value in asdict(j).items():
-                click.echo(f"{key:>15}: {'' if value is None else value}")
+                echo(f"{key:>15}: {'' if value is None else value}")
         else:
-            click.echo(f"{j.id}  status {j.encode_status}  {j.updated_at}  ref:{j.ref_id or '-'}  {j.source_url or ''}")
+            echo(f"{j.id}  status {j.encode_status}  {j.updated_at}  ref:{j.ref_id or '-'}  {j.source_url or ''}")
 
 
 @main.command()
@@ -158,9 +158,9 @@ def config(**options: Any) -> None:
     from ..settings import load_config_file, resolve_settings
 
     flags = {name: options.pop(name, None) for name in _SETTING_FLAGS}
-    file_config, path = load_config_file(options.pop("config_file", None), warn=lambda m: click.echo(f"warning: {m}", err=True))
+    file_config, path = load_config_file(options.pop("config_file", None), warn=lambda m: echo(f"warning: {m}", err=True))
     settings = resolve_settings(flags, config=file_config)
-    click.echo(f"# config file: {path or '(none)'}")
+    echo(f"# config file: {path or '(none)'}")
     for key, value in settings.masked().items():
-        click.echo(f"{key} = {'' if value is None else value}")
+        echo(f"{key} = {'' if value is None else value}")
 
