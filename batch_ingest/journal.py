@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS rows (
     submitted_at REAL,
     finished_at REAL,
     follow TEXT,
-    handed_to TEXT
+    handed_to TEXT,
+    source_digest TEXT
 );
 CREATE INDEX IF NOT EXISTS rows_state ON rows(state, row);
 CREATE TABLE IF NOT EXISTS known_jobs (job_id TEXT PRIMARY KEY, origin TEXT NOT NULL);
@@ -94,13 +95,21 @@ _MIGRATIONS = {  # from version N to N + 1
     1: (
         "ALTER TABLE rows ADD COLUMN follow TEXT",
         "ALTER TABLE rows ADD COLUMN handed_to TEXT",
+        "ALTER TABLE rows ADD COLUMN source_digest TEXT",
+        # Version 1 marked a hand-over by state alone; version 2 also needs whom the row went to.
+        "UPDATE rows SET handed_to = coalesce(nullif(replace(error_message, 'continued by the retry run in ', ''), "
+        "error_message), 'an earlier retry run') WHERE state = 'handed_over'",
         "CREATE TABLE IF NOT EXISTS known_jobs (job_id TEXT PRIMARY KEY, origin TEXT NOT NULL)",
     ),
 }
 _ROW_COLUMNS = (
     "row", "key", "ref_id", "source", "source_type", "source_path", "job_profile_id", "name",
-    "description", "bytes", "state", "error_code", "error_message",
+    "description", "bytes", "state", "error_code", "error_message", "source_digest",
 )  # fmt: skip
+_TASK_COLUMNS = (
+    "row, key, ref_id, source, source_type, source_path, job_profile_id, name, description, bytes, "
+    "state, job_id, sent_at, attempts, source_digest"
+)
 
 
 # The journal's side of the report join (`Journal.to_frame`).
@@ -131,6 +140,7 @@ class RowTask:
     job_id: str | None
     sent_at: float | None
     attempts: int
+    source_digest: str | None = None  # set when `source` is the redacted form of a URL with a credential
 
 
 @dataclass(frozen=True)
@@ -157,6 +167,10 @@ class CarriedRow:
     submitted_at: float | None
     job_updated_at: str | None
     follow: str | None = None
+    media_id: str | None = None
+    encode_status: int | None = None
+    job_created_at: str | None = None
+    job_profile_id: int | None = None
 
 
 class Journal:
@@ -192,6 +206,7 @@ class Journal:
             pl.when(pl.col("status") == "ready").then(pl.lit(PENDING)).otherwise(pl.lit(REJECTED)).alias("state"),
             "error_code",
             pl.col("reason").alias("error_message"),
+            pl.col("source_digest") if "source_digest" in plan.columns else pl.lit(None, pl.String).alias("source_digest"),
         )  # fmt: skip
         with journal._tx():
             conn.executemany(
@@ -205,8 +220,10 @@ class Journal:
         return journal
 
     @classmethod
-    def open(cls, path: Path) -> Journal:
-        """An existing journal; refuses one of another schema version."""
+    def open(cls, path: Path, *, migrate: bool = True) -> Journal:
+        """An existing journal; refuses one of a newer schema version. An older one is brought up to
+        date unless `migrate` is False (then only reads that every version supports are allowed:
+        `meta`, `counts`, `has_unfinished`); call `migrate()` under the run's lock."""
         if not path.exists():
             raise UsageError(f"{path} does not exist: give the run folder that holds {JOURNAL_FILE}")
         conn = cls._connect(path)
@@ -221,13 +238,14 @@ class Journal:
                 f"{SCHEMA_VERSION} and older: use the batch-ingest that wrote it"
             )
         journal = cls(path, conn)
-        if found < SCHEMA_VERSION:
-            journal._migrate(found)
+        if migrate:
+            journal.migrate()
         return journal
 
-    def _migrate(self, version: int) -> None:
-        """Bring an older journal up to SCHEMA_VERSION in one transaction."""
+    def migrate(self) -> None:
+        """Bring an older journal up to SCHEMA_VERSION in one transaction (a no-op when it is current)."""
         with self._tx():
+            version = int(self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
             for step in range(version, SCHEMA_VERSION):
                 for sql in _MIGRATIONS[step]:
                     self._conn.execute(sql)
@@ -331,8 +349,7 @@ class Journal:
         self.flush()
         states = list(states)
         cur = self._conn.execute(
-            "SELECT row, key, ref_id, source, source_type, source_path, job_profile_id, name, description, bytes, "
-            f"state, job_id, sent_at, attempts FROM rows WHERE state IN ({', '.join('?' * len(states))}) "
+            f"SELECT {_TASK_COLUMNS} FROM rows WHERE state IN ({', '.join('?' * len(states))}) "
             "AND row > ? ORDER BY row LIMIT ?",
             (*states, after_row, limit),
         )
@@ -351,11 +368,7 @@ class Journal:
     def task(self, row: int) -> RowTask | None:
         """One row as a submitter needs it."""
         self.flush()
-        found = self._conn.execute(
-            "SELECT row, key, ref_id, source, source_type, source_path, job_profile_id, name, description, bytes, "
-            "state, job_id, sent_at, attempts FROM rows WHERE row = ?",
-            (row,),
-        ).fetchone()
+        found = self._conn.execute(f"SELECT {_TASK_COLUMNS} FROM rows WHERE row = ?", (row,)).fetchone()
         return RowTask(*found) if found else None
 
     def counts(self) -> dict[str, int]:
@@ -435,10 +448,15 @@ class Journal:
     def carry_over(self, rows: list[CarriedRow]) -> None:
         """Take over rows of an earlier run (retry): their state, job and doubt, and what they follow."""
         self._write_many(
-            "UPDATE rows SET state = ?, job_id = ?, sent_at = ?, submitted_at = ?, job_updated_at = ?, follow = ? "
+            "UPDATE rows SET state = ?, job_id = ?, sent_at = ?, submitted_at = ?, job_updated_at = ?, follow = ?, "
+            "media_id = ?, encode_status = ?, job_created_at = ?, job_profile_id = coalesce(?, job_profile_id) "
             "WHERE row = ?",
-            [(c.state, c.job_id, c.sent_at, c.submitted_at, c.job_updated_at, c.follow, c.row) for c in rows],
-        )
+            [
+                (c.state, c.job_id, c.sent_at, c.submitted_at, c.job_updated_at, c.follow, c.media_id,
+                 c.encode_status, c.job_created_at, c.job_profile_id, c.row)
+                for c in rows
+            ],
+        )  # fmt: skip
 
     def hand_over(self, rows: list[int], to_run: str) -> None:
         """Rows a retry run has taken: unfinished ones become `handed_over` (resume leaves them alone),
@@ -456,7 +474,13 @@ class Journal:
     def handed_to(self) -> dict[int, str]:
         """Rows a retry run already took, and that run's folder."""
         self.flush()
-        return dict(self._conn.execute("SELECT row, handed_to FROM rows WHERE handed_to IS NOT NULL").fetchall())
+        return dict(
+            self._conn.execute(
+                "SELECT row, coalesce(handed_to, 'an earlier retry run') FROM rows WHERE handed_to IS NOT NULL "
+                "OR state = ?",
+                (HANDED_OVER,),
+            ).fetchall()
+        )
 
     def carried_rows(self, rows: Iterable[int]) -> list[CarriedRow]:
         """The state a retry run takes over for `rows`: unfinished rows keep job and doubt, timed-out
@@ -464,21 +488,26 @@ class Journal:
         self.flush()
         wanted = set(rows)
         cur = self._conn.execute(
-            "SELECT row, state, job_id, sent_at, submitted_at, job_updated_at, follow FROM rows "
-            "WHERE state IN (?, ?, ?, ?) ORDER BY row",
+            "SELECT row, state, job_id, sent_at, submitted_at, job_updated_at, follow, media_id, encode_status, "
+            "job_created_at, job_profile_id FROM rows WHERE state IN (?, ?, ?, ?) ORDER BY row",
             (*UNFINISHED_STATES, TIMED_OUT),
         )
         out = []
-        for row, state, job_id, sent_at, submitted_at, updated_at, follow in cur.fetchall():
+        for row, state, job_id, sent_at, submitted_at, updated_at, follow, *job in cur.fetchall():
             if row not in wanted:
                 continue
             if state == TIMED_OUT:
                 if job_id is None:
                     continue
-                out.append(CarriedRow(row, SUBMITTED, job_id, sent_at, None, updated_at, RECHECK))
+                out.append(CarriedRow(row, SUBMITTED, job_id, sent_at, None, updated_at, RECHECK, *job))
             else:
-                out.append(CarriedRow(row, state, job_id, sent_at, submitted_at, updated_at, follow))
+                out.append(CarriedRow(row, state, job_id, sent_at, submitted_at, updated_at, follow, *job))
         return out
+
+    def digests(self) -> dict[int, str]:
+        """Rows whose source is a redacted URL: their real URL's fingerprint."""
+        self.flush()
+        return dict(self._conn.execute("SELECT row, source_digest FROM rows WHERE source_digest IS NOT NULL").fetchall())
 
     def has_unfinished(self) -> bool:
         """True while some row is pending, sending or submitted."""

@@ -19,6 +19,8 @@ import polars as pl
 from .errors import ManifestError, NotFoundError
 from .journal import FRAME_SCHEMA
 from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
+from .redact import digest as source_digest
+from .redact import redact_url
 from .report import REPORT_COLUMNS
 
 READY, REJECTED = "ready", "rejected"
@@ -27,11 +29,12 @@ DUPLICATE_KEY = "DUPLICATE_KEY"
 PROFILE_NOT_FOUND = "JOB_PROFILE_NOT_FOUND"
 _SCHEME = r"^[A-Za-z][A-Za-z0-9+.\-]*:"
 _DRIVE = r"^[A-Za-z]:[\\/]"
-_HTTP = r"(?i)^https?://[^/\s?#@]+(?:[/?#]\S*)?$"
+_HTTP = r"(?i)^https?://(?:[^/\s?#@]*@)?[^/\s?#@]+(?:[/?#]\S*)?$"
 # Plan columns in order; the manifest's own other columns follow them.
 PLAN_COLUMNS = (
     "row", "key", "ref_id", "source", "source_type", "source_path", "profile", "profile_kind",
     "profile_value", "job_profile_id", "name", "description", "bytes", "status", "error_code", "reason",
+    "source_digest",
 )  # fmt: skip
 # Every name the plan, the journal's frame or the report uses. A manifest column with one of these
 # names (or starting with "_", or ending in the join's "_journal") is carried as manifest_<name>.
@@ -110,6 +113,8 @@ class Plan:
     blank_rows: int = 0
     profiles_checked: bool = False
     notes: list[str] = field(default_factory=list)
+    # row -> the real URL of a source that carries a credential; `frame` holds only its redacted form.
+    secrets: dict[int, str] = field(default_factory=dict)
 
     @property
     def ready(self) -> pl.DataFrame:
@@ -334,11 +339,25 @@ def build_plan(
         .otherwise(None)
         .alias("profile_value"),
     )
+    # A URL with a credential in it (user:password@, a signature) is kept in memory only.
+    suspects = work.filter((pl.col("source_type") == "url") & pl.col("source").str.contains("[@?]"))
+    secrets: dict[int, str] = {}
+    redacted: dict[int, str] = {}
+    for row, url in suspects.select("row", "source").iter_rows():
+        shown = redact_url(url)
+        if shown != url:
+            secrets[row], redacted[row] = url, shown
+    shown_source = pl.col("source")
+    digest_expr = pl.lit(None, dtype=pl.String)
+    if secrets:
+        shown_source = pl.col("row").replace_strict(redacted, default=pl.col("source"), return_dtype=pl.String)
+        digests = {row: source_digest(url) for row, url in secrets.items()}
+        digest_expr = pl.col("row").replace_strict(digests, default=None, return_dtype=pl.String)
     out = work.select(
         pl.col("row"),
         pl.col("key"),
         pl.col("_ref_id").alias("ref_id"),
-        pl.col("source"),
+        shown_source.alias("source"),
         pl.col("source_type"),
         pl.col("source_path"),
         pl.col("profile"),
@@ -351,13 +370,17 @@ def build_plan(
         pl.col("status"),
         pl.col("error_code"),
         pl.col("reason"),
+        digest_expr.alias("source_digest"),
         *[pl.col(hidden[c]).alias(renamed[c]) for c in extras],
     )
     notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
     if extras:
         shown = ", ".join(c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras)
         notes.append(f"columns carried into the report unchanged, not used: {shown}")
-    return Plan(manifest=manifest, frame=out, extras=[renamed[c] for c in extras], blank_rows=blank_rows, notes=notes)
+    return Plan(
+        manifest=manifest, frame=out, extras=[renamed[c] for c in extras], blank_rows=blank_rows, notes=notes,
+        secrets=secrets,
+    )  # fmt: skip
 
 
 def plan_manifest(
@@ -399,7 +422,7 @@ async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamCl
         .alias("reason"),
         pl.when(unknown).then(pl.format("rejected:{}", pl.col("row"))).otherwise(pl.col("key")).alias("key"),
     ).drop("_resolved")
-    return Plan(plan.manifest, frame, plan.extras, plan.blank_rows, True, plan.notes)
+    return Plan(plan.manifest, frame, plan.extras, plan.blank_rows, True, plan.notes, plan.secrets)
 
 
 def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | None = None) -> dict:

@@ -236,7 +236,10 @@ class Poller:
             return
         if newest is not None:
             self._watermark = newest if self._watermark is None else max(self._watermark, newest)
-        await self._fallback(now, updates)
+        try:
+            await self._fallback(now, updates)
+        except TransientApiError as exc:
+            self.progress.message(f"reading a job on its own failed this time, will try again: {exc}")
         self.journal.record_progress(updates)
         self._adapt(changes, now)
 

@@ -19,7 +19,9 @@ import httpx
 import polars as pl
 
 from .api.client import SmartStreamClient
-from .errors import UsageError, error_log_folder
+from .errors import BatchIngestError, UsageError, error_log_folder
+from .plan import plan_manifest
+from .redact import digest as source_digest
 from .journal import JOURNAL_FILE, RECHECK, Journal
 from .progress import Progress
 from .report import PLAN_PARQUET, REPORT_PARQUET, build_report, read_report, read_summary, write_atomically, write_report
@@ -46,10 +48,10 @@ class NothingToRetry(Exception):
 NOT_INHERITED = ("api_url",)
 
 
-def _open_run(run_dir: Path) -> tuple[Journal, pl.DataFrame, dict[str, Any]]:
+def _open_run(run_dir: Path, *, migrate: bool = True) -> tuple[Journal, pl.DataFrame, dict[str, Any]]:
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir} is not a run folder: give the folder that holds {JOURNAL_FILE}")
-    journal = Journal.open(run_dir / JOURNAL_FILE)
+    journal = Journal.open(run_dir / JOURNAL_FILE, migrate=migrate)
     try:
         plan = pl.read_parquet(run_dir / PLAN_PARQUET)
     except (OSError, pl.exceptions.PolarsError) as exc:
@@ -68,11 +70,39 @@ def stored_settings(run_dir: Path) -> dict[str, Any]:
 def _stored(run_dir: Path) -> dict[str, Any]:
     if not (run_dir / JOURNAL_FILE).exists():
         return {}
-    journal = Journal.open(run_dir / JOURNAL_FILE)
+    journal = Journal.open(run_dir / JOURNAL_FILE, migrate=False)  # not under the run's lock yet
     try:
         return dict(journal.meta().get("settings") or {})
     finally:
         journal.close()
+
+
+def recover_secret_sources(meta: dict[str, Any], digests: dict[int, str], progress: Progress) -> dict[int, str]:
+    """The real URLs of the rows whose source is stored redacted, read again from the run's manifest.
+
+    A row whose URL the manifest no longer holds (gone, edited) is left out: it ends as an error
+    naming the fix, and every other row goes on."""
+    if not digests:
+        return {}
+    stored = meta.get("options") or {}
+    manifest = meta.get("manifest")
+    try:
+        plan = plan_manifest(
+            manifest, default_profile=stored.get("default_profile"), extra_columns=tuple(stored.get("extra_columns") or ())
+        )
+    except (BatchIngestError, OSError) as exc:
+        progress.message(
+            f"{len(digests)} row(s) have URLs with credentials, which are never stored, and the manifest "
+            f"{manifest} cannot be read again ({exc}): those rows end as errors"
+        )
+        return {}
+    found = {row: url for row, url in plan.secrets.items() if digests.get(row) == source_digest(url)}
+    if len(found) < len(digests):
+        progress.message(
+            f"{len(digests) - len(found)} row(s) have URLs with credentials that the manifest {manifest} no longer "
+            "holds as they were: those rows end as errors"
+        )
+    return found
 
 
 def check_api_url(run_dir: Path, meta: dict[str, Any], settings: Settings, options: RunOptions) -> None:
@@ -109,7 +139,7 @@ async def resume_run_async(
     lock = RunLock(run_dir).acquire()
     error_log_folder.set(run_dir)
     try:
-        journal, plan, meta = _open_run(run_dir)
+        journal, plan, meta = _open_run(run_dir, migrate=False)
         try:
             if not journal.has_unfinished():
                 done = _finished_result(run_dir)
@@ -117,8 +147,10 @@ async def resume_run_async(
                     return done
                 # Finished, but the report was never written (the process died just before): write it.
                 lock.write_pid()
+                journal.migrate()
                 return finish_run(journal, run_dir, plan, meta.get("extras", []), Segment("resume", started), progress)
             lock.write_pid()
+            journal.migrate()
             check_api_url(run_dir, meta, settings, options)
             stored = meta.get("options") or {}
             options = replace(
@@ -127,10 +159,12 @@ async def resume_run_async(
                 skip_existing=options.skip_existing or _skip_mode(stored.get("skip_existing")),
             )
             settings.require_api()
+            secrets = recover_secret_sources(meta, journal.digests(), progress)
             async with SmartStreamClient.from_settings(settings, transport=transport) as client:
                 return await execute_journal(
-                    journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started, "resume"
-                )
+                    journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started,
+                    "resume", secret_sources=secrets,
+                )  # fmt: skip
         finally:
             journal.close()
     finally:
@@ -226,10 +260,11 @@ async def retry_run_async(
                     write_report(build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", [])), original)
                 finally:
                     old_journal.close()
+                secrets = recover_secret_sources(meta, journal.digests(), progress)
                 async with SmartStreamClient.from_settings(settings, transport=transport) as client:
                     return await execute_journal(
                         journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started,
-                        "retry",
+                        "retry", secret_sources=secrets,
                     )  # fmt: skip
             finally:
                 journal.close()

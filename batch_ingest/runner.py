@@ -163,7 +163,7 @@ async def run_manifest_async(
             try:
                 return await execute_journal(
                     journal, run_dir, plan.frame, plan.extras, settings, options, client, progress, started, "run",
-                    notes=plan.notes,
+                    notes=plan.notes, secret_sources=plan.secrets,
                 )  # fmt: skip
             finally:
                 journal.close()
@@ -214,6 +214,7 @@ async def execute_journal(
     kind: str,
     *,
     notes: list[str] | None = None,
+    secret_sources: dict[int, str] | None = None,
 ) -> RunResult:
     """Submit and poll what the journal says is unfinished, then write the report."""
     stop = asyncio.Event()
@@ -259,6 +260,7 @@ async def execute_journal(
         status_map=settings.encode_status_map,
         follow=lambda row, job, now, task, follow: poller.track(row, job, now, task, follow),
         following=lambda: poller.following,
+        secret_sources=secret_sources,
     )
     poller.on_final = lambda state: submitter.count_failure() if state not in ("succeeded", "skipped") else None
     poller.on_resend = submitter.resend

@@ -6,6 +6,8 @@ config file (``batch-ingest.toml`` in the working folder, or ``--config FILE``),
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import sys
 import tomllib
@@ -13,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .api.models import EncodeStatusMap
 from .errors import ConfigError
@@ -26,6 +29,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_JOB_TIMEOUT = 6 * 3600.0  # a long encode is hours, not days
 DEFAULT_CONFIG_FILE = "batch-ingest.toml"
+MAX_CONCURRENCY = 256  # submissions in flight; far past what any account's rate limit can use
+MAX_UPLOAD_CONCURRENCY = 64
 ENV_PREFIX = "SMARTSTREAM_"
 
 
@@ -61,19 +66,66 @@ def _float(name: str, value: Any, minimum: float = 0.0) -> float:
         result = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(result):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if result < minimum:
         raise ConfigError(f"{name} must be at least {minimum:g}, got {value!r}")
     return result
 
 
-def _int(name: str, value: Any, minimum: int = 0) -> int:
+def _int(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
     try:
         result = int(str(value).strip())
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
     if result < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value!r}")
+    if maximum is not None and result > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value!r}")
     return result
+
+
+def _header_value(name: str, value: Any, secret: bool = False) -> str:
+    """A value sent in an HTTP header: printable ASCII only (else httpx could not send it)."""
+    text = str(value)
+    if not text or any(not (0x20 < ord(c) < 0x7F) for c in text):
+        shown = "" if secret else f" (got {text!r})"
+        raise ConfigError(f"{name} must be printable ASCII without spaces{shown}: check for a stray character")
+    return text
+
+
+def _api_url(name: str, value: Any) -> str:
+    """An http(s) base URL without credentials in it."""
+    text = str(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name} must be an http(s) URL such as {DEFAULT_API_URL}, got {redact_url(text)!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"{name} holds credentials (user:password@): remove them; the API key and token are given "
+            "with SMARTSTREAM_API_KEY and SMARTSTREAM_TOKEN (or email and password)"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{name} must be a base URL without ?query or #fragment")
+    return text
+
+
+def is_loopback(url: str) -> bool:
+    """True when `url`'s host is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def redact_url(url: str) -> str:
+    """`url` without user:password@ (and without a query string that looks like a signature)."""
+    from .redact import redact_url as _redact
+
+    return _redact(url)
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -119,6 +171,7 @@ class Settings:
     poll_max_interval: float = 30.0
     in_doubt_delay: float = 2.0  # pause before looking up a create that got no answer
     encode_status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
+    allow_http: bool = False  # plain http:// to a host other than this machine
 
     def require_api(self) -> Settings:
         """Self, or ConfigError naming the flag and the variable of the first missing setting."""
@@ -135,6 +188,11 @@ class Settings:
             )
         if self.email and not self.password and not self.token:
             raise ConfigError("--email needs --password (or export SMARTSTREAM_PASSWORD)")
+        if urlsplit(self.api_url).scheme == "http" and not is_loopback(self.api_url) and not self.allow_http:
+            raise ConfigError(
+                f"the API URL {self.api_url} is plain http: the API key and token would cross the network "
+                "unencrypted; use https, or pass --allow-http (config allow_http = true) if you mean it"
+            )
         return self
 
     def masked(self) -> dict[str, Any]:
@@ -142,7 +200,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, Secret):
+            if isinstance(value, Secret) or f.name in PRIVATE_FIELDS:
                 value = "********" if value else ""
             elif isinstance(value, EncodeStatusMap):
                 value = str(value)
@@ -156,15 +214,15 @@ class Settings:
 
 # name -> converter; the environment variable is SMARTSTREAM_<NAME>.
 _CONVERTERS: dict[str, Any] = {
-    "api_url": lambda n, v: str(v).rstrip("/"),
-    "merchant_id": lambda n, v: str(v),
-    "api_key": lambda n, v: Secret(str(v)),
-    "token": lambda n, v: Secret(str(v)),
+    "api_url": _api_url,
+    "merchant_id": lambda n, v: _header_value(n, v),
+    "api_key": lambda n, v: Secret(_header_value(n, v, secret=True)),
+    "token": lambda n, v: Secret(_header_value(n, v, secret=True)),
     "email": lambda n, v: str(v),
     "password": lambda n, v: Secret(str(v)),
     "rate": lambda n, v: _float(n, v, 0.0),
-    "concurrency": lambda n, v: _int(n, v, 1),
-    "upload_concurrency": lambda n, v: _int(n, v, 1),
+    "concurrency": lambda n, v: _int(n, v, 1, MAX_CONCURRENCY),
+    "upload_concurrency": lambda n, v: _int(n, v, 1, MAX_UPLOAD_CONCURRENCY),
     "retries": lambda n, v: _int(n, v, 0),
     "connect_timeout": lambda n, v: _float(n, v, 0.001),
     "read_timeout": lambda n, v: _float(n, v, 0.001),
@@ -173,8 +231,10 @@ _CONVERTERS: dict[str, Any] = {
     "poll_max_interval": lambda n, v: _float(n, v, 0.0),
     "in_doubt_delay": lambda n, v: _float(n, v, 0.0),
     "encode_status_map": _status_map,
+    "allow_http": _bool,
 }
 SECRET_FIELDS = frozenset({"api_key", "token", "password"})
+PRIVATE_FIELDS = frozenset({"email"})  # not a secret, but private: never stored or printed
 
 
 def load_config_file(

@@ -35,11 +35,13 @@ from .errors import (
     NotFoundError,
     PermanentApiError,
     ServerError,
+    SourceUnreadable,
     TransientApiError,
 )
 from .journal import EXISTING, EXISTING_ANY, FAILED, PENDING, SENDING, SKIPPED, Journal, RowTask
 from .aio import unless_stopped, wait_any
 from .progress import Progress
+from .redact import redact_url
 
 SKIP_NOT_FAILED, SKIP_ANY = "not-failed", "any"  # --skip-existing modes
 LOOKUP_PAGES = 5  # newest-jobs pages searched for an in-doubt row without ref_id
@@ -80,6 +82,7 @@ class Submitter:
         skip_existing: str | None = None,
         status_map: EncodeStatusMap | None = None,
         follow: Callable[[int, Job, float, RowTask, str], None] | None = None,
+        secret_sources: dict[int, str] | None = None,
         following: Callable[[], int] = lambda: 0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
@@ -98,6 +101,7 @@ class Submitter:
         self.follow = follow  # hand a job found by --skip-existing, still encoding, to the poller
         self.following = following  # followed jobs still in flight: any may send its row again
         self._existing: dict[str, Job] | None = None  # ref_id -> newest job, when listing all was cheaper
+        self.secret_sources = secret_sources or {}  # row -> real URL of a source stored redacted
         self._resend: deque[int] = deque()  # rows whose followed job failed: send again
         self._wake = asyncio.Event()
         self._on_wire: dict[asyncio.Task, bool] = {}  # row tasks -> is their create on the wire
@@ -144,6 +148,12 @@ class Submitter:
         queue: asyncio.Queue[RowTask | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         busy = [0]
 
+        queued: set[int] = set()  # rows on the queue or with a worker: never queued twice
+
+        async def put(task: RowTask) -> None:
+            queued.add(task.row)
+            await queue.put(task)
+
         async def rows() -> None:
             for states in ((SENDING,), (PENDING,)):
                 after = 0
@@ -154,14 +164,21 @@ class Submitter:
                     for task in batch:
                         if self.stop.is_set():
                             return
-                        await queue.put(task)
+                        if task.row not in queued and task.row not in self._resend:
+                            await put(task)
                     after = batch[-1].row
             # Followed jobs (re-checks, --skip-existing) may still fail and send their row again.
             while not self.stop.is_set():
+                deferred: list[int] = []
                 while self._resend and not self.stop.is_set():
-                    task = self.journal.task(self._resend.popleft())
+                    row = self._resend.popleft()
+                    if row in queued:
+                        deferred.append(row)  # a worker still has it: look again once it lets go
+                        continue
+                    task = self.journal.task(row)
                     if task is not None and task.state == PENDING:
-                        await queue.put(task)
+                        await put(task)
+                self._resend.extend(deferred)
                 if not (self._resend or busy[0] or not queue.empty() or self.following()):
                     return
                 self._wake.clear()
@@ -177,12 +194,14 @@ class Submitter:
         async def work() -> None:
             while (task := await queue.get()) is not None:
                 if self.stop.is_set():
+                    queued.discard(task.row)
                     continue
                 busy[0] += 1
                 try:
                     await self._submit_row_abandonable(task)
                 finally:
                     busy[0] -= 1
+                    queued.discard(task.row)
                     self._wake.set()
 
         async with asyncio.TaskGroup() as group:
@@ -292,7 +311,29 @@ class Submitter:
             self.follow(task.row, job, now, task, follow)
         return True
 
+    def _source(self, task: RowTask) -> str:
+        """The URL or path to send: a redacted URL's real form comes from memory only."""
+        if not task.source_digest:
+            return task.source
+        real = self.secret_sources.get(task.row)
+        if real is None:
+            raise SourceUnreadable(
+                "this row's URL carries a credential, which batch-ingest never stores, and the manifest no "
+                "longer holds it: give the run its manifest as it was, then resume"
+            )
+        return real
+
     async def _submit_row(self, task: RowTask) -> None:
+        try:
+            await self._submit_row_or_raise(task)
+        except SourceUnreadable as exc:
+            self._set_on_wire(False)
+            self.journal.mark_error(task.row, http_status=None, code=exc.code, message=str(exc), now=self._clock())
+            self.stats.errors += 1
+            self.progress.row_finished("error", row=task.row, key=task.key, ref_id=task.ref_id, error=f"{exc.code}: {exc}")
+            self.count_failure()
+
+    async def _submit_row_or_raise(self, task: RowTask) -> None:
         if self.skip_existing and task.ref_id and task.state == PENDING:
             try:
                 if await self._skip_if_exists(task):
@@ -369,6 +410,12 @@ class Submitter:
             self.abort(f"authentication failed: {exc}")
             return
         except PermanentApiError as exc:
+            if in_doubt:
+                # The look-up itself was refused (403, 400...): the create may still have made a job,
+                # so the row stays `sending` for a later resume to look up, never `error` to be re-sent.
+                self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
+                self.progress.message(f"row {task.row}: in doubt and the look-up failed ({exc}): resume looks again")
+                return
             self._fail(task, exc)
             return
         except TransientApiError as exc:
@@ -406,7 +453,7 @@ class Submitter:
         if task.source_type == "url":
             assert task.job_profile_id is not None
             return await self.client.create_job(
-                task.source,
+                self._source(task),
                 task.job_profile_id,
                 ref_id=task.ref_id,
                 name=task.name,
@@ -422,6 +469,7 @@ class Submitter:
                 description=task.description,
                 on_progress=self.progress.bytes_sent,
                 on_admitted=admitted,
+                expected_size=task.bytes,
             )
 
     async def _adopt(self, task: RowTask, sent_at: float | None) -> Job | None:
@@ -458,8 +506,13 @@ class Submitter:
         created = parse_api_date(job.created_at)
         if created is not None and created.timestamp() < earliest:
             return False
-        expected_source = task.source if task.source_type == "url" else Path(task.source_path or task.source).name
-        if job.source_url is not None and job.source_url != expected_source:
+        if task.source_type == "url":
+            real = self.secret_sources.get(task.row) if task.source_digest else task.source
+            if job.source_url is not None and (
+                job.source_url != real if real is not None else redact_url(job.source_url) != task.source
+            ):
+                return False
+        elif job.source_url is not None and job.source_url != Path(task.source_path or task.source).name:
             return False
         if task.job_profile_id is not None and job.job_profile_id not in (None, str(task.job_profile_id)):
             return False

@@ -128,6 +128,7 @@ def test_retry_timed_out_rechecks_the_job_and_resends_only_what_failed(tmp_path,
     assert result.exit_code == 0, result.output
     retried = report_of(second).join(timed_out.select("row", pl.col("job_id").alias("old_job")), on="row")
     assert (retried["outcome"] == "succeeded").all()
+    assert retried["media_id"].is_not_null().all() and retried["encode_s"].is_not_null().all()
     good = retried.filter(pl.col("row") > 3)
     assert (good["job_id"] == good["old_job"]).all()  # polled, not sent again
     dead = retried.filter(pl.col("row") <= 3)
@@ -138,6 +139,29 @@ def test_retry_timed_out_rechecks_the_job_and_resends_only_what_failed(tmp_path,
     result = run_cli(["retry", str(first), "--only", "timed_out", *FLAGS], server.env())
     assert result.exit_code == 0 and "already retried" in result.output
     assert server.stats()["jobs_created"] == 10 + dead.height
+
+
+def test_a_rechecked_row_whose_job_fails_is_sent_once_even_while_pending_rows_queue(tmp_path, emulator_server):
+    """The re-sent row must not be queued both by the pending pass and by the resend queue."""
+    server = emulator_server(
+        EmulatorConfig(rate_limit=0, queue_s=0.05, encode_s=30, jitter=0.0, storage_missing_for=("gone",), unreachable=("dead",))
+    )
+    n = 300
+    lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/gone/{i}.mp4,100,r-{i}" for i in range(n)]
+    lines.append("https://dead.example.com/last.mp4,100,r-last")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    first = tmp_path / "first"
+    result = run_cli(["run", str(manifest), "--report-dir", str(first), "--job-timeout", "0.01", *FLAGS], server.env())
+    assert result.exit_code == 1
+    assert report_of(first).filter(pl.col("ref_id") == "r-last")["outcome"].item() == "timed_out"
+    # Its job has failed meanwhile: the re-check finds that while 300 error rows are sent ahead of it.
+    set_knobs(server, storage_missing_for=(), latency_s=0.02)
+    result = run_cli(["retry", str(first), "--only", "error,timed_out", "--report-dir", str(tmp_path / "r"), *FLAGS], server.env())
+    assert result.exit_code == 1, result.output  # the dead host still fails
+    refs = server.stats()["duplicate_ref_ids"]
+    assert refs == {"r-last": 2}, refs  # the timed-out job and exactly one new one
+    assert server.stats()["jobs_created"] == 1 + n + 1
 
 
 # -- --skip-existing never hides a failure -------------------------------------------------------
@@ -305,7 +329,7 @@ def test_a_locked_run_folder_is_refused_naming_the_holder(tmp_path, emulator_ser
 def test_two_resumes_started_together_send_each_row_once(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=3))
     run_dir = _interrupted_run(tmp_path, server)
-    set_knobs(server, failure_rate=0.0, latency_s=0.05)  # the resumes take a while: they overlap
+    set_knobs(server, failure_rate=0.0, latency_s=0.2)  # the resumes take seconds: they overlap
     env = {**server.env(), **QUICK_DOUBT}
     procs = [_spawn(["resume", str(run_dir), "--max-failures", "1000", *FLAGS], env) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -413,3 +437,44 @@ def test_csv_report_writes_nested_values_as_json(tmp_path, emulator_server):
     assert result.exit_code == 0, result.output
     csv = pl.read_csv(tmp_path / "run" / "report.csv", infer_schema=False)
     assert json.loads(csv["tags"][0]) == ["a", "b"] and json.loads(csv["meta"][0]) == {"k": 1}
+
+
+# -- journals written by the previous version ----------------------------------------------------
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE rows (
+    row INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, ref_id TEXT, source TEXT, source_type TEXT,
+    source_path TEXT, job_profile_id INTEGER, name TEXT, description TEXT, bytes INTEGER, state TEXT NOT NULL,
+    job_id TEXT, media_id TEXT, encode_status INTEGER, job_created_at TEXT, job_updated_at TEXT,
+    http_status INTEGER, error_code TEXT, error_message TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    sent_at REAL, submitted_at REAL, finished_at REAL
+);
+INSERT INTO meta VALUES ('schema_version', '1');
+INSERT INTO rows (row, key, source, source_type, state, job_id, error_message) VALUES
+    (1, 'r-1', 'https://cdn.example.com/1.mp4', 'url', 'handed_over', 'j1', 'continued by the retry run in /runs/b'),
+    (2, 'r-2', 'https://cdn.example.com/2.mp4', 'url', 'pending', NULL, NULL);
+"""
+
+
+def test_a_version_1_journal_is_migrated_under_the_lock_and_keeps_its_hand_overs(tmp_path):
+    import sqlite3
+
+    path = tmp_path / JOURNAL_FILE
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")  # as version 1 made it
+    conn.executescript(V1_SCHEMA)
+    conn.close()
+    before = path.read_bytes()
+    journal = Journal.open(path, migrate=False)  # reading settings before the lock: no change
+    assert journal.has_unfinished() and journal.meta()["schema_version"] == 1
+    journal.close()
+    assert path.read_bytes() == before
+    journal = Journal.open(path)
+    try:
+        assert journal.meta()["schema_version"] == 2
+        assert journal.handed_to() == {1: "/runs/b"}
+        assert [t.row for t in journal.tasks(("pending",))] == [2]
+        journal.migrate()  # twice is harmless
+    finally:
+        journal.close()

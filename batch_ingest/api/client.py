@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..errors import (
     PermanentApiError,
     RateLimitedError,
     ServerError,
+    SourceUnreadable,
 )
 from ..settings import Settings
 from .auth import Auth, expiration_epoch
@@ -357,10 +359,31 @@ class SmartStreamClient:
         description: str | None = None,
         on_progress: ProgressCallback | None = None,
         on_admitted: AdmittedCallback | None = None,
+        expected_size: int | None = None,
     ) -> Job:
-        """POST jobs (local file ingest), streaming `source_file` from disk. Not retried."""
+        """POST jobs (local file ingest), streaming `source_file` from disk. Not retried.
+
+        A file that is gone, unreadable, no longer a regular file, of another size than
+        `expected_size`, or that shrinks or grows during the upload raises SourceUnreadable;
+        an upload cut short that way never completes its body, so it cannot have created a job.
+        """
         file_path = Path(file_path)
-        size = file_path.stat().st_size
+        try:
+            st = file_path.stat()
+        except OSError as exc:
+            raise SourceUnreadable(f"{file_path}: {exc.strerror}: the file changed since validation") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceUnreadable(f"{file_path} is no longer a regular file (it changed since validation)")
+        size = st.st_size
+        if expected_size is not None and size != expected_size:
+            raise SourceUnreadable(
+                f"{file_path} changed size since validation ({expected_size} -> {size} bytes): check the file, "
+                "then retry the row"
+            )
+        try:
+            os.close(os.open(file_path, os.O_RDONLY))
+        except OSError as exc:
+            raise SourceUnreadable(f"{file_path}: {exc.strerror}: the file changed since validation") from None
         fields = {k: v for k, v in (("ref_id", ref_id), ("name", name), ("description", description)) if v}
         path = f"{self._prefix}/jobs"
 
@@ -506,13 +529,18 @@ async def _stream_file(
     """The multipart body: head, the file in chunks read off the event loop, tail."""
     yield head
     sent = 0
-    with open(path, "rb") as f:  # noqa: ASYNC230 - reads happen in a worker thread below
-        while sent < size:
-            chunk = await asyncio.to_thread(f.read, min(UPLOAD_CHUNK, size - sent))
-            if not chunk:
-                raise PermanentApiError(f"{path} shrank while it was being uploaded ({sent} of {size} bytes)")
-            sent += len(chunk)
-            if on_progress is not None:
-                on_progress(len(chunk))
-            yield chunk
+    try:
+        with open(path, "rb") as f:  # noqa: ASYNC230 - reads happen in a worker thread below
+            while sent < size:
+                chunk = await asyncio.to_thread(f.read, min(UPLOAD_CHUNK, size - sent))
+                if not chunk:
+                    raise SourceUnreadable(f"{path} shrank while it was being uploaded ({sent} of {size} bytes)")
+                sent += len(chunk)
+                if on_progress is not None:
+                    on_progress(len(chunk))
+                yield chunk
+            if await asyncio.to_thread(f.read, 1):
+                raise SourceUnreadable(f"{path} grew while it was being uploaded (past {size} bytes)")
+    except OSError as exc:
+        raise SourceUnreadable(f"{path}: {exc.strerror} while it was being uploaded") from None
     yield tail
