@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections import Counter
 import os
 import re
 import stat
@@ -57,15 +58,28 @@ def _squash(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
+_KNOWN_SQUASHED = {_squash(k): k for k in KNOWN_COLUMNS}
+_KNOWN_LETTERS = {k: Counter(k) for k in _KNOWN_SQUASHED}
+CLOSE = 0.8  # difflib's ratio at which a column name is taken for a misspelt known one
+
+
 def _looks_like(name: str) -> str | None:
     """The known column `name` is probably meant to be (a misspelling or a common alias), or None."""
     if name in _ALIASES:
         return _ALIASES[name]
-    squashed = {_squash(k): k for k in KNOWN_COLUMNS}
-    if _squash(name) in squashed:
-        return squashed[_squash(name)]
-    close = difflib.get_close_matches(_squash(name), list(squashed), n=1, cutoff=0.8)
-    return squashed[close[0]] if close else None
+    squashed = _squash(name)
+    if squashed in _KNOWN_SQUASHED:
+        return _KNOWN_SQUASHED[squashed]
+    letters = set(squashed)
+    for known, original in _KNOWN_SQUASHED.items():
+        # A cheap upper bound of the letters the two share first: most names are nothing like a known one.
+        counts = _KNOWN_LETTERS[known]
+        shared = sum(counts[c] for c in letters.intersection(counts))
+        if 2 * min(shared, len(squashed)) < CLOSE * (len(known) + len(squashed)):
+            continue
+        if difflib.SequenceMatcher(a=known, b=squashed, autojunk=False).ratio() >= CLOSE:
+            return original
+    return None
 
 
 def account_for_columns(
@@ -127,8 +141,9 @@ class Plan:
         return self.frame.filter(pl.col("status") == REJECTED)
 
 
-def _text(frame: pl.DataFrame, name: str) -> pl.Expr:
-    if name in frame.columns:
+def _text(columns: set[str] | list[str], name: str) -> pl.Expr:
+    """A text column, trimmed, empty as null (null when the manifest has no such column)."""
+    if name in columns:
         expr = pl.col(name).cast(pl.String).str.strip_chars()
         return pl.when(expr == "").then(None).otherwise(expr)
     return pl.lit(None, dtype=pl.String)
@@ -178,21 +193,26 @@ def build_plan(
     """Validate every row; rejected rows keep their number and reason. Never drops a row silently."""
     base = manifest.resolve().parent
     extras, renamed = account_for_columns(manifest, frame.columns, extra_columns)
-    # Extras travel under internal names, so none can meet a working column (row, key, status...).
-    hidden = {c: f"__extra_{i}__" for i, c in enumerate(extras)}
-    frame = frame.rename(hidden)
-    cells = [_text(frame, c).alias(f"_{c}") for c in (*SOURCE_COLUMNS, "profile", "ref_id", "name", "description")]
-    work = frame.with_columns(cells)
     # Blank lines (every cell empty) are not rows; count them so the plan can say so.
-    blank = pl.all_horizontal(
-        [
-            _text(frame, c).is_null() if frame.schema[c] in (pl.String, pl.Null) else pl.col(c).is_null()
-            for c in frame.columns
-            if c != RAGGED
-        ]
-    )
-    blank_rows = int(work.select(blank.sum()).item()) if frame.height else 0
-    work = work.filter(~blank) if blank_rows else work
+    schema = frame.schema  # read once: each read of it costs a walk of every column
+    texts = [c for c, t in schema.items() if t in (pl.String, pl.Null) and c != RAGGED]
+    others = [c for c, t in schema.items() if t not in (pl.String, pl.Null) and c != RAGGED]
+    # One expression per kind of column, not one per column: linear in the width of the manifest.
+    blank = pl.lit(True)
+    if texts:
+        joined = pl.concat_str([pl.col(texts).cast(pl.String).fill_null("")], separator="")
+        blank = blank & (joined.str.strip_chars() == "")
+    if others:
+        blank = blank & pl.all_horizontal(pl.col(others).is_null())
+    blank_rows = int(frame.select(blank.sum()).item()) if frame.height else 0
+    if blank_rows:
+        frame = frame.filter(~blank)
+    # Extras stay out of the working frame (each step over a wide frame costs a walk of every column)
+    # and join it again, row for row, at the end; so no extra can ever meet a working column either.
+    carried = frame.select(extras)
+    present_columns = set(schema)
+    cells = [_text(present_columns, c).alias(f"_{c}") for c in (*SOURCE_COLUMNS, "profile", "ref_id", "name", "description")]
+    work = frame.select(*cells, *([pl.col(RAGGED)] if RAGGED in present_columns else []))
     if work.height == 0:
         raise ManifestError(
             f"{manifest}: no rows: the manifest has a header ({', '.join(frame.columns)}) but no data rows"
@@ -371,12 +391,13 @@ def build_plan(
         pl.col("error_code"),
         pl.col("reason"),
         digest_expr.alias("source_digest"),
-        *[pl.col(hidden[c]).alias(renamed[c]) for c in extras],
     )
+    out = pl.concat([out, carried.rename(renamed)], how="horizontal") if extras else out
     notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
     if extras:
-        shown = ", ".join(c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras)
-        notes.append(f"columns carried into the report unchanged, not used: {shown}")
+        shown = ", ".join(c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras[:20])
+        more = f" and {len(extras) - 20} more" if len(extras) > 20 else ""
+        notes.append(f"columns carried into the report unchanged, not used: {shown}{more}")
     return Plan(
         manifest=manifest, frame=out, extras=[renamed[c] for c in extras], blank_rows=blank_rows, notes=notes,
         secrets=secrets,

@@ -139,7 +139,30 @@ class Poller:
                 return
             self._finish_ready()
             if self._jobs:
-                await unless_stopped(self.poll_once(), stop)
+                await self._poll_within_deadlines(stop)
+
+    async def _poll_within_deadlines(self, stop: asyncio.Event) -> None:
+        """One poll, but jobs whose deadline passes while it waits (retries of a slow or failing page)
+        end on time; a stop, or no job left to follow, ends the poll (it only reads)."""
+        poll = asyncio.ensure_future(self.poll_once())
+        try:
+            while True:
+                while self._deadlines and self._deadlines[0][1] not in self._jobs:
+                    heapq.heappop(self._deadlines)  # a job that already ended
+                earliest = self._deadlines[0][0] if self._deadlines else None
+                timeout = None if earliest is None else max(0.0, earliest - self._clock()) + 0.01
+                await unless_stopped(asyncio.wait({poll}, timeout=timeout), stop)
+                if poll.done() or stop.is_set():
+                    break
+                self.journal.record_progress(self._expire(self._clock()))
+                if not self._jobs:
+                    break
+        finally:
+            if not poll.done():
+                poll.cancel()
+                await asyncio.gather(poll, return_exceptions=True)
+        if not poll.cancelled():
+            poll.result()
 
     def _finish_ready(self) -> None:
         """Record jobs already final (from a create answer) and jobs past their timeout, for free."""
@@ -200,7 +223,13 @@ class Poller:
         previous: list[Any] | None = None
         try:
             while True:
-                items = await self.client.list_jobs_raw(limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC")
+                items, count = await self.client.list_jobs_raw(
+                    limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC"
+                )
+                if count is not None and count > MAX_PAGE_SIZE and (page - 1) * MAX_PAGE_SIZE >= count + MAX_PAGE_SIZE:
+                    raise EndlessListing(
+                        f"the jobs list said it holds {count} jobs but page {page} still came: it pages without end"
+                    )
                 ids = [item.get("id") for item in items]
                 if previous is not None and ids and ids == previous:
                     raise EndlessListing(f"page {page} of the jobs list repeats page {page - 1}: the API pages without end")

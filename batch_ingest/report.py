@@ -192,4 +192,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 def format_counts(summary: dict[str, Any]) -> str:
     """One line of counts per outcome (what `-q` prints when a run did not fully succeed)."""
     parts = ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items() if v)
-    return f"run {summary['run_id']}: {parts or 'no rows'} (exit {summary['exit_code']})"
+    line = f"run {summary['run_id']}: {parts or 'no rows'} (exit {summary['exit_code']})"
+    if summary.get("abort_reason"):
+        line += f"; aborted: {summary['abort_reason']}"
+    return line

@@ -35,6 +35,7 @@ from .report import (
     write_summary,
 )
 from .submit import SKIP_ANY, SKIP_NOT_FAILED
+from .text import safe_text
 from .settings import SECRET_FIELDS as SECRET_SETTINGS
 from .settings import Settings
 from .submit import Submitter
@@ -219,6 +220,7 @@ async def execute_journal(
     """Submit and poll what the journal says is unfinished, then write the report."""
     stop = asyncio.Event()
     interrupted = _install_signal_handlers(stop, progress, run_dir) if options.handle_signals else None
+    client.on_notice = progress.message
     counts = journal.counts()
     to_submit = counts.get("pending", 0) + counts.get("sending", 0)
     upload_bytes = int(
@@ -328,7 +330,9 @@ def finish_after_internal_error(
     """Log the traceback to RUN_DIR/error.log, write the report of what the journal holds, exit 4."""
     log = write_error_log(run_dir, exc)
     first = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and exc.exceptions else exc
-    progress.message(f"internal error: {type(first).__name__}: {first}; details in {log}")
+    text = f"internal error: {type(first).__name__}: {first}"[:300] + f"; details in {log}"
+    print(f"batch-ingest: {safe_text(text)}", file=sys.stderr, flush=True)  # even with -q: it is an error
+    progress.message(text)
     result = finish_run(journal, run_dir, plan, extras, segment, progress, None, options, exit_code=EXIT_INTERNAL)
     progress.message(f"the run can be continued with: batch-ingest resume {run_dir}")
     return result

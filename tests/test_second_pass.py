@@ -146,7 +146,7 @@ def test_a_rechecked_row_whose_job_fails_is_sent_once_even_while_pending_rows_qu
     server = emulator_server(
         EmulatorConfig(rate_limit=0, queue_s=0.05, encode_s=30, jitter=0.0, storage_missing_for=("gone",), unreachable=("dead",))
     )
-    n = 300
+    n = 120
     lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/gone/{i}.mp4,100,r-{i}" for i in range(n)]
     lines.append("https://dead.example.com/last.mp4,100,r-last")
     manifest = tmp_path / "m.csv"
@@ -155,8 +155,8 @@ def test_a_rechecked_row_whose_job_fails_is_sent_once_even_while_pending_rows_qu
     result = run_cli(["run", str(manifest), "--report-dir", str(first), "--job-timeout", "0.01", *FLAGS], server.env())
     assert result.exit_code == 1
     assert report_of(first).filter(pl.col("ref_id") == "r-last")["outcome"].item() == "timed_out"
-    # Its job has failed meanwhile: the re-check finds that while 300 error rows are sent ahead of it.
-    set_knobs(server, storage_missing_for=(), latency_s=0.02)
+    # Its job has failed meanwhile: the re-check finds that while 120 error rows are sent ahead of it.
+    set_knobs(server, storage_missing_for=(), latency_s=0.04, encode_s=0.2)
     result = run_cli(["retry", str(first), "--only", "error,timed_out", "--report-dir", str(tmp_path / "r"), *FLAGS], server.env())
     assert result.exit_code == 1, result.output  # the dead host still fails
     refs = server.stats()["duplicate_ref_ids"]

@@ -36,7 +36,7 @@ from ..settings import Settings
 from .auth import Auth, expiration_epoch
 from .clock import PlatformClock
 from .models import Job, JobProfile, MalformedRecord, Page
-from .ratelimit import RateLimiter, parse_retry_after
+from .ratelimit import RETRY_AFTER_CEILING_S, RateLimiter, parse_retry_after
 from .retry import call_with_retries
 
 USER_AGENT = f"batch-ingest/{__version__} httpx/{httpx.__version__}"
@@ -48,6 +48,7 @@ UPLOAD_CHUNK = 4 * 1024 * 1024  # bytes read from disk per step of an upload (1 
 # their total still equals the caller's bound.
 CONNECTIONS_PER_POOL = 16
 MAX_PAGE_SIZE = 100  # NOTES.md: assume at most 100 items per page
+ANNOUNCE_PAUSE_S = 5.0  # a rate-limit pause longer than this is announced with its reason and end
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a page of 100 jobs is ~50 KB; anything this large is not an answer
 MAX_PAGES = 10_000  # a listing that has not ended by then never will (1,000,000 items)
 MAX_POLL_PAGES = 1_000  # one poll reads back to the last change seen: 100,000 changes at most
@@ -98,6 +99,8 @@ class SmartStreamClient:
         self._sleep = sleep
         self.requests_sent = 0
         self.platform_clock = PlatformClock()
+        self.on_notice: Callable[[str], Any] = lambda text: None  # long waits are announced here
+        self._announced_until = 0.0
         self._prefix = f"/v1/merchants/{quote(merchant_id, safe='')}"
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)
         # The read timeout is per read: a server trickling a byte at a time would hold a request forever.
@@ -250,7 +253,15 @@ class SmartStreamClient:
         where = {"method": method, "path": path, "status": status, "code": code}
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            self.limiter.on_rate_limited(retry_after, admitted_at)
+            pause = self.limiter.on_rate_limited(retry_after, admitted_at)
+            if pause > ANNOUNCE_PAUSE_S and self._announced_until < self._clock() + pause - 1:
+                self._announced_until = self._clock() + pause
+                until = time.strftime("%H:%M:%S", time.gmtime(self._announced_until))
+                asked = (
+                    f"asked for {retry_after:.0f} s (Retry-After, capped at {RETRY_AFTER_CEILING_S:.0f} s)"
+                    if retry_after is not None else "gave no Retry-After"
+                )  # fmt: skip
+                self.on_notice(f"rate limited (429): the API {asked}; every request waits {pause:.0f} s, until {until} UTC")
             raise RateLimitedError(message, retry_after=retry_after, **where)
         if status >= 500:
             raise ServerError(message, **where)
@@ -432,9 +443,10 @@ class SmartStreamClient:
 
     async def list_jobs_raw(
         self, *, limit: int = MAX_PAGE_SIZE, page: int = 1, sort: str = "updated_at", order: str = "DESC"
-    ) -> list[dict[str, Any]]:
-        """GET jobs: one page as the API's dicts (a poller reads many jobs that are not its own)."""
-        return _items(await self._list("jobs", limit, page, sort, order), "jobs", self._prefix)
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """GET jobs: one page as the API's dicts (a poller reads many jobs that are not its own), and `count`."""
+        body = await self._list("jobs", limit, page, sort, order)
+        return _items(body, "jobs", self._prefix), _count(body)
 
     async def _list(self, what: str, limit: int, page: int, sort: str, order: str) -> Any:
         return await self._get(f"{self._prefix}/{what}", {"limit": limit, "page": page, "sort": sort, "order": order})

@@ -29,6 +29,7 @@ BACKOFF_CAP_S = 60.0  # one window: after that the server's count has surely res
 SLOWDOWN_FACTOR = 0.8  # budget multiplier after each 429
 MIN_FACTOR = 0.25
 RECOVERY_STEP = 0.01  # budget fraction regained per successful request
+RETRY_AFTER_CEILING_S = 300.0  # a longer Retry-After is taken as this: the server is wrong or hostile
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -131,7 +132,7 @@ class RateLimiter:
             pause = self._backoff * (0.5 + self._rng.random() / 2)
             self._backoff = min(BACKOFF_CAP_S, self._backoff * 2)
         else:
-            pause = min(retry_after, 3600.0)
+            pause = min(retry_after, RETRY_AFTER_CEILING_S)
         self._paused_until = max(self._paused_until, self._clock() + pause)
         self._factor = max(MIN_FACTOR, self._factor * SLOWDOWN_FACTOR)
         return pause

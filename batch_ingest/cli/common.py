@@ -10,7 +10,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -41,24 +41,45 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except BatchIngestError as exc:
-            click.echo(f"batch-ingest: error: {safe_text(str(exc))}", err=True)
-            sys.exit(exit_code_for(exc))
-        except (click.exceptions.Exit, click.exceptions.ClickException, SystemExit):
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort, SystemExit):
             raise
-        except Exception as exc:  # noqa: BLE001 - the last line of defence
-            local = local_state_problem(exc)
-            if local is not None:
-                click.echo(f"batch-ingest: error: {safe_text(local)}", err=True)
-                sys.exit(EXIT_USAGE)
-            log = write_error_log(error_log_folder.get(), exc)
-            click.echo(f"batch-ingest: internal error: {safe_text(f'{type(exc).__name__}: {exc}')[:300]}; details in {log}", err=True)
-            sys.exit(EXIT_INTERNAL)
+        except BaseException as exc:  # noqa: BLE001 - the last line of defence
+            exit_for(exc)
 
     return wrapper
+
+
+def exit_for(exc: BaseException) -> NoReturn:
+    """Print what went wrong in one line and exit with the documented code (see handle_errors)."""
+    if isinstance(exc, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if isinstance(exc, BatchIngestError):
+        click.echo(f"batch-ingest: error: {safe_text(str(exc))}", err=True)
+        sys.exit(exit_code_for(exc))
+    local = local_state_problem(exc)
+    if local is not None:
+        click.echo(f"batch-ingest: error: {safe_text(local)}", err=True)
+        sys.exit(EXIT_USAGE)
+    if not isinstance(exc, Exception):
+        raise exc
+    log = write_error_log(error_log_folder.get(), exc)
+    text = safe_text(f"{type(exc).__name__}: {exc}")[:300]
+    click.echo(f"batch-ingest: internal error: {text}; details in {log}", err=True)
+    sys.exit(EXIT_INTERNAL)
+
+
+class Group(click.Group):
+    """The command group: errors raised before a command runs (while click converts an argument,
+    say) go through the same `exit_for` as the commands' own."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, **kwargs)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            exit_for(exc)
 
 
 def check_writable(path: Path | None, option: str) -> None:
@@ -114,13 +135,19 @@ def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="TOML config file (default: ./batch-ingest.toml when present)."),
         click.option("--api-url", help="API base URL [env SMARTSTREAM_API_URL; default the SmartSTREAM API]."),
         click.option("--merchant-id", help="Merchant id [env SMARTSTREAM_MERCHANT_ID]."),
-        click.option("--api-key", help="API key [env SMARTSTREAM_API_KEY]; prefer the variable, flags show in ps."),
-        click.option("--token", help="Bearer token as is [env SMARTSTREAM_TOKEN]."),
+        click.option("--allow-http", is_flag=True, default=None,
+                     help="Allow a plain http:// API URL to a host other than this machine (the key and token "
+                          "then cross the network unencrypted) [env SMARTSTREAM_ALLOW_HTTP]."),
+        click.option("--api-key", help="API key [env SMARTSTREAM_API_KEY]. Flags show in `ps` to every user "
+                                       "of the machine: prefer the environment variable."),
+        click.option("--token", help="Bearer token as is [env SMARTSTREAM_TOKEN]. Flags show in `ps`: prefer "
+                                     "the environment variable."),
         click.option("--email", help="Email for the auth-token endpoint [env SMARTSTREAM_EMAIL]."),
-        click.option("--password", help="Password for the auth-token endpoint [env SMARTSTREAM_PASSWORD]."),
+        click.option("--password", help="Password for the auth-token endpoint [env SMARTSTREAM_PASSWORD]. Flags "
+                                        "show in `ps`: prefer the environment variable."),
         click.option("--rate", type=float, help="Requests per minute for everything the run sends [default 50; 0: no limit]."),
-        click.option("--concurrency", type=int, help="Submissions in flight at most [default 8]."),
-        click.option("--upload-concurrency", type=int, help="Uploads in flight at most [default 2]."),
+        click.option("--concurrency", type=int, help="Submissions in flight at most [default 8; at most 256]."),
+        click.option("--upload-concurrency", type=int, help="Uploads in flight at most [default 2; at most 64]."),
         click.option("--retries", type=int, help="Retries of a transient failure [default 5]."),
         click.option("--job-timeout", type=float, help="Seconds a job may take after submission [default 21600]."),
         click.option("--poll-min-interval", type=float, help="Shortest pause between polls, seconds [default 2]."),
@@ -162,6 +189,7 @@ def progress_for(quiet: bool, options: dict[str, Any]):  # -> Progress
 _SETTING_FLAGS = (
     "api_url", "merchant_id", "api_key", "token", "email", "password", "rate", "concurrency",
     "upload_concurrency", "retries", "job_timeout", "poll_min_interval", "poll_max_interval", "encode_status_map",
+    "allow_http",
 )  # fmt: skip
 
 
@@ -193,7 +221,7 @@ def emulator_for_run(enabled: bool, options: dict[str, Any]) -> Iterator[None]:
         yield
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="batch-ingest")
 def main() -> None:
     """Move video libraries into SmartSTREAM in bulk: submit, poll, report."""
