@@ -204,9 +204,13 @@ def build_plan(
         blank = blank & (joined.str.strip_chars() == "")
     if others:
         blank = blank & pl.all_horizontal(pl.col(others).is_null())
-    blank_rows = int(frame.select(blank.sum()).item()) if frame.height else 0
+    # Only a row without a source can be blank: check the whole width of those rows alone.
+    no_source = pl.all_horizontal([_text(schema, c).is_null() for c in SOURCE_COLUMNS])
+    candidates = frame.select(pl.arg_where(no_source)).to_series() if frame.height else pl.Series([], dtype=pl.UInt32)
+    blank_at = candidates.filter(frame[candidates.to_list()].select(blank).to_series()) if len(candidates) else candidates
+    blank_rows = len(blank_at)
     if blank_rows:
-        frame = frame.filter(~blank)
+        frame = frame.filter(~pl.int_range(pl.len(), dtype=pl.UInt32).is_in(blank_at.to_list()))
     # Extras stay out of the working frame (each step over a wide frame costs a walk of every column)
     # and join it again, row for row, at the end; so no extra can ever meet a working column either.
     carried = frame.select(extras)
