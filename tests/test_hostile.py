@@ -94,6 +94,9 @@ class Hostile:
                 await asyncio.sleep(0.2)
             await send({"type": "http.response.body", "body": b""})
             return
+        elif method == "GET" and path.endswith("/job_profiles") and mode == "profiles_repeat":
+            profiles = [{"id": str(1000 + i), "ref_id": f"p{i}", "name": "x"} for i in range(100)]
+            body, status = json.dumps({"count": 100, "job_profiles": profiles}).encode(), 200
         elif "job_profiles/" in path and mode == "profile_id_object" and status < 300:
             data = json.loads(body)
             body = json.dumps({**data, "id": {"id": data["id"]}}).encode()
@@ -207,6 +210,52 @@ def test_a_malformed_profile_is_an_error_not_a_traceback(tmp_path, hostile):
     code, out, err, _ = run_bounded(["validate", str(manifest)], env_for(hostile))
     assert_clean(code, out, err)
     assert code == 3 and "malformed jobprofile" in err and "job_profiles/100" in err
+
+
+def test_a_profiles_listing_without_end_stops_with_a_message(hostile):
+    hostile.mode = "profiles_repeat"
+    code, out, err, _ = run_bounded(["profiles"], env_for(hostile), bound_s=30)
+    assert_clean(code, out, err)
+    assert code == 3 and "pages without end" in err
+
+
+def test_a_worker_that_fails_unexpectedly_ends_the_run_not_hangs_it(tmp_path, emulator_server, monkeypatch):
+    """More rows queued than the queue holds, and one worker raises something that is not an API error."""
+    import batch_ingest.submit as submit
+
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("source,profile\n" + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(100)))
+    original = submit.Submitter._create
+
+    async def create(self, task, admitted):  # noqa: ANN001, ANN202
+        if task.row == 5:
+            raise RuntimeError("injected: not an API error")
+        return await original(self, task, admitted)
+
+    monkeypatch.setattr(submit.Submitter, "_create", create)
+    outcome: dict[str, Any] = {}
+
+    from batch_ingest import resolve_settings
+    from batch_ingest.runner import RunOptions, run_manifest
+
+    settings = resolve_settings({"concurrency": 2, "rate": 0}, env=server.env())
+
+    def invoke() -> None:  # in a thread of its own, so that a hang fails the test instead of hanging it
+        outcome["result"] = run_manifest(manifest, settings, RunOptions(run_dir=tmp_path / "run"))
+
+    worker = threading.Thread(target=invoke, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "the run hung after a worker failed"
+    assert outcome["result"].exit_code == 4
+    assert "RuntimeError: injected" in (tmp_path / "run" / "error.log").read_text()
+    report = pl.read_parquet(tmp_path / "run" / "report.parquet")
+    assert report.height == 100  # every row reported; resume finishes the rest
+    monkeypatch.setattr(submit.Submitter, "_create", original)
+    result = CliRunner().invoke(main, ["resume", str(tmp_path / "run"), *FLAGS], env=server.env())
+    assert result.exit_code == 0, result.output
+    assert server.stats()["jobs_created"] == 100 and server.stats()["duplicate_sources"] == {}
 
 
 def test_a_file_that_vanished_or_changed_ends_its_row_and_resume_finishes(tmp_path, emulator_server):
