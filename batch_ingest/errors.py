@@ -27,7 +27,9 @@ No exception carries request headers, tokens or passwords.
 from __future__ import annotations
 
 import contextvars
+import errno
 import os
+import sqlite3
 import tempfile
 import time
 import traceback
@@ -183,3 +185,36 @@ def write_error_log(folder: Path | None, exc: BaseException) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     return Path(name)
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups, or `exc` itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+_LOCAL_ERRNOS = {
+    errno.ENOSPC: "free some space, then resume the run (`batch-ingest resume RUN_DIR`)",
+    errno.EDQUOT: "free some space (disk quota), then resume the run",
+    errno.EACCES: "check the permissions of that path (or choose another with --report-dir)",
+    errno.EPERM: "check the permissions of that path (or choose another with --report-dir)",
+    errno.EROFS: "the file system is read-only: choose another folder with --report-dir",
+}
+
+
+def local_state_problem(exc: BaseException) -> str | None:
+    """A message naming the fix when `exc` is the machine's state (disk, permissions, a damaged
+    journal, a bad path) rather than a bug; None otherwise."""
+    exc = first_leaf(exc)
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (
+            f"the run's journal cannot be used ({exc}): it is damaged, not a batch-ingest journal, or not "
+            "writable; check the run folder's permissions and free space, or start a new run"
+        )
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"cannot write{where}: {exc.strerror}: {_LOCAL_ERRNOS[exc.errno]}"
+    if isinstance(exc, ValueError) and "null byte" in str(exc):
+        return "a path contains a NUL byte: check the file names given on the command line and in the manifest"
+    return None

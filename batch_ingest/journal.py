@@ -86,7 +86,7 @@ CREATE TABLE IF NOT EXISTS rows (
     finished_at REAL,
     follow TEXT,
     handed_to TEXT,
-    source_digest TEXT
+    source_secret INTEGER
 );
 CREATE INDEX IF NOT EXISTS rows_state ON rows(state, row);
 CREATE TABLE IF NOT EXISTS known_jobs (job_id TEXT PRIMARY KEY, origin TEXT NOT NULL);
@@ -95,7 +95,7 @@ _MIGRATIONS = {  # from version N to N + 1
     1: (
         "ALTER TABLE rows ADD COLUMN follow TEXT",
         "ALTER TABLE rows ADD COLUMN handed_to TEXT",
-        "ALTER TABLE rows ADD COLUMN source_digest TEXT",
+        "ALTER TABLE rows ADD COLUMN source_secret INTEGER",
         # Version 1 marked a hand-over by state alone; version 2 also needs whom the row went to.
         "UPDATE rows SET handed_to = coalesce(nullif(replace(error_message, 'continued by the retry run in ', ''), "
         "error_message), 'an earlier retry run') WHERE state = 'handed_over'",
@@ -104,11 +104,11 @@ _MIGRATIONS = {  # from version N to N + 1
 }
 _ROW_COLUMNS = (
     "row", "key", "ref_id", "source", "source_type", "source_path", "job_profile_id", "name",
-    "description", "bytes", "state", "error_code", "error_message", "source_digest",
+    "description", "bytes", "state", "error_code", "error_message", "source_secret",
 )  # fmt: skip
 _TASK_COLUMNS = (
     "row, key, ref_id, source, source_type, source_path, job_profile_id, name, description, bytes, "
-    "state, job_id, sent_at, attempts, source_digest"
+    "state, job_id, sent_at, attempts, source_secret"
 )
 
 
@@ -140,7 +140,7 @@ class RowTask:
     job_id: str | None
     sent_at: float | None
     attempts: int
-    source_digest: str | None = None  # set when `source` is the redacted form of a URL with a credential
+    source_secret: bool | None = None  # `source` is the redacted form of a URL with a credential
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,9 @@ class Journal:
             pl.when(pl.col("status") == "ready").then(pl.lit(PENDING)).otherwise(pl.lit(REJECTED)).alias("state"),
             "error_code",
             pl.col("reason").alias("error_message"),
-            pl.col("source_digest") if "source_digest" in plan.columns else pl.lit(None, pl.String).alias("source_digest"),
+            (pl.col("source_secret").cast(pl.Int64) if "source_secret" in plan.columns else pl.lit(None, pl.Int64)).alias(
+                "source_secret"
+            ),
         )  # fmt: skip
         with journal._tx():
             conn.executemany(
@@ -504,10 +506,10 @@ class Journal:
                 out.append(CarriedRow(row, state, job_id, sent_at, submitted_at, updated_at, follow, *job))
         return out
 
-    def digests(self) -> dict[int, str]:
-        """Rows whose source is a redacted URL: their real URL's fingerprint."""
+    def secret_rows(self) -> dict[int, str]:
+        """Rows whose source is stored redacted (it carries a credential), with that redacted form."""
         self.flush()
-        return dict(self._conn.execute("SELECT row, source_digest FROM rows WHERE source_digest IS NOT NULL").fetchall())
+        return dict(self._conn.execute("SELECT row, source FROM rows WHERE source_secret = 1").fetchall())
 
     def has_unfinished(self) -> bool:
         """True while some row is pending, sending or submitted."""

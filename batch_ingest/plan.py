@@ -20,7 +20,6 @@ import polars as pl
 from .errors import ManifestError, NotFoundError
 from .journal import FRAME_SCHEMA
 from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
-from .redact import digest as source_digest
 from .redact import redact_url
 from .report import REPORT_COLUMNS
 
@@ -35,7 +34,7 @@ _HTTP = r"(?i)^https?://(?:[^/\s?#@]*@)?[^/\s?#@]+(?:[/?#]\S*)?$"
 PLAN_COLUMNS = (
     "row", "key", "ref_id", "source", "source_type", "source_path", "profile", "profile_kind",
     "profile_value", "job_profile_id", "name", "description", "bytes", "status", "error_code", "reason",
-    "source_digest",
+    "source_secret",
 )  # fmt: skip
 # Every name the plan, the journal's frame or the report uses. A manifest column with one of these
 # names (or starting with "_", or ending in the join's "_journal") is carried as manifest_<name>.
@@ -316,6 +315,21 @@ def build_plan(
         reason = reason.when(cond).then(why)
     work = work.with_columns(reason.otherwise(None).alias("reason"))
 
+    # A URL with a credential in it (user:password@, a signature) is kept in memory only: the plan,
+    # the journal and the key see its redacted form (the same object signed twice is the same video).
+    suspects = work.filter((pl.col("source_type") == "url") & pl.col("source").str.contains("[@?]"))
+    secrets: dict[int, str] = {}
+    redacted: dict[int, str] = {}
+    for row, url in suspects.select("row", "source").iter_rows():
+        shown = redact_url(url)
+        if shown != url:
+            secrets[row], redacted[row] = url, shown
+    if secrets:
+        work = work.with_columns(
+            pl.col("row").replace_strict(redacted, default=pl.col("source"), return_dtype=pl.String).alias("source")
+        )
+    secret_flag = pl.col("row").is_in(list(secrets)) if secrets else pl.lit(False)
+
     # Row keys: ref_id, or derived from source and profile. Later duplicates are rejected.
     key_source = pl.when(pl.col("source_type") == "file").then(pl.col("source_path")).otherwise(pl.col("source"))
     work = work.with_columns(key_source.alias("_key_source"))
@@ -363,25 +377,11 @@ def build_plan(
         .otherwise(None)
         .alias("profile_value"),
     )
-    # A URL with a credential in it (user:password@, a signature) is kept in memory only.
-    suspects = work.filter((pl.col("source_type") == "url") & pl.col("source").str.contains("[@?]"))
-    secrets: dict[int, str] = {}
-    redacted: dict[int, str] = {}
-    for row, url in suspects.select("row", "source").iter_rows():
-        shown = redact_url(url)
-        if shown != url:
-            secrets[row], redacted[row] = url, shown
-    shown_source = pl.col("source")
-    digest_expr = pl.lit(None, dtype=pl.String)
-    if secrets:
-        shown_source = pl.col("row").replace_strict(redacted, default=pl.col("source"), return_dtype=pl.String)
-        digests = {row: source_digest(url) for row, url in secrets.items()}
-        digest_expr = pl.col("row").replace_strict(digests, default=None, return_dtype=pl.String)
     out = work.select(
         pl.col("row"),
         pl.col("key"),
         pl.col("_ref_id").alias("ref_id"),
-        shown_source.alias("source"),
+        pl.col("source"),
         pl.col("source_type"),
         pl.col("source_path"),
         pl.col("profile"),
@@ -394,7 +394,7 @@ def build_plan(
         pl.col("status"),
         pl.col("error_code"),
         pl.col("reason"),
-        digest_expr.alias("source_digest"),
+        secret_flag.alias("source_secret"),
     )
     out = pl.concat([out, carried.rename(renamed)], how="horizontal") if extras else out
     notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []

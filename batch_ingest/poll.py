@@ -187,7 +187,8 @@ class Poller:
         return updates
 
     def _untrack(self, job: Tracked) -> None:
-        del self._jobs[job.job_id]
+        if self._jobs.pop(job.job_id, None) is None:
+            return  # already ended (a deadline passed while a read of it was under way)
         if job.follow is not None:
             self.following -= 1
             self.on_follow_end()
@@ -260,16 +261,21 @@ class Poller:
                 page += 1
         except TransientApiError as exc:
             self.progress.message(f"polling failed this time, will try again: {exc}")
-            self.journal.record_progress(updates)
             self.interval = min(self.max_interval, max(self.interval, self.min_interval) * 2)
             return
+        finally:
+            # Whatever ends the poll (an error, a stop, a deadline that cancels it), every job it saw
+            # end is recorded: it was already announced and counted.
+            self.journal.record_progress(updates)
+            updates = []
         if newest is not None:
             self._watermark = newest if self._watermark is None else max(self._watermark, newest)
         try:
             await self._fallback(now, updates)
         except TransientApiError as exc:
             self.progress.message(f"reading a job on its own failed this time, will try again: {exc}")
-        self.journal.record_progress(updates)
+        finally:
+            self.journal.record_progress(updates)
         self._adapt(changes, now)
 
     def _observe(self, job: Job, now: float, updates: list) -> bool:
@@ -291,9 +297,13 @@ class Poller:
             (j for j in self._jobs.values() if now - j.last_seen >= self.fallback_after), key=lambda j: j.last_seen
         )
         for tracked in stale[:FALLBACK_PER_POLL]:
+            if tracked.job_id not in self._jobs:
+                continue
             try:
                 job = await self.client.get_job(tracked.job_id)
             except NotFoundError:
+                if tracked.job_id not in self._jobs:
+                    continue  # it ended meanwhile
                 tracked.last_seen = now
                 if tracked.follow in RESEND_ON_FAILURE:
                     self._untrack(tracked)

@@ -138,7 +138,9 @@ class EventLog(Progress):
         if self.fmt == "json":
             line = json.dumps({"ts": stamp, "level": logging.getLevelName(level).lower(), "event": event, **fields})
         else:
-            line = f"{stamp} {logging.getLevelName(level)} {event} " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line = f"{stamp} {logging.getLevelName(level)} {event} " + " ".join(
+                f"{k}={_one_line(v)}" for k, v in fields.items()
+            )
         self.logger.log(level, line)
 
     def start(self, *, rows: int, to_submit: int, upload_bytes: int, run_id: str | None = None) -> None:
@@ -169,6 +171,11 @@ class EventLog(Progress):
     def close(self) -> None:
         self.handler.close()
         self.logger.removeHandler(self.handler)
+
+
+def _one_line(value: Any) -> str:
+    """A value for a text log line: no line breaks or control characters a server could forge lines with."""
+    return safe_text(str(value)).replace("\n", "\\n")
 
 
 class Tee(Progress):

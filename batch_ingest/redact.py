@@ -4,12 +4,12 @@ A source URL may carry a credential: `user:password@` or a presigned query strin
 `X-Amz-Signature`, GCS `X-Goog-Signature`, Azure SAS `sig`, CloudFront `Signature`, Akamai
 `hdnts`, a bare `token`...). Such a URL is sent to the API as it is, but the journal, the
 reports, the summary, the logs and the terminal only ever see its redacted form, with the
-credential replaced by `REDACTED`; a run resumed later reads the real URL from the manifest again.
+credential replaced by `REDACTED`; a run resumed later reads the real URL from the manifest again
+(the row whose redacted form matches). No digest of the secret is stored either.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -44,6 +44,9 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def digest(url: str) -> str:
-    """A fingerprint of a URL that carries a credential (to recognise it again, never to recover it)."""
-    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+_URL_IN_TEXT = re.compile(r"https?://[^\s\"'<>]+", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """`text` (a server's error message, say) with every URL in it redacted."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text) if "://" in text else text

@@ -101,9 +101,11 @@ def csv_safe(frame: pl.DataFrame) -> pl.DataFrame:
     """Text cells starting with =, +, -, @, TAB or CR prefixed with ' (the Parquet report keeps them raw)."""
     text = [n for n, t in frame.schema.items() if t == pl.String]
     starts = "^[" + re.escape("".join(_FORMULA_START)) + "]"
-    return frame.with_columns(
+    safe = frame.with_columns(
         [pl.when(pl.col(n).str.contains(starts)).then(pl.lit("'") + pl.col(n)).otherwise(pl.col(n)).alias(n) for n in text]
     )
+    # Column names are cells of the header row: a manifest's own column names are escaped the same way.
+    return safe.rename({n: "'" + n for n in safe.columns if n.startswith(_FORMULA_START)})
 
 
 def flat_for_csv(frame: pl.DataFrame) -> pl.DataFrame:

@@ -21,7 +21,7 @@ import polars as pl
 from .api.client import SmartStreamClient
 from .errors import BatchIngestError, UsageError, error_log_folder
 from .plan import plan_manifest
-from .redact import digest as source_digest
+from .redact import redact_url
 from .journal import JOURNAL_FILE, RECHECK, Journal
 from .progress import Progress
 from .report import PLAN_PARQUET, REPORT_PARQUET, build_report, read_report, read_summary, write_atomically, write_report
@@ -31,6 +31,7 @@ from .runner import (
     RunResult,
     Segment,
     _skip_mode,
+    check_run_dir,
     execute_journal,
     finish_run,
     new_run_id,
@@ -77,29 +78,32 @@ def _stored(run_dir: Path) -> dict[str, Any]:
         journal.close()
 
 
-def recover_secret_sources(meta: dict[str, Any], digests: dict[int, str], progress: Progress) -> dict[int, str]:
-    """The real URLs of the rows whose source is stored redacted, read again from the run's manifest.
+def recover_secret_sources(meta: dict[str, Any], stored: dict[int, str], progress: Progress) -> dict[int, str]:
+    """The real URLs of the rows whose source is stored redacted, read again from the run's manifest
+    (matched by row and by their redacted form: a URL signed anew since is taken).
 
     A row whose URL the manifest no longer holds (gone, edited) is left out: it ends as an error
     naming the fix, and every other row goes on."""
-    if not digests:
+    if not stored:
         return {}
-    stored = meta.get("options") or {}
+    options = meta.get("options") or {}
     manifest = meta.get("manifest")
     try:
         plan = plan_manifest(
-            manifest, default_profile=stored.get("default_profile"), extra_columns=tuple(stored.get("extra_columns") or ())
-        )
+            manifest, fmt=options.get("fmt"), default_profile=options.get("default_profile"),
+            extra_columns=tuple(options.get("extra_columns") or ()),
+        )  # fmt: skip
     except (BatchIngestError, OSError) as exc:
         progress.message(
-            f"{len(digests)} row(s) have URLs with credentials, which are never stored, and the manifest "
+            f"{len(stored)} row(s) have URLs with credentials, which are never stored, and the manifest "
             f"{manifest} cannot be read again ({exc}): those rows end as errors"
         )
         return {}
-    found = {row: url for row, url in plan.secrets.items() if digests.get(row) == source_digest(url)}
-    if len(found) < len(digests):
+    # The same URL but for its credential (a URL signed anew is welcome): the row's own video.
+    found = {row: url for row, url in plan.secrets.items() if stored.get(row) == redact_url(url)}
+    if len(found) < len(stored):
         progress.message(
-            f"{len(digests) - len(found)} row(s) have URLs with credentials that the manifest {manifest} no longer "
+            f"{len(stored) - len(found)} row(s) have URLs with credentials that the manifest {manifest} no longer "
             "holds as they were: those rows end as errors"
         )
     return found
@@ -159,16 +163,32 @@ async def resume_run_async(
                 skip_existing=options.skip_existing or _skip_mode(stored.get("skip_existing")),
             )
             settings.require_api()
-            secrets = recover_secret_sources(meta, journal.digests(), progress)
-            async with SmartStreamClient.from_settings(settings, transport=transport) as client:
-                return await execute_journal(
-                    journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started,
-                    "resume", secret_sources=secrets,
-                )  # fmt: skip
+            return await _continue(journal, run_dir, plan, meta, settings, options, transport, progress, started, "resume")
         finally:
             journal.close()
     finally:
         lock.release()
+
+
+async def _continue(
+    journal: Journal,
+    run_dir: Path,
+    plan: pl.DataFrame,
+    meta: dict[str, Any],
+    settings: Settings,
+    options: RunOptions,
+    transport: httpx.AsyncBaseTransport | None,
+    progress: Progress,
+    started: float,
+    kind: str,
+) -> RunResult:
+    """Work an existing journal (a resume, or a retry's new run) to its end on one client."""
+    secrets = recover_secret_sources(meta, journal.secret_rows(), progress)
+    async with SmartStreamClient.from_settings(settings, transport=transport) as client:
+        return await execute_journal(
+            journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started, kind,
+            secret_sources=secrets,
+        )  # fmt: skip
 
 
 def _finished_result(run_dir: Path) -> RunResult | None:
@@ -234,6 +254,8 @@ async def retry_run_async(
         if not rows:
             raise NothingToRetry(already or f"nothing to retry: no row of {original} has outcome {', '.join(only)}")
         check_api_url(original, old_meta, settings, options)
+        if options.run_dir is not None:
+            check_run_dir(options.run_dir)
         plan = old_plan.filter(pl.col("row").is_in(rows))
         settings.require_api()
         run_id = options.run_dir.name if options.run_dir else new_run_id()
@@ -260,12 +282,9 @@ async def retry_run_async(
                     write_report(build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", [])), original)
                 finally:
                     old_journal.close()
-                secrets = recover_secret_sources(meta, journal.digests(), progress)
-                async with SmartStreamClient.from_settings(settings, transport=transport) as client:
-                    return await execute_journal(
-                        journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started,
-                        "retry", secret_sources=secrets,
-                    )  # fmt: skip
+                return await _continue(
+                    journal, run_dir, plan, meta, settings, options, transport, progress, started, "retry"
+                )
             finally:
                 journal.close()
         finally:

@@ -17,7 +17,21 @@ import httpx
 import polars as pl
 
 from .api.client import SmartStreamClient
-from .errors import EXIT_ABORTED, EXIT_INTERNAL, EXIT_INTERRUPTED, AuthError, PermanentApiError, UsageError, error_log_folder, write_error_log
+from .errors import (
+    EXIT_ABORTED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    AuthError,
+    BatchIngestError,
+    PermanentApiError,
+    UsageError,
+    error_log_folder,
+    exit_code_for,
+    first_leaf,
+    local_state_problem,
+    write_error_log,
+)
 from .journal import JOURNAL_FILE, Journal
 from .plan import Plan, plan_manifest, resolve_profiles
 from .runlock import LOCK_FILE, RunLock, make_private
@@ -88,13 +102,7 @@ def prepare_run_dir(options: RunOptions, run_id: str) -> tuple[Path, RunLock]:
         raise UsageError(f"cannot create the run folder {run_dir}: {exc.strerror}: check --report-dir") from None
     lock = RunLock(run_dir).acquire()
     try:
-        _refuse_existing_run(run_dir)  # again, under the lock: another process may have just made it
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
-        if foreign:
-            raise UsageError(
-                f"{run_dir} is not empty and holds no run ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): "
-                "batch-ingest would overwrite files there; choose an empty or new folder with --report-dir"
-            )
+        check_run_dir(run_dir)  # again, under the lock: another process may have just made it
     except BaseException:
         lock.release()
         raise
@@ -112,6 +120,19 @@ def _refuse_existing_run(run_dir: Path) -> None:
         )
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """UsageError unless `run_dir` can take a new run: absent, or an empty folder (a lock file aside)."""
+    _refuse_existing_run(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--report-dir {run_dir} is a file, not a folder")
+    foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE) if run_dir.is_dir() else []
+    if foreign:
+        raise UsageError(
+            f"{run_dir} is not empty and holds no run ({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): "
+            "batch-ingest would overwrite files there; choose an empty or new folder with --report-dir"
+        )
+
+
 def run_meta(settings: Settings, options: RunOptions, **values: Any) -> dict[str, Any]:
     """What a new run records about itself: ids, the non-secret settings and the options."""
     return {
@@ -120,6 +141,7 @@ def run_meta(settings: Settings, options: RunOptions, **values: Any) -> dict[str
         "options": {
             "max_failures": options.max_failures,
             "default_profile": options.default_profile,
+            "fmt": options.fmt,
             "skip_existing": options.skip_existing,
             "extra_columns": list(options.extra_columns),
         },
@@ -150,6 +172,8 @@ async def run_manifest_async(
     manifest = Path(manifest)
     progress = progress or Progress()
     settings.require_api()
+    if options.run_dir is not None:
+        check_run_dir(options.run_dir)  # before a single request
     started = time.time()
     async with SmartStreamClient.from_settings(settings, transport=transport) as client:
         plan = await plan_run(manifest, settings, options, client)
@@ -327,13 +351,21 @@ def finish_after_internal_error(
     options: RunOptions,
     exc: BaseException,
 ) -> RunResult:
-    """Log the traceback to RUN_DIR/error.log, write the report of what the journal holds, exit 4."""
-    log = write_error_log(run_dir, exc)
-    first = exc.exceptions[0] if isinstance(exc, BaseExceptionGroup) and exc.exceptions else exc
-    text = f"internal error: {type(first).__name__}: {first}"[:300] + f"; details in {log}"
+    """A failure that escaped the submitter or the poller: write the report of what the journal holds,
+    and end with the failure's documented code. Ours keep theirs (an API error: 3); bad local state
+    (disk full, a damaged journal) is 2 with the fix; anything else is an internal error, 4, with the
+    traceback in RUN_DIR/error.log."""
+    leaf = first_leaf(exc)
+    if isinstance(leaf, BatchIngestError):
+        code, text = exit_code_for(leaf), f"error: {leaf}"
+    elif (local := local_state_problem(leaf)) is not None:
+        code, text = EXIT_USAGE, f"error: {local}"
+    else:
+        log = write_error_log(run_dir, exc)
+        code, text = EXIT_INTERNAL, f"internal error: {type(leaf).__name__}: {leaf}"[:300] + f"; details in {log}"
     print(f"batch-ingest: {safe_text(text)}", file=sys.stderr, flush=True)  # even with -q: it is an error
     progress.message(text)
-    result = finish_run(journal, run_dir, plan, extras, segment, progress, None, options, exit_code=EXIT_INTERNAL)
+    result = finish_run(journal, run_dir, plan, extras, segment, progress, None, options, exit_code=code)
     progress.message(f"the run can be continued with: batch-ingest resume {run_dir}")
     return result
 

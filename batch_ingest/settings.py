@@ -97,8 +97,13 @@ def _header_value(name: str, value: Any, secret: bool = False) -> str:
 def _api_url(name: str, value: Any) -> str:
     """An http(s) base URL without credentials in it."""
     text = str(value).strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL (got {redact_url(text)!r}): use e.g. {DEFAULT_API_URL}") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise ConfigError(f"{name} must be an http(s) URL such as {DEFAULT_API_URL}, got {redact_url(text)!r}")
     if parts.username is not None or parts.password is not None:
         raise ConfigError(

@@ -138,7 +138,12 @@ class Submitter:
         stopper = asyncio.create_task(self._abandon_on_stop())
         try:
             if self.skip_existing:
-                await unless_stopped(self._prepare_skip_existing(), self.stop)
+                try:
+                    await unless_stopped(self._prepare_skip_existing(), self.stop)
+                except AuthError as exc:
+                    self.abort(f"authentication failed: {exc}")
+                except ApiError as exc:  # a listing without end, a refused or failing read after its retries
+                    self.abort(f"--skip-existing could not read the platform's jobs: {exc}")
             await self._run_queue()
         finally:
             stopper.cancel()
@@ -313,7 +318,7 @@ class Submitter:
 
     def _source(self, task: RowTask) -> str:
         """The URL or path to send: a redacted URL's real form comes from memory only."""
-        if not task.source_digest:
+        if not task.source_secret:
             return task.source
         real = self.secret_sources.get(task.row)
         if real is None:
@@ -341,8 +346,9 @@ class Submitter:
             except AuthError as exc:
                 self.abort(f"authentication failed: {exc}")
                 return
-            except TransientApiError as exc:
-                # Could not tell whether the video is already there: sending might ingest it twice.
+            except ApiError as exc:
+                # Could not tell whether the video is already there (a failing or refused look-up):
+                # sending might ingest it twice, so the row waits for a later run or resume.
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
                 return
         in_doubt = task.state == SENDING
@@ -507,7 +513,7 @@ class Submitter:
         if created is not None and created.timestamp() < earliest:
             return False
         if task.source_type == "url":
-            real = self.secret_sources.get(task.row) if task.source_digest else task.source
+            real = self.secret_sources.get(task.row) if task.source_secret else task.source
             if job.source_url is not None and (
                 job.source_url != real if real is not None else redact_url(job.source_url) != task.source
             ):

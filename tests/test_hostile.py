@@ -67,7 +67,19 @@ class Hostile:
         listing = method == "GET" and path.endswith("/jobs")
         status, headers, body = await self._forward(scope, receive)
         mode = self.mode
-        if creating and status < 300 and mode.startswith("create_"):
+        if mode == "date_overflow":
+            headers = [(k, v) for k, v in headers if k.lower() != b"date"] + [(b"date", b"Mon, 01 Jan 99999999999 00:00:00 GMT")]
+        if mode == "ref_403" and method == "GET" and "/jobs/ref:" in path:
+            status, body = 403, b'{"code": "FORBIDDEN", "message": "no"}'
+        if mode == "ref_403" and listing and status < 300:  # a big account: look-ups per row are cheaper
+            body = json.dumps({**json.loads(body), "count": 10**6}).encode()
+        if mode == "list_401" and listing:
+            status, body = 401, b'{"code": "UNAUTHORIZED", "message": "Authentication failed"}'
+        if creating and status < 300 and mode == "create_nested":
+            body = b"[" * 100_000 + b"]" * 100_000
+        elif creating and status < 300 and mode == "create_gzip_lie":
+            headers = [*headers, (b"content-encoding", b"gzip")]
+        elif creating and status < 300 and mode.startswith("create_"):
             job = json.loads(body)
             body = json.dumps(
                 {"create_no_id": {k: v for k, v in job.items() if k != "id"}, "create_list": [job],
@@ -155,7 +167,10 @@ def assert_clean(code: int, out: str, err: str, run_dir: Path | None = None) -> 
         assert (run_dir / "report.parquet").exists(), err
 
 
-@pytest.mark.parametrize("mode", ["create_no_id", "create_list", "create_media_object", "create_not_json"])
+@pytest.mark.parametrize(
+    "mode",
+    ["create_no_id", "create_list", "create_media_object", "create_not_json", "create_nested", "create_gzip_lie", "date_overflow"],
+)
 def test_malformed_create_answers_leave_rows_in_doubt_and_the_run_goes_on(tmp_path, hostile, mode):
     hostile.mode = mode
     manifest = mixed_manifest(tmp_path, 12)
@@ -326,7 +341,7 @@ def test_run_folder_and_files_are_private_and_secrets_never_stored(tmp_path, emu
     server = emulator_server(EmulatorConfig(**FAST))
     secret_url = "https://user:hunter2@cdn.example.com/a.mp4?X-Amz-Signature=deadbeefcafe&X-Amz-Credential=AKIAEXAMPLE&v=1"
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"source,profile,ref_id,note\n{secret_url},100,s1,=HYPERLINK(\"http://evil\")\n")
+    manifest.write_text(f"source,profile,ref_id,note,@cmd\n{secret_url},100,s1,=HYPERLINK(\"http://evil\"),x\n")
     run_dir = tmp_path / "run"
     log = tmp_path / "events.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")} | server.env()
@@ -350,6 +365,7 @@ def test_run_folder_and_files_are_private_and_secrets_never_stored(tmp_path, emu
     assert "REDACTED" in (run_dir / "report.csv").read_text()
     # A formula in a cell is defused in the CSV, kept as it is in Parquet.
     assert "'=HYPERLINK" in (run_dir / "report.csv").read_text()
+    assert (run_dir / "report.csv").read_text().splitlines()[0].endswith(",note,'@cmd")
     assert pl.read_parquet(run_dir / "report.parquet")["note"][0].startswith("=HYPERLINK")
     # A resume in another process gets the real URL back from the manifest.
     assert json.loads((run_dir / "summary.json").read_text())["settings"]["email"] == "********"
@@ -385,6 +401,7 @@ def test_unwritable_html_is_refused_before_anything_is_sent(tmp_path, emulator_s
     (tmp_path / "full" / "x").write_text("x")
     result = CliRunner().invoke(main, ["run", str(manifest), "--report-dir", str(tmp_path / "full"), *FLAGS], env=server.env())
     assert result.exit_code == 2 and "not empty and holds no run" in result.output
+    assert server.stats()["requests_total"] == 0
 
 
 def test_retry_after_beyond_the_ceiling_is_capped_and_announced(fake_clock):
@@ -418,19 +435,26 @@ def test_resume_reads_urls_with_credentials_again_from_the_manifest(tmp_path, em
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")} | server.env()
     env.pop("SMARTSTREAM_TOKEN")
     env.update(SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password)
-    # One row's URL changed in the manifest meanwhile: that row cannot be sent, every other one is.
+    # Meanwhile one row's URL changed in the manifest (another object): that row cannot be sent, the
+    # others are. Another row's URL was signed anew (the same object): the new signature is used.
     report = pl.read_parquet(run_dir / "report.parquet")
-    changed_row = report.filter(pl.col("outcome") == "interrupted")["row"].max()
-    manifest.write_text(manifest.read_text().replace(f"s3cr3t{changed_row - 1}x&", "other&"))
+    left = report.filter(pl.col("outcome") == "interrupted")["row"].to_list()
+    changed_row, resigned_row = left[-1], left[-2]
+    text = manifest.read_text()
+    text = text.replace(f"/{changed_row - 1}.mp4?", "/elsewhere.mp4?")
+    text = text.replace(f"s3cr3t{resigned_row - 1}x&", "fr3sh&")
+    manifest.write_text(text)
     code, out, err, _ = run_bounded(["resume", str(run_dir), *FLAGS], env)
     assert_clean(code, out, err, run_dir)
     report = pl.read_parquet(run_dir / "report.parquet")
     assert report.filter(pl.col("row") == changed_row)["error_code"].item() == "SOURCE_UNREADABLE"
     assert (report.filter(pl.col("row") != changed_row)["outcome"] == "succeeded").all()
-    sent = sorted(j.source_url for j in server.store.jobs.values())
-    assert sent == sorted(u for i, u in enumerate(rows) if i != changed_row - 1)
+    expected = [u for i, u in enumerate(rows) if i != changed_row - 1]
+    expected = [u.replace(f"s3cr3t{resigned_row - 1}x&", "fr3sh&") for u in expected]
+    assert sorted(j.source_url for j in server.store.jobs.values()) == sorted(expected)
     for path in run_dir.iterdir():
-        assert "s3cr3t" not in path.read_bytes().decode("utf-8", "replace"), path
+        text = path.read_bytes().decode("utf-8", "replace")
+        assert "s3cr3t" not in text and "fr3sh" not in text, path
 
 
 def test_disk_full_while_writing_the_report_exits_2_naming_the_fix(tmp_path, emulator_server, monkeypatch):
@@ -449,3 +473,38 @@ def test_disk_full_while_writing_the_report_exits_2_naming_the_fix(tmp_path, emu
     assert result.exit_code == 2, result.output
     assert "No space left on device" in result.output and "resume" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("mode", "expected_code", "says"), [("list_401", 3, "authentication failed"), ("ref_403", 1, "")])
+def test_skip_existing_look_ups_that_fail_end_as_documented(tmp_path, hostile, mode, expected_code, says):
+    hostile.mode = mode
+    manifest = tmp_path / "m.csv"
+    # --skip-existing lists every job once (list_401: refused, the run stops), or, on a big account,
+    # looks each ref_id up (ref_403: refused, so the rows cannot be sent safely and wait for a later run).
+    rows = 5
+    manifest.write_text("source,profile,ref_id\n" + "".join(f"https://cdn.example.com/{i}.mp4,100,r{i}\n" for i in range(rows)))
+    run_dir = tmp_path / "run"
+    code, out, err, _ = run_bounded(["run", str(manifest), "--skip-existing", "--report-dir", str(run_dir), *FLAGS], env_for(hostile))
+    assert_clean(code, out, err, run_dir)
+    assert code == expected_code, out + err
+    assert says in (out + err).lower()
+    assert len(hostile.store.jobs) == 0  # nothing sent without knowing whether it exists
+
+
+def test_small_hostile_inputs_are_config_errors_or_ignored(tmp_path, emulator_server):
+    from batch_ingest.api.auth import expiration_epoch
+    from batch_ingest.api.ratelimit import parse_retry_after
+
+    assert expiration_epoch(1_900_000_000) is None  # type: ignore[arg-type]
+    assert parse_retry_after("Mon, 01 Jan 99999999999 00:00:00 GMT") is None
+    result = CliRunner().invoke(main, ["config", "--api-url", "http://[::1"])
+    assert result.exit_code == 2 and "not a valid URL" in result.output
+    # `jobs` shows a job's source URL redacted, as everything else does.
+    server = emulator_server(EmulatorConfig(**FAST))
+    secret = "https://u:hunter2@cdn.example.com/a.mp4?X-Amz-Signature=deadbeef"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"source,profile,ref_id\n{secret},100,j1\n")
+    assert CliRunner().invoke(main, ["run", str(manifest), *FLAGS], env=server.env()).exit_code == 0
+    for args in (["jobs"], ["jobs", "ref:j1"], ["jobs", "--json"]):
+        out = CliRunner().invoke(main, args, env=server.env()).output
+        assert "hunter2" not in out and "deadbeef" not in out and "REDACTED" in out, args

@@ -35,6 +35,7 @@ from ..errors import (
 from ..settings import Settings
 from .auth import Auth, expiration_epoch
 from .clock import PlatformClock
+from ..redact import redact_text
 from .models import Job, JobProfile, MalformedRecord, Page
 from .ratelimit import RETRY_AFTER_CEILING_S, RateLimiter, parse_retry_after
 from .retry import call_with_retries
@@ -205,6 +206,8 @@ class SmartStreamClient:
             raise ApiConnectionError(
                 f"{what} ({type(exc).__name__})", in_doubt=True, method=method, path=path
             ) from exc
+        except httpx.DecodingError as exc:  # a Content-Encoding the body does not have
+            raise MalformedResponse(f"the answer could not be decoded ({type(exc).__name__})", method=method, path=path) from exc
         except httpx.TransportError as exc:
             raise ApiConnectionError(
                 f"connection lost before the answer ({type(exc).__name__})",
@@ -245,11 +248,12 @@ class SmartStreamClient:
             body = response.json()
             if isinstance(body, dict):
                 code = body.get("code") if isinstance(body.get("code"), str) else None
-                message = str(body.get("message") or message)
-        except ValueError:
+                message = str(body.get("message") or message)[:500]
+        except (ValueError, RecursionError):
             text = response.text.strip()
             if text:
                 message = text[:200]
+        message = redact_text(message)  # a server that echoes a source URL must not leak its credential
         where = {"method": method, "path": path, "status": status, "code": code}
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -278,8 +282,11 @@ class SmartStreamClient:
         )
         body = self._json(response, "POST", path)
         token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise AuthError("the auth-token answer holds no token", method="POST", path=path, status=response.status_code)
+        if not isinstance(token, str) or not token or any(not (0x20 < ord(c) < 0x7F) for c in token):
+            raise AuthError(
+                "the auth-token answer holds no usable token (missing, or not printable ASCII)",
+                method="POST", path=path, status=response.status_code,
+            )  # fmt: skip
         return token, expiration_epoch(body.get("expiration"))
 
     async def _request(
@@ -317,7 +324,7 @@ class SmartStreamClient:
     def _json(response: httpx.Response, method: str, path: str) -> Any:
         try:
             return response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             # A 2xx without readable JSON: the server did something; treat it as no answer.
             raise MalformedResponse(
                 "the answer was not JSON", method=method, path=path, status=response.status_code
@@ -391,10 +398,7 @@ class SmartStreamClient:
                 f"{file_path} changed size since validation ({expected_size} -> {size} bytes): check the file, "
                 "then retry the row"
             )
-        try:
-            os.close(os.open(file_path, os.O_RDONLY))
-        except OSError as exc:
-            raise SourceUnreadable(f"{file_path}: {exc.strerror}: the file changed since validation") from None
+        os.close(_open_regular(file_path))
         fields = {k: v for k, v in (("ref_id", ref_id), ("name", name), ("description", description)) if v}
         path = f"{self._prefix}/jobs"
 
@@ -535,6 +539,19 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _open_regular(path: Path) -> int:
+    """A descriptor of `path` read-only, refusing anything but a regular file without ever blocking
+    (a file swapped for a FIFO would block an ordinary open, and with it the whole event loop)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SourceUnreadable(f"{path}: {exc.strerror}: the file changed since validation") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SourceUnreadable(f"{path} is no longer a regular file (it changed since validation)")
+    return fd
+
+
 async def _stream_file(
     path: Path, size: int, head: bytes, tail: bytes, on_progress: ProgressCallback | None
 ) -> AsyncIterator[bytes]:
@@ -542,7 +559,7 @@ async def _stream_file(
     yield head
     sent = 0
     try:
-        with open(path, "rb") as f:  # noqa: ASYNC230 - reads happen in a worker thread below
+        with os.fdopen(_open_regular(path), "rb") as f:  # reads happen in a worker thread below
             while sent < size:
                 chunk = await asyncio.to_thread(f.read, min(UPLOAD_CHUNK, size - sent))
                 if not chunk:

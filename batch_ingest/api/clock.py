@@ -45,11 +45,11 @@ class PlatformClock:
             return
         try:
             stamped = parsedate_to_datetime(header)
-        except (TypeError, ValueError, IndexError):
-            return
-        if stamped is None or stamped.tzinfo is None:
-            return
-        bound = stamped.timestamp() - received_at
+            if stamped is None or stamped.tzinfo is None:
+                return
+            bound = stamped.timestamp() - received_at
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return  # a Date no clock could show: learn nothing from it
         self.from_date = bound if self.from_date is None else max(self.from_date, bound)
 
     def floor(self, sent_at: float) -> float:

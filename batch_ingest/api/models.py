@@ -58,11 +58,11 @@ def _record(data: Any) -> dict[str, Any]:
 
 def parse_api_date(value: str | None) -> datetime | None:
     """Parse a SmartSTREAM DateString (`2017-10-01T00:00:00.000Z`) into an aware datetime."""
-    if not value:
+    if not value or not isinstance(value, str):
         return None
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 

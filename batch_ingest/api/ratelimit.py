@@ -44,12 +44,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except ValueError:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when is None:
+                return None
+            now = time.time() if now is None else now
+            return max(0.0, when.timestamp() - now)
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        if when is None:
-            return None
-        now = time.time() if now is None else now
-        return max(0.0, when.timestamp() - now)
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)

@@ -23,6 +23,8 @@ from ..errors import (
     UsageError,
     error_log_folder,
     exit_code_for,
+    first_leaf,
+    local_state_problem,
     write_error_log,
 )
 from ..text import safe_text
@@ -54,6 +56,7 @@ def exit_for(exc: BaseException) -> NoReturn:
     if isinstance(exc, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    exc = first_leaf(exc)
     if isinstance(exc, BatchIngestError):
         click.echo(f"batch-ingest: error: {safe_text(str(exc))}", err=True)
         sys.exit(exit_code_for(exc))
@@ -98,34 +101,6 @@ def check_writable(path: Path | None, option: str) -> None:
 def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
     """click.echo for anything that may hold server or manifest text: control characters escaped."""
     click.echo(safe_text(text), err=err, nl=nl)
-
-
-def local_state_problem(exc: BaseException) -> str | None:
-    """A message naming the fix when `exc` is the machine's state (disk, permissions, a damaged
-    journal, a bad path) rather than a bug; None otherwise."""
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return local_state_problem(exc.exceptions[0])
-    if isinstance(exc, sqlite3.DatabaseError):
-        return (
-            f"the run's journal cannot be used ({exc}): it is damaged, not a batch-ingest journal, or not "
-            "writable; check the run folder's permissions and free space, or start a new run"
-        )
-    if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
-        where = f" {exc.filename}" if exc.filename else ""
-        fix = _LOCAL_ERRNOS[exc.errno]
-        return f"cannot write{where}: {exc.strerror}: {fix}"
-    if isinstance(exc, ValueError) and "null byte" in str(exc):
-        return "a path contains a NUL byte: check the file names given on the command line and in the manifest"
-    return None
-
-
-_LOCAL_ERRNOS = {
-    errno.ENOSPC: "free some space, then resume the run (`batch-ingest resume RUN_DIR`)",
-    errno.EDQUOT: "free some space (disk quota), then resume the run",
-    errno.EACCES: "check the permissions of that path (or choose another with --report-dir)",
-    errno.EPERM: "check the permissions of that path (or choose another with --report-dir)",
-    errno.EROFS: "the file system is read-only: choose another folder with --report-dir",
-}
 
 
 def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -130,14 +130,17 @@ def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
 @handle_errors
 def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
     """Show one job (JOB is an id or ref:<ref_id>), or the newest jobs."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     async def call(client):  # noqa: ANN001, ANN202
         if job:
             return [await client.get_job(job)]
         return (await client.list_jobs(limit=limit, sort="created_at", order="DESC")).items
 
-    found = _client_call(options, call)
+    from ..redact import redact_url
+
+    # A job's source URL may carry a credential (a presigned URL): shown redacted, like everywhere else.
+    found = [replace(j, source_url=redact_url(j.source_url)) if j.source_url else j for j in _client_call(options, call)]
     if as_json:
         data = [asdict(j) for j in found]
         echo(json.dumps(data[0] if job else data, indent=2))
