@@ -497,8 +497,18 @@ def test_small_hostile_inputs_are_config_errors_or_ignored(tmp_path, emulator_se
 
     assert expiration_epoch(1_900_000_000) is None  # type: ignore[arg-type]
     assert parse_retry_after("Mon, 01 Jan 99999999999 00:00:00 GMT") is None
-    result = CliRunner().invoke(main, ["config", "--api-url", "http://[::1"])
-    assert result.exit_code == 2 and "not a valid URL" in result.output
+    for args, says in (
+        (["--api-url", "http://[::1"], "not a valid URL"),
+        (["--api-url", "https://user:pw@api.example.com"], "holds credentials"),
+        (["--rate", "nan"], "finite"),
+        (["--rate", "inf"], "finite"),
+        (["--concurrency", "100000"], "at most 256"),
+        (["--upload-concurrency", "1000"], "at most 64"),
+        (["--api-key", "kéy"], "printable ASCII"),
+    ):
+        result = CliRunner().invoke(main, ["config", *args])
+        assert result.exit_code == 2 and says in result.output, (args, result.output)
+        assert "pw" not in result.output and "kéy" not in result.output
     # `jobs` shows a job's source URL redacted, as everything else does.
     server = emulator_server(EmulatorConfig(**FAST))
     secret = "https://u:hunter2@cdn.example.com/a.mp4?X-Amz-Signature=deadbeef"
