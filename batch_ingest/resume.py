@@ -153,6 +153,12 @@ async def resume_run_async(
                 lock.write_pid()
                 journal.migrate()
                 return finish_run(journal, run_dir, plan, meta.get("extras", []), Segment("resume", started), progress)
+            if meta.get("handover_pending"):
+                retried = (meta.get("retry_of") or {}).get("run_dir")
+                raise UsageError(
+                    f"{run_dir} is a retry run that stopped before {retried} let go of its rows, so that run still "
+                    f"owns them: resume {retried} (or retry it again) instead, and delete {run_dir}"
+                )
             lock.write_pid()
             journal.migrate()
             check_api_url(run_dir, meta, settings, options)
@@ -269,6 +275,8 @@ async def retry_run_async(
                 run_id=run_id,
                 started_at=started,
                 retry_of={"run_dir": str(original), "run_id": old_meta.get("run_id"), "only": list(only)},
+                # Until the original lets go of the rows, both runs hold them: this run must not work them.
+                handover_pending=True,
             )
             journal = Journal.create(run_dir / JOURNAL_FILE, plan, meta)
             try:
@@ -282,6 +290,8 @@ async def retry_run_async(
                     write_report(build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", [])), original)
                 finally:
                     old_journal.close()
+                journal.set_meta(handover_pending=False)
+                meta["handover_pending"] = False
                 return await _continue(
                     journal, run_dir, plan, meta, settings, options, transport, progress, started, "retry"
                 )

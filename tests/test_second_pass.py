@@ -478,3 +478,24 @@ def test_a_version_1_journal_is_migrated_under_the_lock_and_keeps_its_hand_overs
         journal.migrate()  # twice is harmless
     finally:
         journal.close()
+
+
+def test_a_retry_that_dies_before_the_hand_over_never_lets_both_runs_send(tmp_path, emulator_server, monkeypatch):
+    server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=3))
+    run_dir = _interrupted_run(tmp_path, server)
+    pending = report_of(run_dir).filter(pl.col("outcome") == "interrupted").height
+    assert pending > 0
+
+    def die(self, rows, to_run):  # noqa: ANN001, ANN202 - the process dies between the two journals' commits
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Journal, "hand_over", die)
+    second = tmp_path / "second"
+    result = CliRunner().invoke(main, ["retry", str(run_dir), "--report-dir", str(second), *FLAGS], env=server.env())
+    assert result.exit_code == 130
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, ["resume", str(second), *FLAGS], env=server.env())
+    assert result.exit_code == 2 and "still owns them" in result.output
+    result = run_cli(["resume", str(run_dir), "--max-failures", "1000", *FLAGS], server.env())
+    assert result.exit_code == 1, result.output
+    check_consistent(run_dir, server, 60)
