@@ -407,7 +407,7 @@ class Submitter:
             return job
 
         try:
-            job = await call_with_retries(attempt, self.retries, sleep=self._pause)
+            job = await call_with_retries(attempt, self.retries, sleep=self._pause, wait_for_budget=True)
         except _Stopped:
             return
         except AuthError as exc:

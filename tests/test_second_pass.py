@@ -499,3 +499,14 @@ def test_a_retry_that_dies_before_the_hand_over_never_lets_both_runs_send(tmp_pa
     result = run_cli(["resume", str(run_dir), "--max-failures", "1000", *FLAGS], server.env())
     assert result.exit_code == 1, result.output
     check_consistent(run_dir, server, 60)
+
+
+def test_a_429_never_uses_up_a_rows_retries(tmp_path, emulator_server):
+    """Bursts of 429s with no retries allowed at all: every row still gets its job, once."""
+    server = emulator_server(EmulatorConfig(**FAST, burst_429_rate=0.2, burst_429_len=3, seed=5, retry_after="none"))
+    manifest = url_manifest(tmp_path, 40)
+    result = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS, "--retries", "0"], server.env())
+    assert result.exit_code == 0, result.output
+    assert server.stats()["faults"].get("429_burst", 0) > 10
+    assert (report_of(tmp_path / "run")["outcome"] == "succeeded").all()
+    assert server.stats()["jobs_created"] == 40 and server.stats()["duplicate_ref_ids"] == {}

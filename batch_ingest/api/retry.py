@@ -6,7 +6,10 @@
   workers that failed together do not come back together.
 - After a 429 no extra wait: the shared `RateLimiter` already pauses every request for
   `Retry-After` (or its own backoff), and waiting twice would waste the budget.
-- Attempts: 1 + `retries` (the `--retries` option, default 5).
+- Attempts: 1 + `retries` (the `--retries` option, default 5). With `wait_for_budget` (the
+  submitter's rows) a 429 is not counted: it says the request was refused for now, not that it
+  failed, and waiting for the budget is the tool's job, so a row never ends (or uses up its
+  retries) because of the rate limit; only a limit the user set (a stop) ends a row that waits.
 
 The first attempt runs outside tenacity: nearly every call succeeds at once, and a tenacity
 iteration costs tens of microseconds, a visible share of a request's own cost in a large run.
@@ -19,7 +22,8 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception_type
+from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from ..errors import RateLimitedError, TransientApiError
@@ -45,22 +49,41 @@ class _Backoff(wait_base):
         return backoff_s(retry_state.attempt_number + 1, outcome.exception() if outcome else None)
 
 
+class _StopAfterFailures(stop_base):
+    """Stop once more than `retries` attempts failed (429s not counted when waiting for the budget)."""
+
+    def __init__(self, retries: int, failures: int, wait_for_budget: bool) -> None:
+        self.retries = retries
+        self.failures = failures
+        self.wait_for_budget = wait_for_budget
+
+    def __call__(self, retry_state) -> bool:  # type: ignore[no-untyped-def]
+        outcome = retry_state.outcome
+        refused = outcome is not None and isinstance(outcome.exception(), RateLimitedError)
+        if not (refused and self.wait_for_budget):
+            self.failures += 1
+        return self.failures > self.retries
+
+
 async def call_with_retries(
     fn: Callable[[], Awaitable[T]],
     retries: int,
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    wait_for_budget: bool = False,
 ) -> T:
-    """`await fn()`, retrying transient API errors up to `retries` times; the last error is re-raised."""
+    """`await fn()`, retrying transient API errors until `retries` of them (429s not counted) failed;
+    the last error is re-raised."""
     try:
         return await fn()
     except TransientApiError as exc:
-        if retries <= 0:
+        failures = 0 if wait_for_budget and isinstance(exc, RateLimitedError) else 1
+        if failures > retries:
             raise
         await sleep(backoff_s(1, exc))
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TransientApiError),
-        stop=stop_after_attempt(retries),
+        stop=_StopAfterFailures(retries, failures, wait_for_budget),
         wait=_Backoff(),
         sleep=sleep,
         reraise=True,
