@@ -6,7 +6,9 @@ commit lag). A job whose state did not change is never read again; a page holds 
 changes, so a poll costs about one request per 100 changes, whatever is in flight.
 
 The interval follows the rate of change: it aims to collect about a page of changes
-per poll, between the configured minimum and maximum. A job the list has not shown for a
+per poll, between the configured minimum and maximum. Once submission is over the budget has
+room, and the interval stays at about two seconds (at most half the budget), so that a run
+ends within seconds of its last job instead of a page-filling interval later. A job the list has not shown for a
 long while is read on its own (`GET jobs/:id`), a few per poll at most, as a safety net.
 """
 
@@ -31,6 +33,7 @@ from .progress import Progress
 OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's commit lag
 TARGET_CHANGES_PER_POLL = MAX_PAGE_SIZE  # a full page of changes per poll
 FALLBACK_PER_POLL = 2
+TAIL_INTERVAL_S = 2.0  # the poll interval once submission is over: the run ends this soon after its last job
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Poller:
         on_final: Callable[[str], None] = lambda outcome: None,
         on_resend: Callable[[int], None] = lambda row: None,
         on_follow_end: Callable[[], None] = lambda: None,
+        rate_per_minute: float = 0.0,
         fallback_after: float | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -87,6 +91,9 @@ class Poller:
         self._watermark: float | None = None  # platform time up to which every change was seen
         self._wake = asyncio.Event()
         self.interval = min_interval
+        # Once nothing is left to submit: TAIL_INTERVAL_S apart, but never more than half the budget
+        # (one request a poll when little changes), so that others on the account keep theirs.
+        self.tail_interval = max(min_interval, TAIL_INTERVAL_S, 120.0 / rate_per_minute if rate_per_minute > 0 else 0.0)
         self.polls = 0
 
     def track(
@@ -134,7 +141,12 @@ class Poller:
                 self._wake.clear()
                 await wait_any(self._wake, submitting_done, stop)
                 continue
-            await wait_any(stop, timeout=self.interval, sleep=self._sleep)
+            if submitting_done.is_set():
+                # Submission is over: the budget has room, so the last jobs are noticed within
+                # seconds of ending instead of a page-filling interval later.
+                await wait_any(stop, timeout=min(self.interval, self.tail_interval), sleep=self._sleep)
+            else:
+                await wait_any(stop, submitting_done, timeout=self.interval, sleep=self._sleep)
             if stop.is_set():
                 return
             self._finish_ready()

@@ -270,6 +270,7 @@ async def execute_journal(
         job_timeout=settings.job_timeout,
         min_interval=settings.poll_min_interval,
         max_interval=settings.poll_max_interval,
+        rate_per_minute=settings.rate,
     )
     submitter = Submitter(
         client,
