@@ -177,6 +177,7 @@ class Settings:
     in_doubt_delay: float = 2.0  # pause before looking up a create that got no answer
     encode_status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
     allow_http: bool = False  # plain http:// to a host other than this machine
+    burst: int = 3  # requests that may leave at once before the even pace applies (0: no pacing)
 
     def require_api(self) -> Settings:
         """Self, or ConfigError naming the flag and the variable of the first missing setting."""
@@ -237,6 +238,7 @@ _CONVERTERS: dict[str, Any] = {
     "in_doubt_delay": lambda n, v: _float(n, v, 0.0),
     "encode_status_map": _status_map,
     "allow_http": _bool,
+    "burst": lambda n, v: _int(n, v, 0, 1000),
 }
 SECRET_FIELDS = frozenset({"api_key", "token", "password"})
 PRIVATE_FIELDS = frozenset({"email"})  # not a secret, but private: never stored or printed

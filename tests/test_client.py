@@ -63,9 +63,7 @@ async def test_expired_static_token_is_an_auth_error(fake_clock):
     assert e.value.status == 401 and config.token not in str(e.value)
 
 
-async def test_rate_limiter_never_exceeds_budget_in_any_window(fake_clock):
-    config = EmulatorConfig(rate_limit=50)
-    limiter = RateLimiter(50, clock=fake_clock, sleep=fake_clock.sleep)
+async def _run_180(fake_clock, limiter, config):
     async with asgi_api(config, clock=fake_clock) as api, api.make_client(limiter=limiter) as client:
         queue = list(range(180))
 
@@ -77,11 +75,47 @@ async def test_rate_limiter_never_exceeds_budget_in_any_window(fake_clock):
         start = fake_clock()
         await asyncio.gather(*(worker() for _ in range(8)))
         elapsed = fake_clock() - start
+    return api, elapsed
+
+
+async def test_rate_limiter_never_exceeds_budget_in_any_window(fake_clock):
+    """Without pacing (burst=None) the sliding window alone: a minute's budget at once."""
+    config = EmulatorConfig(rate_limit=50)
+    limiter = RateLimiter(50, clock=fake_clock, sleep=fake_clock.sleep, burst=None)
+    api, elapsed = await _run_180(fake_clock, limiter, config)
     times = api.store.counters.request_times
     assert len(times) == 180
     assert api.store.stats()["rate_limited"] == 0
     assert _max_in_any_window(times) == 50  # the full budget is used, never more
     assert 180 <= elapsed < 181  # 50 at once, then 50 a minute: three more windows
+
+
+async def test_paced_limiter_never_bursts_and_passes_a_token_bucket(fake_clock):
+    """Paced (the default): 3 at once, then one every 60/R s; a token bucket of capacity 5 never says 429."""
+    config = EmulatorConfig(rate_limit=50, bucket_capacity=5)
+    limiter = RateLimiter(50, clock=fake_clock, sleep=fake_clock.sleep)
+    api, elapsed = await _run_180(fake_clock, limiter, config)
+    times = api.store.counters.request_times
+    assert len(times) == 180
+    assert api.store.stats()["rate_limited"] == 0
+    assert _max_in_any_window(times) <= 50
+    pace = 60.25 / 50  # the window's 0.25 s margin included
+    assert _max_in_any_window(times, window=pace * 5) <= 3 + 5  # in any 5 paces: the burst and five more at most
+    assert (180 - 3) * pace - 0.01 <= elapsed < (180 - 3) * pace + 1
+
+
+async def test_unpaced_limiter_meets_a_token_bucket_with_429s(fake_clock):
+    """The reason for pacing: the same budget sent at once is refused by a small token bucket."""
+    config = EmulatorConfig(rate_limit=50, bucket_capacity=5)
+    limiter = RateLimiter(50, clock=fake_clock, sleep=fake_clock.sleep, burst=None)
+    async with asgi_api(config, clock=fake_clock) as api, api.make_client(limiter=limiter) as client:
+        refused = 0
+        for _ in range(20):
+            try:
+                await client.get_job_profile(100)
+            except RateLimitedError:
+                refused += 1
+    assert refused > 0
 
 
 def test_rate_limiter_window_property_random_arrivals():

@@ -289,3 +289,17 @@ def test_ndjson_manifest(tmp_path, emulator_server):
     report = pl.read_parquet(result.output.strip().splitlines()[-1])
     assert report["job_profile_id"].to_list() == [100, 102]
     assert report["tags"].to_list() == [["a"], []]
+
+
+def test_paced_run_against_a_token_bucket_platform(tmp_path, emulator_server):
+    """The platform enforces the same rate as a token bucket of capacity 5: an even pace meets no 429."""
+    server = emulator_server(EmulatorConfig(rate_limit=600, bucket_capacity=5, queue_s=0.1, encode_s=0.3, jitter=0.2))
+    lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/p{i}.mp4,100,p{i}" for i in range(60)]
+    manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
+    args = ["run", str(manifest), "--report-dir", str(tmp_path / "run"), "--rate", "600", "--poll-min-interval", "0.2",
+            "--poll-max-interval", "1", "-q"]  # fmt: skip
+    result = invoke(args, env=server.env())
+    assert result.exit_code == 0, result.output
+    stats = server.stats()
+    assert stats["jobs_created"] == 60
+    assert stats["rate_limited"] <= 0.01 * stats["requests_total"], stats

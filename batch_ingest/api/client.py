@@ -144,7 +144,7 @@ class SmartStreamClient:
             base_url=settings.api_url,
             merchant_id=settings.merchant_id,
             auth=auth,
-            limiter=limiter or RateLimiter(settings.rate),
+            limiter=limiter or RateLimiter(settings.rate, burst=settings.burst or None),
             transport=transport,
             max_connections=max_connections or settings.concurrency + 1,
             connect_timeout=settings.connect_timeout,

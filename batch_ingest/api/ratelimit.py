@@ -6,8 +6,14 @@ minute answers with 429. The log admits a request only when fewer than R request
 admitted in the last 60 seconds (plus a small margin for the network's jitter), so no
 60-second window ever holds more than R, while a full R per minute stays usable.
 
+Within that cap, requests are *paced* (GCRA, the leaky bucket as a meter): one every 60/R
+seconds, with at most `burst` at once. A platform that enforces its limit as a token bucket
+with a small capacity, or per second, answers a minute's budget sent at once with 429s; an
+even pace never meets them, and costs nothing against a rolling-minute limit.
+
 After a 429 the limiter pauses every caller for `Retry-After` (or its own backoff when the
-server gave none) and lowers its budget, then climbs back as requests succeed.
+server gave none) and lowers its budget, then climbs back as requests succeed; after a pause
+it resumes at the paced rate, never with a burst.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ BACKOFF_CAP_S = 60.0  # one window: after that the server's count has surely res
 SLOWDOWN_FACTOR = 0.8  # budget multiplier after each 429
 MIN_FACTOR = 0.25
 RECOVERY_STEP = 0.01  # budget fraction regained per successful request
+# Requests that may leave at once before the pace applies. Below the capacity of the small token
+# buckets platforms use (5 is common), so the bucket keeps a token or two for the network's jitter.
+DEFAULT_BURST = 3
 RETRY_AFTER_CEILING_S = 300.0  # a longer Retry-After is taken as this: the server is wrong or hostile
 
 
@@ -66,8 +75,11 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        burst: int | None = DEFAULT_BURST,
     ) -> None:
         self.per_minute = per_minute
+        self.burst = burst  # None: no pacing, the sliding window alone (a minute's budget at once)
+        self._tat = float("-inf")  # GCRA: the theoretical arrival time of the next request
         self._window = WINDOW_S + margin
         self._clock = clock
         self._sleep = sleep
@@ -98,9 +110,13 @@ class RateLimiter:
         admitted = self._admitted
         while admitted and admitted[0] <= now - self._window:
             admitted.popleft()
-        if len(admitted) < budget:
-            return 0.0
-        return admitted[-budget] + self._window - now
+        window_wait = 0.0 if len(admitted) < budget else admitted[-budget] + self._window - now
+        pace_wait = 0.0
+        if self.burst is not None:
+            # GCRA: admit when the theoretical arrival time is less than `burst` intervals ahead.
+            interval = self._window / budget  # the window's margin too: a hair under the rate
+            pace_wait = max(0.0, self._tat - (self.burst - 1) * interval - now)
+        return max(window_wait, pace_wait)
 
     async def acquire(self) -> float:
         """Wait until one more request may be sent, count it as sent; return its admission time."""
@@ -111,6 +127,8 @@ class RateLimiter:
                 if wait <= 0:
                     if self.per_minute > 0:
                         self._admitted.append(now)
+                        if self.burst is not None:
+                            self._tat = max(self._tat, now) + self._window / self.budget
                     self.admitted_total += 1
                     return now
                 self.waited_s += wait
@@ -134,6 +152,8 @@ class RateLimiter:
         else:
             pause = min(retry_after, RETRY_AFTER_CEILING_S)
         self._paused_until = max(self._paused_until, self._clock() + pause)
+        # Resume at the pace, not with a burst: the first request after the pause goes alone.
+        self._tat = max(self._tat, self._paused_until + (self.burst - 1 if self.burst else 0) * self._window / max(1, self.budget))
         self._factor = max(MIN_FACTOR, self._factor * SLOWDOWN_FACTOR)
         return pause
 

@@ -121,6 +121,8 @@ def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--password", help="Password for the auth-token endpoint [env SMARTSTREAM_PASSWORD]. Flags "
                                         "show in `ps`: prefer the environment variable."),
         click.option("--rate", type=float, help="Requests per minute for everything the run sends [default 50; 0: no limit]."),
+        click.option("--burst", type=int, help="Requests that may leave at once before the even pace of --rate "
+                                                "applies [default 3; 0: no pacing, a minute's budget at once]."),
         click.option("--concurrency", type=int, help="Submissions in flight at most [default 8; at most 256]."),
         click.option("--upload-concurrency", type=int, help="Uploads in flight at most [default 2; at most 64]."),
         click.option("--retries", type=int, help="Retries of a transient failure [default 5]."),
@@ -164,7 +166,7 @@ def progress_for(quiet: bool, options: dict[str, Any]):  # -> Progress
 _SETTING_FLAGS = (
     "api_url", "merchant_id", "api_key", "token", "email", "password", "rate", "concurrency",
     "upload_concurrency", "retries", "job_timeout", "poll_min_interval", "poll_max_interval", "encode_status_map",
-    "allow_http",
+    "allow_http", "burst",
 )  # fmt: skip
 
 

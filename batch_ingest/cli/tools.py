@@ -24,6 +24,10 @@ from .common import echo, _SETTING_FLAGS, api_options, build_settings, emulator_
 @click.option("--password", default="emulator-password", show_default=True, help="Password for that email.")
 @click.option("--rate-limit", type=int, default=50, show_default=True, help="Requests per rolling minute (0: off).")
 @click.option(
+    "--bucket-capacity", type=int, default=0, show_default=True,
+    help="Enforce --rate-limit as a token bucket of this capacity instead of a rolling minute (0: rolling minute).",
+)
+@click.option(
     "--retry-after",
     type=click.Choice(["seconds", "date", "none"]),
     default="seconds",

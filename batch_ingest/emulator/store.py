@@ -47,6 +47,7 @@ class EmulatorConfig:
     token_revoke_after_s: float | None = None  # fault: issued tokens die this early, despite `expiration`
     static_token_ttl_s: float | None = None  # fault: the static token expires this long after start
     rate_limit: int = 50  # requests per rolling minute; 0 turns the limit off
+    bucket_capacity: int = 0  # >0: enforce rate_limit as a token bucket of this capacity instead
     retry_after: str = "seconds"  # on 429: "seconds", "date" or "none"
     queue_s: float = 1.0  # time a job waits before encoding starts
     encode_s: float = 5.0  # time an encode takes
@@ -143,6 +144,7 @@ class Store:
         self.tokens: dict[str, tuple[float, float]] = {}  # token -> (stated expiry, real expiry)
         self.counters = Counters()
         self.window: list[float] = []  # admitted request times in the current rolling minute
+        self.bucket: tuple[float, float] | None = None  # (tokens, when) in token-bucket mode
         self.burst_left = 0
         self.failed_once: set[str] = set()  # sources whose create already failed once (create_error_once)
         self.in_progress = Counter()  # requests being handled now, by kind ("api", "upload")
@@ -332,7 +334,16 @@ class Store:
         """Count one API request against the rolling minute. None if admitted, else seconds to wait."""
         limit = self.config.rate_limit
         now = self.clock()
-        if limit > 0:
+        if limit > 0 and self.config.bucket_capacity > 0:
+            # A token bucket: `bucket_capacity` at once at most, refilled at rate_limit per minute.
+            capacity, per_s = float(self.config.bucket_capacity), limit / 60.0
+            tokens, last = self.bucket if self.bucket is not None else (capacity, now)
+            tokens = min(capacity, tokens + (now - last) * per_s)
+            if tokens < 1.0:
+                self.bucket = (tokens, now)
+                return max(0.001, (1.0 - tokens) / per_s)
+            self.bucket = (tokens - 1.0, now)
+        elif limit > 0:
             window = self.window
             cut = now - 60.0
             drop = 0
