@@ -81,6 +81,7 @@ class Poller:
         self.on_final = on_final
         self.on_resend = on_resend  # a followed job failed or vanished: its row is to be sent again
         self.on_follow_end = on_follow_end
+        self.on_job_end: Callable[[], None] = lambda: None
         self.following = 0  # followed jobs in flight
         self.fallback_after = fallback_after if fallback_after is not None else max(600.0, 20 * max_interval)
         self._clock = clock
@@ -201,6 +202,7 @@ class Poller:
     def _untrack(self, job: Tracked) -> None:
         if self._jobs.pop(job.job_id, None) is None:
             return  # already ended (a deadline passed while a read of it was under way)
+        self.on_job_end()
         if job.follow is not None:
             self.following -= 1
             self.on_follow_end()

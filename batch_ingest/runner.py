@@ -288,10 +288,13 @@ async def execute_journal(
         follow=lambda row, job, now, task, follow: poller.track(row, job, now, task, follow),
         following=lambda: poller.following,
         secret_sources=secret_sources,
+        max_in_flight=settings.max_in_flight,
+        in_flight=lambda: poller.in_flight,
     )
     poller.on_final = lambda state: submitter.count_failure() if state not in ("succeeded", "skipped") else None
     poller.on_resend = submitter.resend
     poller.on_follow_end = submitter.wake
+    poller.on_job_end = submitter.job_ended
     poller.resume_in_flight()
     submitting_done = asyncio.Event()
 

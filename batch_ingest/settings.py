@@ -178,6 +178,7 @@ class Settings:
     encode_status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
     allow_http: bool = False  # plain http:// to a host other than this machine
     burst: int = 3  # requests that may leave at once before the even pace applies (0: no pacing)
+    max_in_flight: int = 0  # jobs of this run queued or encoding on the platform at once (0: no cap)
 
     def require_api(self) -> Settings:
         """Self, or ConfigError naming the flag and the variable of the first missing setting."""
@@ -239,6 +240,7 @@ _CONVERTERS: dict[str, Any] = {
     "encode_status_map": _status_map,
     "allow_http": _bool,
     "burst": lambda n, v: _int(n, v, 0, 1000),
+    "max_in_flight": lambda n, v: _int(n, v, 0),
 }
 SECRET_FIELDS = frozenset({"api_key", "token", "password"})
 PRIVATE_FIELDS = frozenset({"email"})  # not a secret, but private: never stored or printed

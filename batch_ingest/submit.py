@@ -83,6 +83,8 @@ class Submitter:
         status_map: EncodeStatusMap | None = None,
         follow: Callable[[int, Job, float, RowTask, str], None] | None = None,
         secret_sources: dict[int, str] | None = None,
+        max_in_flight: int = 0,
+        in_flight: Callable[[], int] = lambda: 0,
         following: Callable[[], int] = lambda: 0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
@@ -102,6 +104,10 @@ class Submitter:
         self.following = following  # followed jobs still in flight: any may send its row again
         self._existing: dict[str, Job] | None = None  # ref_id -> newest job, when listing all was cheaper
         self.secret_sources = secret_sources or {}  # row -> real URL of a source stored redacted
+        self.max_in_flight = max_in_flight  # 0: no cap on jobs queued or encoding on the platform
+        self.in_flight = in_flight  # jobs the poller follows now
+        self._reserved = 0  # rows between their slot and the poller
+        self._slot_freed = asyncio.Event()
         self._resend: deque[int] = deque()  # rows whose followed job failed: send again
         self._wake = asyncio.Event()
         self._on_wire: dict[asyncio.Task, bool] = {}  # row tasks -> is their create on the wire
@@ -131,6 +137,10 @@ class Submitter:
     def wake(self) -> None:
         """Something the feed may be waiting for changed (a followed job ended)."""
         self._wake.set()
+
+    def job_ended(self) -> None:
+        """A job the poller followed ended: a --max-in-flight slot is free."""
+        self._slot_freed.set()
 
     async def run(self) -> SubmitStats:
         """Submit rows in doubt (looked up first), then pending rows, in manifest order; then rows
@@ -351,6 +361,25 @@ class Submitter:
                 # sending might ingest it twice, so the row waits for a later run or resume.
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
                 return
+        if not self.max_in_flight:
+            await self._send(task)
+            return
+        # --max-in-flight: wait for the platform's queue to have room; the slot is this row's until
+        # its job is with the poller (which counts it) or the row ends.
+        while self.in_flight() + self._reserved >= self.max_in_flight:
+            self._slot_freed.clear()
+            await wait_any(self._slot_freed, self.stop)
+            if self.stop.is_set():
+                return
+        self._reserved += 1
+        try:
+            await self._send(task)
+        finally:
+            self._reserved -= 1
+            self._slot_freed.set()
+
+    async def _send(self, task: RowTask) -> None:
+        """Create the row's job (looking up first when in doubt), with retries; record the outcome."""
         in_doubt = task.state == SENDING
         sent_at = task.sent_at
 

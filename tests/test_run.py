@@ -303,3 +303,16 @@ def test_paced_run_against_a_token_bucket_platform(tmp_path, emulator_server):
     stats = server.stats()
     assert stats["jobs_created"] == 60
     assert stats["rate_limited"] <= 0.01 * stats["requests_total"], stats
+
+
+def test_max_in_flight_keeps_the_platforms_queue_under_its_cap(tmp_path, emulator_server):
+    """The account takes at most 4 jobs queued or encoding (over-cap creates answer 429)."""
+    server = emulator_server(EmulatorConfig(rate_limit=0, max_in_flight=4, queue_s=0.1, encode_s=0.4, jitter=0.2))
+    lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/q{i}.mp4,100,q{i}" for i in range(30)]
+    manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
+    args = ["run", str(manifest), "--report-dir", str(tmp_path / "run"), "--max-in-flight", "4", *RUN_FLAGS]
+    result = invoke(args, env=server.env())
+    assert result.exit_code == 0, result.output
+    stats = server.stats()
+    assert stats["jobs_created"] == 30 and stats["duplicate_ref_ids"] == {}
+    assert stats["rate_limited"] == 0  # the run waited for room instead of meeting the cap

@@ -34,6 +34,10 @@ from .common import echo, _SETTING_FLAGS, api_options, build_settings, emulator_
     show_default=True,
     help="Form of Retry-After on a 429.",
 )
+@click.option(
+    "--max-in-flight", type=int, default=0, show_default=True,
+    help="Jobs queued or encoding at once on the account; a create over the cap answers 429 (0: no cap).",
+)
 @click.option("--queue-seconds", type=float, default=1.0, show_default=True, help="Time a job waits before encoding.")
 @click.option("--encode-seconds", type=float, default=5.0, show_default=True, help="Time an encode takes.")
 @click.option("--jitter", type=float, default=0.5, show_default=True, help="+/- share of randomness on durations.")

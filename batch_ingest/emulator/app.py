@@ -195,6 +195,8 @@ async def create_job(request: Request, store: Store) -> Response:
             return error(404, "STORAGE_NOT_FOUND", "Storage not found")
         if store.fail_create_once(source_url):
             return error(500, "SERVER_ERROR", SERVER_ERROR)
+        if store.queue_full():
+            return error(429, "TOO_MANY_REQUESTS", "Too many requests", {"Retry-After": "1"})
         job = store.create_job(source_type="url", source_url=source_url, job_profile_id=str(profile_id), **extras)
         view = job.view(store.config.merchant_id)
     return JSONResponse(view, status_code=201)
@@ -292,6 +294,8 @@ async def _upload_job(request: Request, store: Store, content_type: str) -> Resp
             return error(404, "STORAGE_NOT_FOUND", "Storage not found")
         if store.fail_create_once(sink.file_name):
             return error(500, "SERVER_ERROR", SERVER_ERROR)
+        if store.queue_full():
+            return error(429, "TOO_MANY_REQUESTS", "Too many requests", {"Retry-After": "1"})
         job = store.create_job(
             source_type="file",
             source_url=sink.file_name,

@@ -68,6 +68,7 @@ class EmulatorConfig:
     hang_s: float = 30.0
     storage_missing: bool = False  # every create answers 404 STORAGE_NOT_FOUND
     storage_missing_for: tuple[str, ...] = ()  # ...or only creates whose source contains one of these
+    max_in_flight: int = 0  # >0: a create while this many jobs are queued or encoding answers 429
     create_error_once: bool = False  # the first create of each source (since the knob was set) answers 500
 
     def with_changes(self, **changes: Any) -> EmulatorConfig:
@@ -244,6 +245,14 @@ class Store:
     def storage_missing(self, source: str) -> bool:
         """True when a create from `source` must answer STORAGE_NOT_FOUND."""
         return self.config.storage_missing or any(s in source for s in self.config.storage_missing_for)
+
+    def queue_full(self) -> bool:
+        """True when the account's cap of jobs queued or encoding (`max_in_flight`) is reached."""
+        cap = self.config.max_in_flight
+        if cap <= 0:
+            return False
+        self.advance()
+        return sum(1 for j in self.jobs.values() if j.status in (QUEUED, ENCODING)) >= cap
 
     def fail_create_once(self, source: str) -> bool:
         """True (a 500, nothing created) for the first create of `source` while `create_error_once` is set."""
