@@ -144,6 +144,15 @@ def _bool(name: str, value: Any) -> bool:
     raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
+def _bandwidth(name: str, value: Any) -> float:
+    from .api.ratelimit import parse_bandwidth
+
+    try:
+        return parse_bandwidth(str(value))
+    except (ValueError, IndexError):
+        raise ConfigError(f"{name} must be a bandwidth such as 10M (MiB/s), 500K or 1G, got {value!r}") from None
+
+
 def _status_map(name: str, value: Any) -> EncodeStatusMap:
     if isinstance(value, EncodeStatusMap):
         return value
@@ -179,6 +188,7 @@ class Settings:
     allow_http: bool = False  # plain http:// to a host other than this machine
     burst: int = 3  # requests that may leave at once before the even pace applies (0: no pacing)
     max_in_flight: int = 0  # jobs of this run queued or encoding on the platform at once (0: no cap)
+    bwlimit: float = 0.0  # bytes per second for all uploads of the run together (0: no limit)
 
     def require_api(self) -> Settings:
         """Self, or ConfigError naming the flag and the variable of the first missing setting."""
@@ -241,6 +251,7 @@ _CONVERTERS: dict[str, Any] = {
     "allow_http": _bool,
     "burst": lambda n, v: _int(n, v, 0, 1000),
     "max_in_flight": lambda n, v: _int(n, v, 0),
+    "bwlimit": _bandwidth,
 }
 SECRET_FIELDS = frozenset({"api_key", "token", "password"})
 PRIVATE_FIELDS = frozenset({"email"})  # not a secret, but private: never stored or printed

@@ -266,3 +266,14 @@ def test_connections_are_split_over_small_pools_totalling_the_bound():
         assert max(client._sizes) <= CONNECTIONS_PER_POOL and max(client._sizes) - min(client._sizes) <= 1
         assert [p._transport._pool._max_connections for p in client._pools] == client._sizes
         asyncio.run(client.aclose())
+
+
+async def test_byte_rate_paces_uploads_chunk_by_chunk(fake_clock):
+    from batch_ingest.api.ratelimit import ByteRate, parse_bandwidth
+
+    rate = ByteRate(parse_bandwidth("2M"), clock=fake_clock, sleep=fake_clock.sleep)
+    start = fake_clock()
+    for _ in range(4):
+        await rate.take(1024 * 1024)
+    assert fake_clock() - start == pytest.approx(1.5)  # the first chunk leaves at once, then 0.5 s each
+    assert parse_bandwidth("500K") == 500 * 1024 and parse_bandwidth("off") == 0

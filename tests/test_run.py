@@ -316,3 +316,17 @@ def test_max_in_flight_keeps_the_platforms_queue_under_its_cap(tmp_path, emulato
     stats = server.stats()
     assert stats["jobs_created"] == 30 and stats["duplicate_ref_ids"] == {}
     assert stats["rate_limited"] == 0  # the run waited for room instead of meeting the cap
+
+
+def test_bwlimit_uploads_arrive_whole(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    (tmp_path / "media").mkdir()
+    data = bytes(range(256)) * 4096 * 3  # 3 MiB
+    (tmp_path / "media" / "a.mp4").write_bytes(data)
+    manifest = write_manifest(tmp_path, "source,profile\nmedia/a.mp4,100\n")
+    result = invoke(["run", str(manifest), "--bwlimit", "16M", *RUN_FLAGS], env=server.env())
+    assert result.exit_code == 0, result.output
+    import hashlib
+
+    (job,) = server.jobs()
+    assert job["upload_size"] == len(data) and job["upload_sha256"] == hashlib.sha256(data).hexdigest()

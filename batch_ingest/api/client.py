@@ -37,7 +37,7 @@ from .auth import Auth, expiration_epoch
 from .clock import PlatformClock
 from ..redact import redact_text
 from .models import Job, JobProfile, MalformedRecord, Page
-from .ratelimit import RETRY_AFTER_CEILING_S, RateLimiter, parse_retry_after
+from .ratelimit import RETRY_AFTER_CEILING_S, ByteRate, RateLimiter, parse_retry_after
 from .retry import call_with_retries
 
 USER_AGENT = f"batch-ingest/{__version__} httpx/{httpx.__version__}"
@@ -100,6 +100,7 @@ class SmartStreamClient:
         self._sleep = sleep
         self.requests_sent = 0
         self.platform_clock = PlatformClock()
+        self.bandwidth: ByteRate | None = None  # --bwlimit: shared by every upload of the run
         self.on_notice: Callable[[str], Any] = lambda text: None  # long waits are announced here
         self._announced_until = 0.0
         self._prefix = f"/v1/merchants/{quote(merchant_id, safe='')}"
@@ -140,7 +141,7 @@ class SmartStreamClient:
         settings.require_api()
         assert settings.merchant_id and settings.api_key
         auth = Auth(settings.api_key, token=settings.token, email=settings.email, password=settings.password)
-        return cls(
+        client = cls(
             base_url=settings.api_url,
             merchant_id=settings.merchant_id,
             auth=auth,
@@ -151,6 +152,9 @@ class SmartStreamClient:
             read_timeout=settings.read_timeout,
             get_retries=settings.retries,
         )
+        if settings.bwlimit > 0:
+            client.bandwidth = ByteRate(settings.bwlimit)
+        return client
 
     async def __aenter__(self) -> SmartStreamClient:
         return self
@@ -423,7 +427,7 @@ class SmartStreamClient:
             }
             if profile_id is not None:
                 headers["Profile-Id"] = str(profile_id)
-            return headers, _stream_file(file_path, size, head, tail, on_progress)
+            return headers, _stream_file(file_path, size, head, tail, on_progress, self.bandwidth)
 
         response = await self._request("POST", path, body=body, on_admitted=on_admitted)
         return self._created(response, path)
@@ -553,9 +557,9 @@ def _open_regular(path: Path) -> int:
 
 
 async def _stream_file(
-    path: Path, size: int, head: bytes, tail: bytes, on_progress: ProgressCallback | None
+    path: Path, size: int, head: bytes, tail: bytes, on_progress: ProgressCallback | None, bandwidth: ByteRate | None
 ) -> AsyncIterator[bytes]:
-    """The multipart body: head, the file in chunks read off the event loop, tail."""
+    """The multipart body: head, the file in chunks read off the event loop, tail; paced by `bandwidth`."""
     yield head
     sent = 0
     try:
@@ -565,6 +569,8 @@ async def _stream_file(
                 if not chunk:
                     raise SourceUnreadable(f"{path} shrank while it was being uploaded ({sent} of {size} bytes)")
                 sent += len(chunk)
+                if bandwidth is not None:
+                    await bandwidth.take(len(chunk))
                 if on_progress is not None:
                     on_progress(len(chunk))
                 yield chunk

@@ -162,3 +162,46 @@ class RateLimiter:
         self._backoff = BACKOFF_START_S
         if self._factor < 1.0:
             self._factor = min(1.0, self._factor + RECOVERY_STEP)
+
+
+class ByteRate:
+    """Paces bytes (all uploads of a run share one): at most `per_second` on average, chunk by chunk."""
+
+    def __init__(
+        self,
+        per_second: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._next = float("-inf")  # when the budget is free again
+        self.waited_s = 0.0
+
+    async def take(self, n: int) -> None:
+        """Wait until `n` more bytes may leave."""
+        if self.per_second <= 0:
+            return
+        now = self._clock()
+        start = max(self._next, now)
+        self._next = start + n / self.per_second
+        if start > now:
+            self.waited_s += start - now
+            await self._sleep(start - now)
+
+
+_UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_bandwidth(text: str) -> float:
+    """Bytes per second from rclone's syntax: `10M` is 10 MiB/s; `0` or `off` means no limit."""
+    value = str(text).strip().upper().removesuffix("/S").removesuffix("IB").removesuffix("B") if str(text).strip() else ""
+    if value in ("", "0", "OFF"):
+        return 0.0
+    number, unit = value[:-1] if value[-1] in _UNITS else value, value[-1] if value[-1] in _UNITS else ""
+    rate = float(number) * _UNITS[unit]
+    if not math.isfinite(rate) or rate < 0:
+        raise ValueError(f"not a bandwidth: {text!r}")
+    return rate

@@ -126,6 +126,8 @@ def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--concurrency", type=int, help="Submissions in flight at most [default 8; at most 256]."),
         click.option("--max-in-flight", type=int, help="Jobs of this run queued or encoding on the platform at "
                                                        "once at most; submission waits for room [default 0: no cap]."),
+        click.option("--bwlimit", help="Upload bandwidth for all uploads of the run together, e.g. 10M (MiB/s), "
+                                       "500K, 1G [default: no limit]."),
         click.option("--upload-concurrency", type=int, help="Uploads in flight at most [default 2; at most 64]."),
         click.option("--retries", type=int, help="Retries of a transient failure [default 5]."),
         click.option("--job-timeout", type=float, help="Seconds a job may take after submission [default 21600]."),
@@ -168,7 +170,7 @@ def progress_for(quiet: bool, options: dict[str, Any]):  # -> Progress
 _SETTING_FLAGS = (
     "api_url", "merchant_id", "api_key", "token", "email", "password", "rate", "concurrency",
     "upload_concurrency", "retries", "job_timeout", "poll_min_interval", "poll_max_interval", "encode_status_map",
-    "allow_http", "burst", "max_in_flight",
+    "allow_http", "burst", "max_in_flight", "bwlimit",
 )  # fmt: skip
 
 
