@@ -506,6 +506,13 @@ class Journal:
                 out.append(CarriedRow(row, state, job_id, sent_at, submitted_at, updated_at, follow, *job))
         return out
 
+    def rows_without_ref(self) -> list[int]:
+        """Rows still to send that have no ref_id (so --skip-existing cannot ask the platform about them)."""
+        self.flush()
+        return [r for (r,) in self._conn.execute(
+            "SELECT row FROM rows WHERE ref_id IS NULL AND state IN (?, ?) ORDER BY row", (PENDING, SENDING)
+        )]  # fmt: skip
+
     def secret_rows(self) -> dict[int, str]:
         """Rows whose source is stored redacted (it carries a credential), with that redacted form."""
         self.flush()

@@ -22,6 +22,7 @@ from .journal import FRAME_SCHEMA
 from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
 from .redact import redact_url
 from .report import REPORT_COLUMNS
+from .text import first_few
 
 READY, REJECTED = "ready", "rejected"
 INVALID_ROW = "INVALID_ROW"
@@ -399,9 +400,8 @@ def build_plan(
     out = pl.concat([out, carried.rename(renamed)], how="horizontal") if extras else out
     notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
     if extras:
-        shown = ", ".join(c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras[:20])
-        more = f" and {len(extras) - 20} more" if len(extras) > 20 else ""
-        notes.append(f"columns carried into the report unchanged, not used: {shown}{more}")
+        shown = [c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras]
+        notes.append(f"columns carried into the report unchanged, not used: {first_few(shown)}")
     return Plan(
         manifest=manifest, frame=out, extras=[renamed[c] for c in extras], blank_rows=blank_rows, notes=notes,
         secrets=secrets,
@@ -457,10 +457,9 @@ def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | N
     if skip_existing:
         no_ref = ready.filter(pl.col("ref_id").is_null())["row"].to_list()
         if no_ref:
-            shown = ", ".join(str(r) for r in no_ref[:20]) + (f" and {len(no_ref) - 20} more" if len(no_ref) > 20 else "")
             notes.append(
                 f"--skip-existing: {len(no_ref)} row(s) have no ref_id, so the platform cannot be asked about them: "
-                f"they are always sent (rows {shown})"
+                f"they are always sent (rows {first_few(no_ref)})"
             )
     per_profile = (
         ready.with_columns(pl.col("profile").fill_null("(platform default)"))

@@ -64,18 +64,14 @@ def _open_run(run_dir: Path, *, migrate: bool = True) -> tuple[Journal, pl.DataF
 def stored_settings(run_dir: Path) -> dict[str, Any]:
     """The non-secret settings a run was started with, but the API URL (a layer under flags and
     environment on resume). Empty when `run_dir` holds no journal (the command reports that itself)."""
-    stored = _stored(run_dir)
-    return {k: v for k, v in stored.items() if k not in NOT_INHERITED}
-
-
-def _stored(run_dir: Path) -> dict[str, Any]:
     if not (run_dir / JOURNAL_FILE).exists():
         return {}
     journal = Journal.open(run_dir / JOURNAL_FILE, migrate=False)  # not under the run's lock yet
     try:
-        return dict(journal.meta().get("settings") or {})
+        stored = journal.meta().get("settings") or {}
     finally:
         journal.close()
+    return {k: v for k, v in stored.items() if k not in NOT_INHERITED}
 
 
 def recover_secret_sources(meta: dict[str, Any], stored: dict[int, str], progress: Progress) -> dict[int, str]:

@@ -49,7 +49,7 @@ from .report import (
     write_summary,
 )
 from .submit import SKIP_ANY, SKIP_NOT_FAILED
-from .text import safe_text
+from .text import first_few, safe_text
 from .settings import SECRET_FIELDS as SECRET_SETTINGS
 from .settings import Settings
 from .submit import Submitter
@@ -260,7 +260,7 @@ async def execute_journal(
     if no_ref:
         progress.message(
             f"--skip-existing: {len(no_ref)} row(s) have no ref_id, so the platform cannot be asked about them: "
-            f"they are always sent (rows {_row_list(no_ref)})"
+            f"they are always sent (rows {first_few(no_ref)})"
         )
     poller = Poller(
         client,
@@ -377,12 +377,7 @@ def finish_after_internal_error(
 def _rows_without_ref(journal: Journal, options: RunOptions) -> list[int]:
     if not options.skip_existing:
         return []
-    return [t.row for t in journal.tasks(("pending", "sending"), limit=10**9) if not t.ref_id]
-
-
-def _row_list(rows: list[int], shown: int = 20) -> str:
-    text = ", ".join(str(r) for r in rows[:shown])
-    return text + (f" and {len(rows) - shown} more" if len(rows) > shown else "")
+    return journal.rows_without_ref()
 
 
 def finish_run(

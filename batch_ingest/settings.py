@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from .api.models import EncodeStatusMap
 from .errors import ConfigError
+from .redact import redact_url
 
 DEFAULT_API_URL = "https://ovp-s-api.smartstream.ne.jp"
 DEFAULT_RATE_PER_MINUTE = 50.0  # the platform's default account limit
@@ -125,12 +126,6 @@ def is_loopback(url: str) -> bool:
     except ValueError:
         return False
 
-
-def redact_url(url: str) -> str:
-    """`url` without user:password@ (and without a query string that looks like a signature)."""
-    from .redact import redact_url as _redact
-
-    return _redact(url)
 
 
 def _bool(name: str, value: Any) -> bool:

@@ -11,3 +11,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def safe_text(text: str) -> str:
     """`text` with every control character (ESC, CR, BEL...) but TAB and LF shown as \\xNN."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def first_few(items: list, shown: int = 20) -> str:
+    """`a, b, c and 17 more`: a list that stays one readable line however long it is."""
+    text = ", ".join(str(i) for i in items[:shown])
+    return text + (f" and {len(items) - shown} more" if len(items) > shown else "")

@@ -404,7 +404,7 @@ def test_unwritable_html_is_refused_before_anything_is_sent(tmp_path, emulator_s
     assert server.stats()["requests_total"] == 0
 
 
-def test_retry_after_beyond_the_ceiling_is_capped_and_announced(fake_clock):
+def test_retry_after_beyond_the_ceiling_is_capped(fake_clock):
     from batch_ingest.api.ratelimit import RETRY_AFTER_CEILING_S, RateLimiter
 
     limiter = RateLimiter(50, clock=fake_clock, sleep=fake_clock.sleep)

@@ -412,7 +412,7 @@ def test_quiet_failed_run_prints_counts_and_json_events_carry_keys(tmp_path, emu
     result = cli(["run", str(manifest), "--report-dir", str(run_dir), "--log-file", str(log), "--log-format", "json", *FLAGS], server.env())
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
-    assert lines == [f"run run: failed 14 (exit 1)", str(run_dir / "report.parquet")]
+    assert lines == ["run run: failed 14 (exit 1)", str(run_dir / "report.parquet")]
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert all(e["run_id"] == "run" for e in events)
     rows = [e for e in events if e["event"] in ("submitted", "finished")]

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
 import functools
-import sqlite3
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
