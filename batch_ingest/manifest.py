@@ -6,6 +6,7 @@ file, the problem and the columns found. Row-level problems are left to `plan.py
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from pathlib import Path
@@ -61,11 +62,19 @@ def _check_header(path: Path, names: list[str]) -> list[str]:
 
 
 def _utf8_error(path: Path, data: bytes) -> ManifestError | None:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        return ManifestError(f"{path}: line {line} is not UTF-8 text (byte {exc.start}): save the manifest as UTF-8")
+    """The first byte that is not UTF-8, as an error naming its line; checked a megabyte at a time
+    (decoding a whole large manifest at once would hold a second copy of it)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    step = 1 << 20
+    for start in range(0, len(data), step):
+        pending = len(decoder.getstate()[0])  # the bytes of a sequence the chunk before cut in two
+        try:
+            decoder.decode(view[start : start + step], final=start + step >= len(data))
+        except UnicodeDecodeError as exc:
+            at = start - pending + exc.start
+            line = data.count(b"\n", 0, at) + 1
+            return ManifestError(f"{path}: line {line} is not UTF-8 text (byte {at}): save the manifest as UTF-8")
     return None
 
 
@@ -82,10 +91,11 @@ def _read_csv(path: Path) -> pl.DataFrame:
     if bad:
         raise bad
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    header = next(csv.reader(io.StringIO(data.decode("utf-8").split("\n", 1)[0]), delimiter=delimiter), [])
+    first_line = data.split(b"\n", 1)[0].decode("utf-8")
+    header = next(csv.reader(io.StringIO(first_line), delimiter=delimiter), [])
     names = _check_header(path, header)
     try:
-        frame = pl.read_csv(io.BytesIO(data), infer_schema=False, separator=delimiter, raise_if_empty=False)
+        frame = pl.read_csv(data, infer_schema=False, separator=delimiter, raise_if_empty=False)
     except pl.exceptions.PolarsError:
         # Ragged rows or odd quoting: parse with the csv module, which tells us which rows are odd.
         frame = _read_csv_slowly(path, data, delimiter, len(header))

@@ -215,12 +215,23 @@ def build_plan(
     # and join it again, row for row, at the end; so no extra can ever meet a working column either.
     carried = frame.select(extras)
     present_columns = set(schema)
-    cells = [_text(present_columns, c).alias(f"_{c}") for c in (*SOURCE_COLUMNS, "profile", "ref_id", "name", "description")]
+    # A cell is trimmed, and empty means missing; a column that needs neither is taken as it is
+    # (shared with the manifest's frame, not copied: a million-row copy is a hundred MB).
+    needs_work = frame.select(
+        pl.col(c).cast(pl.String).str.contains(r"^\s|\s$|^$").any().alias(c)
+        for c in KNOWN_COLUMNS
+        if c in present_columns
+    ).row(0, named=True) if frame.height else {}
+    cells = [
+        (_text(present_columns, c) if needs_work.get(c, True) else pl.col(c).cast(pl.String)).alias(f"_{c}")
+        for c in KNOWN_COLUMNS
+    ]
     work = frame.select(*cells, *([pl.col(RAGGED)] if RAGGED in present_columns else []))
     if work.height == 0:
         raise ManifestError(
             f"{manifest}: no rows: the manifest has a header ({', '.join(frame.columns)}) but no data rows"
         )
+    del frame  # the working copy has what is needed; the caller passes the manifest's frame on, not keeps it
     work = work.with_row_index("row", offset=1).with_columns(pl.col("row").cast(pl.Int64))
 
     present = [pl.col(f"_{c}").is_not_null().cast(pl.Int8) for c in SOURCE_COLUMNS]
@@ -263,19 +274,20 @@ def build_plan(
         .alias("source_path")
     )
     paths = work.filter(pl.col("source_type") == "file")["source_path"].unique().drop_nulls().to_list()
-    checks = _file_checks([os.path.normpath(p) for p in paths])
-    lookup = pl.DataFrame(
-        {
-            "source_path": paths,
-            "_norm": [os.path.normpath(p) for p in paths],
-        },
-        schema={"source_path": pl.String, "_norm": pl.String},
-    ).with_columns(
-        pl.col("_norm").replace_strict({k: v[0] for k, v in checks.items()}, default=None, return_dtype=pl.Int64).alias("bytes"),
-        pl.col("_norm").replace_strict({k: v[1] for k, v in checks.items()}, default=None, return_dtype=pl.String).alias("_file_problem"),
+    normalised = {p: os.path.normpath(p) for p in paths}
+    checks = _file_checks(list(set(normalised.values())))
+    # Looked up in place (no join, no re-sort): a manifest of URLs alone pays nothing here.
+    work = work.with_columns(
+        pl.col("source_path").replace_strict(
+            {p: checks[n][0] for p, n in normalised.items()}, default=None, return_dtype=pl.Int64
+        ).alias("bytes"),
+        pl.col("source_path").replace_strict(
+            {p: checks[n][1] for p, n in normalised.items()}, default=None, return_dtype=pl.String
+        ).alias("_file_problem"),
+        pl.col("source_path").replace_strict(normalised, default=None, return_dtype=pl.String).alias("source_path"),
+    ) if paths else work.with_columns(
+        pl.lit(None, pl.Int64).alias("bytes"), pl.lit(None, pl.String).alias("_file_problem")
     )
-    work = work.join(lookup, on="source_path", how="left").sort("row")
-    work = work.with_columns(pl.coalesce(pl.col("_norm"), pl.col("source_path")).alias("source_path")).drop("_norm")
 
     ragged = pl.col(RAGGED) if RAGGED in work.columns else pl.lit(None, pl.String)
     rules = [
@@ -334,15 +346,29 @@ def build_plan(
     # Row keys: ref_id, or derived from source and profile. Later duplicates are rejected.
     key_source = pl.when(pl.col("source_type") == "file").then(pl.col("source_path")).otherwise(pl.col("source"))
     work = work.with_columns(key_source.alias("_key_source"))
-    derived = work.select(
-        pl.struct("_key_source", "profile").map_elements(
-            lambda s: _derived_key(s["_key_source"] or "", s["profile"]), return_dtype=pl.String
+    # Derived keys (a sha256 each) only for the rows without a ref_id, in one pass over plain strings;
+    # rows are numbered from 1 in frame order, so row - 1 is the position to fill.
+    unkeyed = work.filter(pl.col("_ref_id").is_null()).select("row", "_key_source", "profile")
+    keys = work["_ref_id"].alias("key")
+    if unkeyed.height:
+        keys = keys.scatter(
+            unkeyed["row"] - 1,
+            [_derived_key(s or "", p) for s, p in zip(unkeyed["_key_source"].to_list(), unkeyed["profile"].to_list())],
         )
-    ).to_series()
-    work = work.with_columns(pl.coalesce(pl.col("_ref_id"), derived).alias("key"))
-    first_row = pl.col("row").min().over("key")
+    del unkeyed
+    work = work.with_columns(keys)
+    # Later rows with a key already seen are duplicates; the first row of each such key is looked up
+    # among the duplicated keys alone (a window over every key costs hundreds of MB at a million rows).
+    repeated = work.select(pl.col("key").is_first_distinct().not_()).to_series()
+    if repeated.any():
+        dup_keys = work.filter(repeated)["key"].unique()
+        firsts = work.filter(pl.col("key").is_in(dup_keys.implode())).group_by("key").agg(pl.col("row").min().alias("_first"))
+        first_row = pl.col("key").replace_strict(firsts["key"], firsts["_first"], default=pl.col("row"))
+        is_dup = pl.col("reason").is_null() & repeated
+    else:
+        first_row, is_dup = pl.col("row"), pl.lit(False)
     work = work.with_columns(
-        pl.when(pl.col("reason").is_null() & (first_row != pl.col("row")))
+        pl.when(is_dup)
         .then(
             pl.format(
                 "duplicate of row {} (same {})",
@@ -352,13 +378,14 @@ def build_plan(
         )
         .otherwise(pl.col("reason"))
         .alias("reason"),
-        pl.when(pl.col("reason").is_null() & (first_row != pl.col("row")))
+        pl.when(is_dup)
         .then(pl.lit(DUPLICATE_KEY))
         .when(pl.col("reason").is_not_null())
         .then(pl.lit(INVALID_ROW))
         .otherwise(None)
         .alias("error_code"),
     )
+    del repeated
     # A duplicate-row rejection must not hide the first row's key from a later row: keys stay unique
     # among ready rows only, and a rejected row's key gets its row number so the journal can hold it.
     work = work.with_columns(
@@ -475,6 +502,7 @@ def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | N
         "urls": int((ready["source_type"] == "url").sum()),
         "files": int((ready["source_type"] == "file").sum()),
         "upload_bytes": int(ready["bytes"].fill_null(0).sum()),
+        "with_ref_id": int(ready["ref_id"].is_not_null().sum()),
         "per_profile": dict(per_profile),
         "rejected": rejected.height,
         "rejected_rows": rejected.head(max_rejected).select("row", "source", "error_code", "reason").to_dicts(),
