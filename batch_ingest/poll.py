@@ -249,7 +249,7 @@ class Poller:
                 if previous is not None and ids and ids == previous:
                     raise EndlessListing(f"page {page} of the jobs list repeats page {page - 1}: the API pages without end")
                 previous = ids
-                news = 0
+                news = late = 0
                 for item in items:
                     updated = parse_api_date(item.get("updated_at")) if isinstance(item.get("updated_at"), str) else None
                     if updated is not None and (newest is None or updated.timestamp() > newest):
@@ -257,13 +257,16 @@ class Poller:
                     # Build a Job only for our own jobs: the list also holds everyone else's.
                     if isinstance(item.get("id"), str) and item["id"] in self._jobs and self._observe(_job(item), now, updates):
                         news += 1
+                        if self._watermark is not None and (updated is None or updated.timestamp() < self._watermark):
+                            late += 1  # a change stamped before the last one seen: the platform committed it late
                 changes += news
                 last = parse_api_date(items[-1].get("updated_at")) if items else None
                 if len(items) < MAX_PAGE_SIZE or last is None:
                     break
                 if self._watermark is not None and last.timestamp() < self._watermark:
-                    # Past the last change seen: read on through the overlap only while pages bring news.
-                    if news == 0 or last.timestamp() < self._watermark - OVERLAP_S:
+                    # Past the last change seen: read on through the overlap only while it holds changes
+                    # committed late (stamped before the watermark, unseen by the last poll).
+                    if late == 0 or last.timestamp() < self._watermark - OVERLAP_S:
                         break
                 if page >= MAX_POLL_PAGES:
                     raise EndlessListing(f"the jobs list did not end within {MAX_POLL_PAGES} pages of changes")
