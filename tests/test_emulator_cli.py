@@ -125,7 +125,7 @@ def test_sparse_1gb_upload_keeps_both_sides_small(emulator_process, tmp_path):
     proc, port = emulator_process("--rate-limit", "0")
     script = textwrap.dedent(
         f"""
-        import asyncio, json, resource
+        import asyncio, json
         from batch_ingest.api import Auth, SmartStreamClient
         from batch_ingest.settings import Secret
         async def main():
@@ -134,8 +134,10 @@ def test_sparse_1gb_upload_keeps_both_sides_small(emulator_process, tmp_path):
                                          read_timeout=300) as c:
                 sent = []
                 job = await c.upload_job({str(video)!r}, on_progress=sent.append)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(json.dumps({{"id": job.id, "sent": sum(sent), "peak_mb": rss}}))
+            # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would count the
+            # test process's own size at the fork (a test before this one may have grown it).
+            hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+            print(json.dumps({{"id": job.id, "sent": sum(sent), "peak_mb": int(hwm.split()[1]) / 1024}}))
         asyncio.run(main())
         """
     )
