@@ -16,11 +16,11 @@ import polars as pl
 
 from .errors import UsageError
 from .report import write_atomically
-from .report import OUTCOMES, SUCCESS_OUTCOMES
+from .report import OUTCOMES, NOT_FAILED_OUTCOMES
 
 COLORS = {
     "succeeded": "#2e7d32", "failed": "#c62828", "rejected": "#6d4c41", "error": "#ef6c00",
-    "timed_out": "#8e24aa", "interrupted": "#546e7a", "skipped": "#1565c0",
+    "timed_out": "#8e24aa", "interrupted": "#546e7a", "skipped": "#1565c0", "held": "#9e9d24",
 }  # fmt: skip
 MAX_TABLE_ROWS = 5000
 
@@ -150,7 +150,7 @@ def _epochs(frame: pl.DataFrame, column: str) -> list[float]:
 
 def render_html(merged: pl.DataFrame, info: dict[str, Any]) -> str:
     """The report as one HTML document."""
-    failures = merged.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES)).head(MAX_TABLE_ROWS)  # as review.not_succeeded
+    failures = merged.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES)).head(MAX_TABLE_ROWS)  # as review.not_succeeded
     cols = [c for c in ("row", "ref_id", "source", "outcome", "error_code", "http_status", "error_message") if c in failures.columns]
     body_rows = "\n".join(
         "<tr>" + "".join(f"<td>{_esc(rec[c])}</td>" for c in cols) + "</tr>" for rec in failures.select(cols).iter_rows(named=True)

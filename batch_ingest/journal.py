@@ -6,6 +6,7 @@ Row states::
        │          │
        │          └─▶ error (the submission failed for good)
        └─▶ skipped (already on the platform)            rejected (invalid, never sent)
+    held ─▶ pending (a canary run's ready row outside its subset, until a resume takes it)
 
     pending | sending | submitted ─▶ handed_over (a `retry` run took the row, with its job or doubt)
     submitted ─▶ pending (a *followed* job failed or vanished: the row is sent again)
@@ -48,6 +49,7 @@ PENDING, SENDING, SUBMITTED = "pending", "sending", "submitted"
 SUCCEEDED, FAILED, TIMED_OUT = "succeeded", "failed", "timed_out"
 REJECTED, ERROR, SKIPPED = "rejected", "error", "skipped"
 HANDED_OVER = "handed_over"  # unfinished, and taken over by a retry run: this run leaves it alone
+HELD = "held"  # ready, outside a canary run's subset (subset.py): never sent until a resume takes it
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, REJECTED, ERROR, SKIPPED})
 UNFINISHED_STATES = (PENDING, SENDING, SUBMITTED)
 # What a row follows instead of a job it created (see the module docstring).
@@ -57,7 +59,10 @@ JOURNAL_FILE = "journal.sqlite"
 EXISTING_MESSAGE = "a job with this ref_id already exists on the platform (--skip-existing)"
 EXISTING_FAILED_MESSAGE = "the job with this ref_id on the platform failed; not sent again (--skip-existing=any)"
 DEFER_MAX = 256  # deferred state changes held before a commit is forced
+FRAME_CHUNK_ROWS = 50_000  # rows read into the report frame at a time
 
+# Indexes any version's journal may lack: created with the schema, and on every migrate (idempotent).
+_INDEXES = ("CREATE INDEX IF NOT EXISTS rows_job ON rows(job_id) WHERE job_id IS NOT NULL;",)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rows (
@@ -90,7 +95,7 @@ CREATE TABLE IF NOT EXISTS rows (
 );
 CREATE INDEX IF NOT EXISTS rows_state ON rows(state, row);
 CREATE TABLE IF NOT EXISTS known_jobs (job_id TEXT PRIMARY KEY, origin TEXT NOT NULL);
-"""
+""" + "\n".join(_INDEXES)
 _MIGRATIONS = {  # from version N to N + 1
     1: (
         "ALTER TABLE rows ADD COLUMN follow TEXT",
@@ -180,6 +185,7 @@ class Journal:
         self.path = path
         self._conn = conn
         self._deferred: list[tuple[str, tuple]] = []
+        self._deferred_jobs: set[str] = set()  # job ids in deferred writes (see `knows_job`)
         self._sending: list[tuple[int, float, asyncio.Future[None]]] = []
 
     @staticmethod
@@ -191,8 +197,12 @@ class Journal:
         return conn
 
     @classmethod
-    def create(cls, path: Path, plan: pl.DataFrame, meta: dict[str, Any]) -> Journal:
-        """A new journal holding every plan row: ready rows `pending`, the others `rejected`."""
+    def create(
+        cls, path: Path, plan: pl.DataFrame, meta: dict[str, Any], *, held: tuple[list[int], str] | None = None
+    ) -> Journal:
+        """A new journal holding every plan row: ready rows `pending`, the others `rejected`.
+
+        `held`: (ready rows outside a canary subset, the reason shown for them): they start `held`."""
         if path.exists():
             raise UsageError(f"{path} already exists: resume that run, or choose another --report-dir")
         # Created private first: SQLite gives the -wal and -shm files the database file's mode.
@@ -200,12 +210,14 @@ class Journal:
         conn = cls._connect(path)
         journal = cls(path, conn)
         conn.executescript(_SCHEMA)
+        is_held = pl.col("row").is_in(held[0]) if held else pl.lit(False)
         frame = plan.select(
             "row", "key", "ref_id", "source", "source_type", "source_path", "job_profile_id", "name",
             "description", "bytes",
-            pl.when(pl.col("status") == "ready").then(pl.lit(PENDING)).otherwise(pl.lit(REJECTED)).alias("state"),
+            pl.when(pl.col("status") != "ready").then(pl.lit(REJECTED))
+            .when(is_held).then(pl.lit(HELD)).otherwise(pl.lit(PENDING)).alias("state"),
             "error_code",
-            pl.col("reason").alias("error_message"),
+            pl.when(is_held).then(pl.lit(held[1] if held else None)).otherwise(pl.col("reason")).alias("error_message"),
             (pl.col("source_secret").cast(pl.Int64) if "source_secret" in plan.columns else pl.lit(None, pl.Int64)).alias(
                 "source_secret"
             ),
@@ -251,6 +263,8 @@ class Journal:
             for step in range(version, SCHEMA_VERSION):
                 for sql in _MIGRATIONS[step]:
                     self._conn.execute(sql)
+            for sql in _INDEXES:
+                self._conn.execute(sql)
             self._conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
@@ -274,6 +288,8 @@ class Journal:
             self._deferred = deferred + self._deferred
             raise
         self._conn.execute("COMMIT")
+        if not self._deferred:
+            self._deferred_jobs.clear()
 
     def _write(self, sql: str, params: tuple, *, durable: bool = False) -> None:
         """A state change: committed now when `durable`, else with the next commit.
@@ -384,18 +400,39 @@ class Journal:
         rows = {r[0] for r in self._conn.execute("SELECT job_id FROM rows WHERE job_id IS NOT NULL")}
         return rows | {r[0] for r in self._conn.execute("SELECT job_id FROM known_jobs")}
 
+    def knows_job(self, job_id: str) -> bool:
+        """True when a row of this run holds `job_id`, or the run must never adopt it (`known_jobs`):
+        asked of the journal, not of a set in memory, which would grow by a job id per row."""
+        if job_id in self._deferred_jobs:  # written, but not committed yet
+            return True
+        return (
+            self._conn.execute(
+                "SELECT 1 FROM rows WHERE job_id = ? UNION ALL SELECT 1 FROM known_jobs WHERE job_id = ? LIMIT 1",
+                (job_id, job_id),
+            ).fetchone()
+            is not None
+        )
+
     def add_known_jobs(self, job_ids: Iterable[str], origin: str) -> None:
         """Jobs that are not this run's to adopt (another run's, or a failed job a row is sent again after)."""
         self._write_many("INSERT OR IGNORE INTO known_jobs (job_id, origin) VALUES (?, ?)", [(j, origin) for j in job_ids])
 
-    def to_frame(self) -> pl.DataFrame:
-        """Every row's journal state as a polars frame, in manifest order."""
+    def to_frame(self, first_row: int | None = None, last_row: int | None = None) -> pl.DataFrame:
+        """Every row's journal state (or rows `first_row` to `last_row`) as a polars frame, in manifest order."""
         self.flush()
         cur = self._conn.execute(
             "SELECT row, key, state, job_id, media_id, job_profile_id, encode_status, http_status, error_code, "
-            "error_message, attempts, submitted_at, finished_at, job_created_at, job_updated_at FROM rows ORDER BY row"
+            "error_message, attempts, submitted_at, finished_at, job_created_at, job_updated_at FROM rows "
+            "WHERE row BETWEEN ? AND ? ORDER BY row",
+            (first_row if first_row is not None else -(2**62), last_row if last_row is not None else 2**62),
         )
-        return pl.DataFrame(cur.fetchall(), schema=FRAME_SCHEMA, orient="row")
+        # In chunks: a million rows as Python tuples at once would take most of a gigabyte.
+        chunks = []
+        while batch := cur.fetchmany(FRAME_CHUNK_ROWS):
+            chunks.append(pl.DataFrame(batch, schema=FRAME_SCHEMA, orient="row"))
+        if not chunks:
+            return pl.DataFrame(schema=FRAME_SCHEMA)
+        return pl.concat(chunks, rechunk=True) if len(chunks) > 1 else chunks[0]
 
     # -- state changes (each commits before returning) ------------------------------------------
 
@@ -426,6 +463,7 @@ class Journal:
     ) -> None:
         """The platform holds a job for the row (created, adopted after a look-up, or followed)."""
         message = EXISTING_MESSAGE if follow in (EXISTING, EXISTING_ANY) else None
+        self._deferred_jobs.add(job_id)
         self._write(
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, job_profile_id = coalesce(?, job_profile_id), "
             "encode_status = ?, job_created_at = ?, job_updated_at = ?, submitted_at = coalesce(submitted_at, ?), "
@@ -439,6 +477,7 @@ class Journal:
     ) -> None:  # fmt: skip
         """--skip-existing found a final job with the row's ref_id: `skipped` (it succeeded) or `failed`."""
         code = "ENCODE_FAILED" if state == FAILED else None
+        self._deferred_jobs.add(job_id)
         self._write(
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, encode_status = ?, "
             "job_profile_id = coalesce(?, job_profile_id), job_created_at = ?, job_updated_at = ?, finished_at = ?, "
@@ -518,6 +557,30 @@ class Journal:
         self.flush()
         return dict(self._conn.execute("SELECT row, source FROM rows WHERE source_secret = 1").fetchall())
 
+    def bytes_to_send(self) -> int:
+        """Bytes of the local files still to upload (rows pending or in doubt)."""
+        self.flush()
+        found = self._conn.execute(
+            "SELECT sum(bytes) FROM rows WHERE source_type = 'file' AND state IN (?, ?)", (PENDING, SENDING)
+        ).fetchone()
+        return int(found[0] or 0)
+
+    def pending_ref_ids(self) -> set[str]:
+        """The ref_ids of the rows still to send (what --skip-existing asks the platform about)."""
+        self.flush()
+        return {r for (r,) in self._conn.execute("SELECT ref_id FROM rows WHERE state = ? AND ref_id IS NOT NULL", (PENDING,))}
+
+    def held_rows(self) -> list[int]:
+        """Rows a canary run holds back, in manifest order."""
+        self.flush()
+        return [r for (r,) in self._conn.execute("SELECT row FROM rows WHERE state = ? ORDER BY row", (HELD,))]
+
+    def take(self, rows: list[int]) -> None:
+        """Held rows a resume takes into the run: they become `pending`, to be sent."""
+        self._write_many(
+            "UPDATE rows SET state = ?, error_message = NULL WHERE row = ? AND state = ?", [(PENDING, r, HELD) for r in rows]
+        )
+
     def has_unfinished(self) -> bool:
         """True while some row is pending, sending or submitted."""
         self.flush()
@@ -527,6 +590,7 @@ class Journal:
 
     def resend(self, row: int, old_job_id: str, reason: str) -> None:
         """A followed job failed or vanished: send the row again, never adopting the old job."""
+        self._deferred_jobs.add(old_job_id)
         self._write("INSERT OR IGNORE INTO known_jobs (job_id, origin) VALUES (?, ?)", (old_job_id, reason))
         self._write(
             "UPDATE rows SET state = ?, job_id = NULL, media_id = NULL, encode_status = NULL, job_created_at = NULL, "

@@ -6,8 +6,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,17 @@ from .journal import HANDED_OVER, PENDING, SENDING, SUBMITTED
 
 REPORT_PARQUET, REPORT_CSV, SUMMARY_JSON = "report.parquet", "report.csv", "summary.json"
 PLAN_PARQUET = "plan.parquet"
-OUTCOMES = ("succeeded", "failed", "rejected", "error", "timed_out", "interrupted", "skipped")
+OUTCOMES = ("succeeded", "failed", "rejected", "error", "timed_out", "interrupted", "skipped", "held")
 REPORT_COLUMNS = (
     "row", "ref_id", "source", "source_type", "profile", "job_profile_id", "job_id", "media_id", "outcome",
     "encode_status", "http_status", "error_code", "error_message", "attempts", "submitted_at", "finished_at",
     "duration_s", "bytes", "encode_s", "key",
 )  # fmt: skip
-SUCCESS_OUTCOMES = ("succeeded", "skipped")
+# Outcomes that are not a failure: the exit code, "not succeeded" lists and retries leave them out.
+# `held`: a canary run's row outside its subset, not yet sent (subset.py).
+NOT_FAILED_OUTCOMES = ("succeeded", "skipped", "held")
 FIRST_FAILURES = 10
+REPORT_CHUNK_ROWS = 100_000  # report rows built and written at a time (about 50 MB each)
 
 
 def _epoch_to_datetime(name: str) -> pl.Expr:
@@ -71,12 +76,70 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
     )
 
 
-def write_report(report: pl.DataFrame, run_dir: Path) -> tuple[Path, Path]:
-    """Write report.parquet and report.csv (same content) atomically; return their paths."""
-    parquet, csv = run_dir / REPORT_PARQUET, run_dir / REPORT_CSV
-    write_atomically(parquet, report.write_parquet)
-    write_atomically(csv, lambda f: csv_safe(flat_for_csv(report)).write_csv(f))
-    return parquet, csv
+@dataclass
+class ReportFacts:
+    """What the summary needs of a report, gathered while it is written a chunk at a time."""
+
+    rows: int = 0
+    outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    first_failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: int = 0  # rows whose outcome is a failure (not in NOT_FAILED_OUTCOMES)
+    without_ref_id: int = 0  # sent (or to send) rows with no ref_id: --skip-existing cannot ask about them
+    without_ref_id_first: list[int] = field(default_factory=list)
+
+    def add(self, chunk: pl.DataFrame) -> None:
+        self.rows += chunk.height
+        for outcome, n in outcome_counts(chunk).items():
+            self.outcomes[outcome] += n
+        failed = chunk.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES))
+        self.failures += failed.height
+        if len(self.first_failures) < FIRST_FAILURES:
+            self.first_failures += first_failures(failed, FIRST_FAILURES - len(self.first_failures))
+        no_ref = chunk.filter(pl.col("ref_id").is_null() & (pl.col("outcome") != "rejected"))["row"]
+        self.without_ref_id += no_ref.len()
+        self.without_ref_id_first += no_ref.head(20 - len(self.without_ref_id_first)).to_list()
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every row succeeded, was skipped or is held back by a canary run; else 1."""
+        return 1 if self.failures else 0
+
+
+def write_report_in_chunks(
+    plan: pl.DataFrame, journal: Any, extras: list[str], run_dir: Path, *, chunk_rows: int = REPORT_CHUNK_ROWS
+) -> ReportFacts:
+    """Build and write report.parquet and report.csv from the plan and the journal (a `Journal`), a chunk
+    of rows at a time, so that a million-row report never sits in memory whole; return its facts.
+
+    The plan is in row order; each chunk of it joins the journal's rows of the same range. Parquet
+    parts go to a private folder in the run folder and are streamed into one file at the end; both
+    files replace the old ones atomically."""
+    facts = ReportFacts()
+    parts = Path(tempfile.mkdtemp(prefix=".report-parts.", dir=run_dir))
+    schema: dict[str, pl.DataType] | None = None
+    try:
+
+        def write_csv(f: Any) -> None:
+            nonlocal schema
+            for index, start in enumerate(range(0, max(plan.height, 1), chunk_rows)):
+                part = plan.slice(start, chunk_rows)
+                rows = part["row"]
+                states = journal.to_frame(rows.min(), rows.max()) if part.height else journal.to_frame(0, -1)
+                chunk = build_report(part, states, extras)
+                if schema is None:
+                    schema = dict(chunk.schema)
+                else:  # a column all null in one chunk keeps the type it has in the others
+                    chunk = chunk.cast(schema)  # type: ignore[arg-type]
+                facts.add(chunk)
+                chunk.write_parquet(parts / f"{index:08d}.parquet")
+                csv_safe(flat_for_csv(chunk)).write_csv(f, include_header=index == 0)
+
+        write_atomically(run_dir / REPORT_CSV, write_csv)
+        files = sorted(parts.glob("*.parquet"))
+        write_atomically(run_dir / REPORT_PARQUET, lambda f: pl.scan_parquet(files).sink_parquet(f))
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+    return facts
 
 
 def write_atomically(path: Path, write: Callable[[Any], Any]) -> None:
@@ -141,13 +204,8 @@ def outcome_counts(report: pl.DataFrame) -> dict[str, int]:
 
 def first_failures(report: pl.DataFrame, n: int = FIRST_FAILURES) -> list[dict[str, Any]]:
     """The first `n` rows that did not succeed, with their reasons."""
-    rows = report.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES)).head(n)
+    rows = report.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES)).head(n)
     return rows.select("row", "ref_id", "source", "outcome", "error_code", "error_message").to_dicts()
-
-
-def exit_code_for_report(report: pl.DataFrame) -> int:
-    """0 when every row succeeded or was skipped, else 1."""
-    return 0 if report.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES)).is_empty() else 1
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -179,6 +237,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if summary.get("abort_reason"):
         lines.append(f"aborted: {summary['abort_reason']}")
+    if counts.get("held"):
+        taken = "; ".join(f"{s['kind']} {s['selection']}: {s['taken']}" for s in summary.get("subsets") or [])
+        lines.append(
+            f"held back: {counts['held']} rows outside the canary subset ({taken} taken); "
+            f"send them with: {summary.get('resume_all') or 'batch-ingest resume RUN_DIR --all'}"
+        )
     failures = summary.get("first_failures") or []
     if failures:
         lines.append("first rows that did not succeed:")

@@ -24,7 +24,7 @@ from .plan import plan_manifest
 from .redact import redact_url
 from .journal import JOURNAL_FILE, RECHECK, Journal
 from .progress import Progress
-from .report import PLAN_PARQUET, REPORT_PARQUET, build_report, read_report, read_summary, write_atomically, write_report
+from .report import PLAN_PARQUET, REPORT_PARQUET, build_report, read_summary, write_atomically, write_report_in_chunks
 from .runlock import RunLock, locked
 from .runner import (
     RunOptions,
@@ -37,7 +37,10 @@ from .runner import (
     new_run_id,
     prepare_run_dir,
     run_meta,
+    subset_record,
 )
+from .subset import Subset
+from .text import first_few
 from .settings import Settings
 
 RETRYABLE = ("failed", "error", "timed_out", "interrupted")
@@ -141,6 +144,13 @@ async def resume_run_async(
     try:
         journal, plan, meta = _open_run(run_dir, migrate=False)
         try:
+            if options.subset is not None:
+                lock.write_pid()
+                journal.migrate()
+                check_api_url(run_dir, meta, settings, options)
+                settings.require_api()
+                _take_held(journal, run_dir, meta, options.subset, progress)
+                meta = journal.meta()
             if not journal.has_unfinished():
                 done = _finished_result(run_dir)
                 if done is not None:
@@ -172,6 +182,25 @@ async def resume_run_async(
         lock.release()
 
 
+def _take_held(journal: Journal, run_dir: Path, meta: dict[str, Any], subset: Subset, progress: Progress) -> None:
+    """Widen a canary run: the held rows `subset` chooses become pending, and the meta records it.
+
+    A run that holds nothing back is left as it is (a repeated `resume --all` is a no-op)."""
+    held = journal.held_rows()
+    if not held:
+        progress.message(f"{run_dir} holds no rows back: {subset.describe()} takes nothing")
+        return
+    chosen = subset.choose(held)
+    if not chosen:
+        raise UsageError(
+            f"{subset.describe()} takes none of the {len(held)} rows {run_dir} holds back "
+            f"(rows {first_few(held)}): choose among them, or pass --all"
+        )
+    journal.take(chosen)
+    journal.set_meta(subsets=[*(meta.get("subsets") or []), subset_record("resume", subset, len(chosen))])
+    progress.message(f"taking {len(chosen)} of the {len(held)} held rows ({subset.describe()})")
+
+
 async def _continue(
     journal: Journal,
     run_dir: Path,
@@ -196,13 +225,13 @@ async def _continue(
 def _finished_result(run_dir: Path) -> RunResult | None:
     """The result of a finished run as its files hold it, or None when a file is missing or unreadable."""
     try:
-        report = read_report(run_dir / REPORT_PARQUET)
+        pl.read_parquet_schema(run_dir / REPORT_PARQUET)  # there and readable; the rows are read when asked for
         summary = read_summary(run_dir)
     except (OSError, ValueError, pl.exceptions.PolarsError):
         return None
     if summary is None:
         return None
-    return RunResult(run_dir, report, summary, int(summary.get("exit_code", 1)), run_dir / REPORT_PARQUET)
+    return RunResult(run_dir, summary, int(summary.get("exit_code", 1)), run_dir / REPORT_PARQUET)
 
 
 async def retry_run_async(
@@ -226,7 +255,10 @@ async def retry_run_async(
     original = source if source.is_dir() else source.parent
     bad = sorted(set(only) - set(RETRYABLE))
     if bad:
-        raise UsageError(f"--only takes {', '.join(RETRYABLE)}; not {', '.join(bad)} (rejected rows need a fixed manifest)")
+        hint = "rejected rows need a fixed manifest"
+        if "held" in bad:
+            hint += f"; held rows are sent by `batch-ingest resume {original} --all`"
+        raise UsageError(f"--only takes {', '.join(RETRYABLE)}; not {', '.join(bad)} ({hint})")
     progress = progress or Progress()
     if not original.is_dir():
         raise UsageError(f"{original} is not a run folder: give the folder that holds {JOURNAL_FILE}")
@@ -283,7 +315,7 @@ async def retry_run_async(
                 try:
                     old_journal.hand_over(rows, str(run_dir))
                     # Its report says so from now on (resuming it later finds nothing to do and writes nothing).
-                    write_report(build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", [])), original)
+                    write_report_in_chunks(old_plan, old_journal, old_meta.get("extras", []), original)
                 finally:
                     old_journal.close()
                 journal.set_meta(handover_pending=False)

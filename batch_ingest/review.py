@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from .errors import UsageError
-from .report import OUTCOMES, REPORT_PARQUET, SUCCESS_OUTCOMES, SUMMARY_JSON, csv_safe, flat_for_csv, outcome_counts, read_report
+from .report import OUTCOMES, REPORT_PARQUET, NOT_FAILED_OUTCOMES, SUMMARY_JSON, csv_safe, flat_for_csv, outcome_counts, read_report
 
 EXAMPLES_PER_CODE = 3
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -78,8 +78,8 @@ def merge_runs(runs: list[LoadedRun]) -> pl.DataFrame:
 
 
 def not_succeeded(frame: pl.DataFrame) -> pl.DataFrame:
-    """The rows whose outcome is neither succeeded nor skipped."""
-    return frame.filter(~pl.col("outcome").is_in(SUCCESS_OUTCOMES))
+    """The rows whose outcome is a failure (not succeeded, skipped or held)."""
+    return frame.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES))
 
 
 def write_html_report(paths: list[Path], out: Path) -> None:
@@ -134,8 +134,8 @@ def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
         # Only rows whose latest attempt is this run: a later retry may already have redone the rest.
         mine = merged.filter(pl.col("_run") == (run.summary.get("run_dir") or str(run.path)))
         counts = outcome_counts(mine)
-        if counts["interrupted"]:
-            next_steps.append(f"batch-ingest resume {run.run_dir}")
+        if counts["interrupted"] or counts["held"]:
+            next_steps.append(f"batch-ingest resume {run.run_dir}" + (" --all" if counts["held"] else ""))
         retryable = [o for o in ("failed", "error", "timed_out") if counts[o]]
         if retryable:
             next_steps.append(f"batch-ingest retry {run.run_dir} --only {','.join(retryable)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import signal
@@ -38,17 +39,17 @@ from .runlock import LOCK_FILE, RunLock, make_private
 from .poll import Poller
 from .progress import Progress
 from .report import (
+    NOT_FAILED_OUTCOMES,
     PLAN_PARQUET,
-    build_report,
-    exit_code_for_report,
-    first_failures,
+    REPORT_CSV,
+    REPORT_PARQUET,
     format_summary,
-    outcome_counts,
     write_atomically,
-    write_report,
+    write_report_in_chunks,
     write_summary,
 )
 from .submit import SKIP_ANY, SKIP_NOT_FAILED
+from .subset import Subset
 from .text import first_few, safe_text
 from .settings import SECRET_FIELDS as SECRET_SETTINGS
 from .settings import Settings
@@ -70,17 +71,23 @@ class RunOptions:
     extra_columns: tuple[str, ...] = ()  # columns close to a known name that are meant as extras
     handle_signals: bool = False
     allow_api_url_change: bool = False  # resume/retry: the user named --api-url explicitly
+    subset: Subset | None = None  # a canary run's rows (run), or held rows to take (resume); subset.py
 
 
 @dataclass
 class RunResult:
-    """What a run left: its folder, the report frame, the summary and the exit code."""
+    """What a run left: its folder, the summary, the exit code and the report (read when first asked for:
+    a million-row run does not hold its report in memory to return it)."""
 
     run_dir: Path
-    report: pl.DataFrame
     summary: dict[str, Any]
     exit_code: int
     report_path: Path = field(default_factory=Path)
+
+    @functools.cached_property
+    def report(self) -> pl.DataFrame:
+        """The report frame, one row per manifest row."""
+        return pl.read_parquet(self.report_path)
 
     def summary_text(self) -> str:
         """The terminal summary."""
@@ -177,6 +184,7 @@ async def run_manifest_async(
     started = time.time()
     async with SmartStreamClient.from_settings(settings, transport=transport) as client:
         plan = await plan_run(manifest, settings, options, client)
+        taken = choose_subset(plan, options.subset)
         run_id = options.run_dir.name if options.run_dir else new_run_id()
         run_dir, lock = prepare_run_dir(options, run_id)
         try:
@@ -184,7 +192,15 @@ async def run_manifest_async(
             meta = run_meta(
                 settings, options, run_id=run_id, manifest=str(manifest.resolve()), started_at=started, extras=plan.extras
             )
-            journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta)
+            held = None
+            if options.subset is not None and taken is not None:
+                meta["subsets"] = [subset_record("run", options.subset, len(taken.taken))]
+                held = (taken.held, held_message(run_dir, options.subset))
+                progress.message(
+                    f"canary run ({options.subset.describe()}): {len(taken.taken)} of {plan.ready.height} ready rows "
+                    f"taken, {len(taken.held)} held back; `batch-ingest resume {run_dir} --all` sends the rest"
+                )
+            journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta, held=held)
             try:
                 return await execute_journal(
                     journal, run_dir, plan.frame, plan.extras, settings, options, client, progress, started, "run",
@@ -194,6 +210,40 @@ async def run_manifest_async(
                 journal.close()
         finally:
             lock.release()
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A subset's choice: the ready rows taken now and those held back."""
+
+    taken: list[int]
+    held: list[int]
+
+
+def choose_subset(plan: Plan, subset: Subset | None) -> Taken | None:
+    """The rows a canary run takes (None: every row); UsageError when the subset takes none."""
+    if subset is None:
+        return None
+    ready = plan.ready["row"].to_list()
+    taken = subset.choose(ready)
+    if not taken:
+        raise UsageError(
+            f"{subset.describe()} takes none of the manifest's {len(ready)} ready rows"
+            + (f" (rows {ready[0]} to {ready[-1]})" if ready else "")
+            + ": choose rows the manifest has"
+        )
+    chosen = set(taken)
+    return Taken(taken, [r for r in ready if r not in chosen])
+
+
+def held_message(run_dir: Path, subset: Subset) -> str:
+    """What the report says of a held row."""
+    return f"held back by a canary run ({subset.describe()}): `batch-ingest resume {run_dir} --all` sends it"
+
+
+def subset_record(kind: str, subset: Subset, taken: int) -> dict[str, Any]:
+    """A subset as the run's meta records it: which command took how many rows, chosen how."""
+    return {"kind": kind, "selection": subset.describe(), "taken": taken, "at": time.time()}
 
 
 @dataclass
@@ -247,9 +297,7 @@ async def execute_journal(
     client.on_notice = progress.message
     counts = journal.counts()
     to_submit = counts.get("pending", 0) + counts.get("sending", 0)
-    upload_bytes = int(
-        plan.filter((pl.col("status") == "ready") & (pl.col("source_type") == "file"))["bytes"].fill_null(0).sum()
-    )
+    upload_bytes = journal.bytes_to_send()
     progress.start(
         rows=plan.height, to_submit=to_submit + counts.get("submitted", 0), upload_bytes=upload_bytes,
         run_id=journal.meta().get("run_id", run_dir.name),
@@ -291,7 +339,7 @@ async def execute_journal(
         max_in_flight=settings.max_in_flight,
         in_flight=lambda: poller.in_flight,
     )
-    poller.on_final = lambda state: submitter.count_failure() if state not in ("succeeded", "skipped") else None
+    poller.on_final = lambda state: submitter.count_failure() if state not in NOT_FAILED_OUTCOMES else None
     poller.on_resend = submitter.resend
     poller.on_follow_end = submitter.wake
     poller.on_job_end = submitter.job_ended
@@ -396,9 +444,9 @@ def finish_run(
 
     The summary's figures add up every segment of the run (run, resume, resume...).
     """
-    report = build_report(plan, journal.to_frame(), extras)
-    parquet, _ = write_report(report, run_dir)
-    forced, exit_code = exit_code, exit_code_for_report(report)
+    facts = write_report_in_chunks(plan, journal, extras, run_dir)
+    parquet = run_dir / REPORT_PARQUET
+    forced, exit_code = exit_code, facts.exit_code
     abort_reason = segment.submitter.stats.abort_reason if segment.submitter else None
     if abort_reason:
         exit_code = EXIT_ABORTED
@@ -422,8 +470,8 @@ def finish_run(
         "started_at": datetime.fromtimestamp(meta.get("started_at", segment.started), timezone.utc).isoformat(),
         "finished_at": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
         **totals,
-        "rows": report.height,
-        "outcomes": outcome_counts(report),
+        "rows": facts.rows,
+        "outcomes": facts.outcomes,
         # Jobs this run's own creates made (adopted after a doubt included); not skipped or carried jobs.
         "jobs_submitted": totals["created"] + totals["adopted_after_doubt"],
         "resumes": sum(1 for s in segments if s.get("kind") == "resume"),
@@ -431,26 +479,28 @@ def finish_run(
         "abort_reason": abort_reason,
         "interrupted": signalled,
         "exit_code": exit_code,
-        "first_failures": first_failures(report),
-        "not_succeeded": int(report.filter(~pl.col("outcome").is_in(["succeeded", "skipped"])).height),
-        "report": {"parquet": str(parquet), "csv": str(run_dir / "report.csv")},
+        "first_failures": facts.first_failures,
+        "not_succeeded": facts.failures,
+        "report": {"parquet": str(parquet), "csv": str(run_dir / REPORT_CSV)},
         "settings": meta.get("settings"),
     }
     if skip_mode:
-        no_ref = report.filter(pl.col("ref_id").is_null() & (pl.col("outcome") != "rejected"))["row"].to_list()
         summary["skip_existing"] = {
             "mode": skip_mode,
-            "rows_without_ref_id": len(no_ref),
-            "rows_without_ref_id_first": no_ref[:20],
+            "rows_without_ref_id": facts.without_ref_id,
+            "rows_without_ref_id_first": facts.without_ref_id_first,
         }
     if "retry_of" in meta:
         summary["retry_of"] = meta["retry_of"]
+    if meta.get("subsets"):
+        summary["subsets"] = [{k: s.get(k) for k in ("kind", "selection", "taken")} for s in meta["subsets"]]
+        summary["resume_all"] = f"batch-ingest resume {run_dir} --all"
     write_summary(summary, run_dir)
     if exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED):
         progress.message(f"the run can be continued with: batch-ingest resume {run_dir}")
     progress.finished(summary)
     progress.close()
-    return RunResult(run_dir, report, summary, exit_code, parquet)
+    return RunResult(run_dir, summary, exit_code, parquet)
 
 
 def _skip_mode(stored: Any) -> str | None:

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .api.client import SmartStreamClient
@@ -60,7 +60,6 @@ class SubmitStats:
     skipped: int = 0
     followed_existing: int = 0
     resent_after_existing_failed: int = 0
-    known_job_ids: set[str] = field(default_factory=set)
 
 
 class Submitter:
@@ -114,8 +113,7 @@ class Submitter:
         self._uploads = asyncio.Semaphore(upload_concurrency)
         self._sleep = sleep
         self._clock = clock
-        self.stats = SubmitStats(known_job_ids=journal.job_ids())
-        self._claimed: set[str] = set(self.stats.known_job_ids)
+        self.stats = SubmitStats()
 
     def abort(self, reason: str) -> None:
         """Stop sending: the run ends with exit 3 after what is in flight."""
@@ -259,7 +257,7 @@ class Submitter:
 
     async def _prepare_skip_existing(self) -> None:
         """Pick the cheaper way to learn which ref_ids exist: one GET per row, or listing every job."""
-        refs = {t.ref_id for t in self.journal.tasks((PENDING,), limit=10**9) if t.ref_id}
+        refs = self.journal.pending_ref_ids()
         if not refs:
             return
         first = await self.client.list_jobs(limit=100, page=1, sort="created_at", order="DESC")
@@ -267,12 +265,16 @@ class Submitter:
         if pages is None or pages > len(refs):
             return  # per-row look-ups are cheaper
         existing: dict[str, Job] = {}
-        jobs = list(first.items)
-        if len(first.items) == 100:
-            jobs += [j async for j in self.client.iter_jobs(limit=100, sort="created_at", order="DESC", page=2)]
-        for job in jobs:  # newest first: the first job seen for a ref_id is its newest
-            if job.ref_id and job.ref_id not in existing:
+
+        def keep(job: Job) -> None:  # newest first: the first job seen for a ref_id is its newest
+            if job.ref_id in refs and job.ref_id not in existing:
                 existing[job.ref_id] = job
+
+        for job in first.items:
+            keep(job)
+        if len(first.items) == 100:
+            async for job in self.client.iter_jobs(limit=100, sort="created_at", order="DESC", page=2):
+                keep(job)  # only our rows' jobs are kept: the account may hold millions
         self._existing = existing
 
     async def _find_existing(self, task: RowTask) -> Job | None:
@@ -291,7 +293,7 @@ class Submitter:
         `failed` with that job (mode `any`).
         """
         job = await self._find_existing(task)
-        if job is None or job.id in self._claimed:
+        if job is None or self.journal.knows_job(job.id):
             return False
         verdict = self.status_map.classify(job.encode_status)
         profile_id = int(job.job_profile_id) if (job.job_profile_id or "").isdigit() else None
@@ -299,10 +301,10 @@ class Submitter:
         if verdict == VERDICT_FAILED and self.skip_existing != SKIP_ANY:
             # Sent again; the failed job is never this row's to adopt in a look-up.
             self.journal.add_known_jobs([job.id], f"failed job of row {task.row} found by --skip-existing")
-            self._claimed.add(job.id)
             self.stats.resent_after_existing_failed += 1
             return False
-        self._claimed.add(job.id)
+        # Claimed by the row's journal entry written next (mark_existing or mark_submitted), with no
+        # await in between: no other row's look-up can see the job unclaimed.
         if verdict in (VERDICT_SUCCEEDED, VERDICT_FAILED):
             state = SKIPPED if verdict == VERDICT_SUCCEEDED else FAILED
             self.journal.mark_existing(
@@ -462,8 +464,7 @@ class Submitter:
             self._fail(task, exc)
             return
         now = self._clock()
-        self._claimed.add(job.id)
-        self.journal.mark_submitted(
+        self.journal.mark_submitted(  # claims the job: no other row's look-up adopts it
             task.row,
             job_id=job.id,
             media_id=job.media_id,
@@ -536,7 +537,7 @@ class Submitter:
         return None
 
     def _plausible(self, job: Job, task: RowTask, earliest: float) -> bool:
-        if job.id in self._claimed:
+        if self.journal.knows_job(job.id):  # another row's, or one this run must never adopt
             return False
         created = parse_api_date(job.created_at)
         if created is not None and created.timestamp() < earliest:

@@ -468,7 +468,7 @@ def test_disk_full_while_writing_the_report_exits_2_naming_the_fix(tmp_path, emu
     def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "report.parquet"))
 
-    monkeypatch.setattr(runner, "write_report", full)
+    monkeypatch.setattr(runner, "write_report_in_chunks", full)
     result = CliRunner().invoke(main, ["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS], env=server.env())
     assert result.exit_code == 2, result.output
     assert "No space left on device" in result.output and "resume" in result.output

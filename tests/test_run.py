@@ -92,7 +92,7 @@ def test_mixed_manifest_report_cell_by_cell(tmp_path, emulator_server):
     assert csv["job_id"].to_list() == report["job_id"].to_list()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["outcomes"] == {
-        "succeeded": 4, "failed": 1, "rejected": 2, "error": 1, "timed_out": 0, "interrupted": 0, "skipped": 0,
+        "succeeded": 4, "failed": 1, "rejected": 2, "error": 1, "timed_out": 0, "interrupted": 0, "skipped": 0, "held": 0,
     }  # fmt: skip
     assert summary["exit_code"] == 1
     assert summary["api_requests"] == server.stats()["requests_total"]

@@ -23,6 +23,29 @@ extra_columns_option = click.option(
 )
 
 
+def subset_options(fn):  # noqa: ANN001, ANN201
+    """The canary options: which of the manifest's ready rows a run takes (subset.py)."""
+    for option in (
+        click.option("--seed", type=int, help="Seed of --sample (default: a random one, printed and recorded)."),
+        click.option(
+            "--sample", type=int, metavar="N", help="Take N ready rows at random (seeded: see --seed); hold the rest."
+        ),
+        click.option(
+            "--rows", "rows_range", metavar="RANGES",
+            help="Take the ready rows with these numbers (as in the report), e.g. 100-200 or 1-10,50; hold the rest.",
+        ),
+        click.option("--limit", type=int, metavar="N", help="Take the first N ready rows; hold the rest."),
+    ):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
+def _subset(limit: int | None, rows_range: str | None, sample: int | None, seed: int | None, take_all: bool = False):  # noqa: ANN202
+    from ..subset import Subset
+
+    return Subset.from_options(limit=limit, rows=rows_range, sample=sample, seed=seed, take_all=take_all)
+
+
 def _columns(text: str) -> tuple[str, ...]:
     return tuple(c.strip().lower() for c in text.split(",") if c.strip())
 
@@ -58,17 +81,22 @@ def submit_options(fn):  # noqa: ANN001, ANN201
 @click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report.")
 @extra_columns_option
+@subset_options
 @submit_options
 @handle_errors
 def run(
     manifest: Path, fmt, default_profile, report_dir, max_failures, skip_existing, dry_run, emulator, html, quiet,
-    extra_columns, **options: Any,
+    extra_columns, limit, rows_range, sample, seed, **options: Any,
 ) -> None:
     """Submit every row of MANIFEST, poll until every job finished, and write the report.
 
-    Exit codes: 0 every row succeeded or was skipped; 1 some row did not; 2 usage,
+    A canary run (--limit, --rows, --sample) takes only some ready rows and holds the rest back:
+    they are reported `held`, and `batch-ingest resume RUN_DIR --all` sends them in the same run.
+
+    Exit codes: 0 every row succeeded, was skipped or is held; 1 some row did not; 2 usage,
     configuration or manifest error; 3 run aborted; 130 interrupted.
     """
+    subset = _subset(limit, rows_range, sample, seed)
     if dry_run:
         options.pop("log_file", None), options.pop("log_format", None)
         _validate(manifest, fmt, default_profile, emulator, options, extra_columns=extra_columns, skip_existing=skip_existing)
@@ -88,6 +116,7 @@ def run(
             skip_existing=skip_existing,
             extra_columns=_columns(extra_columns),
             handle_signals=True,
+            subset=subset,
         )
         result = run_manifest(manifest, settings, run_options, progress=progress)
     if html is not None:
@@ -115,11 +144,18 @@ def _finish(result, quiet: bool) -> None:
 
 def _validate(
     manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False,
-    extra_columns: str = "", skip_existing: str | None = None,
+    extra_columns: str = "", skip_existing: str | None = None, upload_rate: str | None = None,
 ) -> None:  # fmt: skip
     from ..api.client import SmartStreamClient
+    from ..api.ratelimit import parse_bandwidth
+    from ..estimate import estimate_run, format_estimate
     from ..plan import describe_plan, format_plan
     from ..runner import RunOptions, plan_run
+
+    try:
+        upload_bps = parse_bandwidth(upload_rate) if upload_rate else 0.0
+    except ValueError:
+        raise click.BadParameter(f"{upload_rate!r}: write a rate as 10M (MiB/s), 1G or 500K", param_hint="--upload-rate") from None
 
     with emulator_for_run(emulator, options):
         settings = build_settings(options)
@@ -134,7 +170,11 @@ def _validate(
                 return await plan_run(manifest, settings, run_options, client)
 
         info = describe_plan(asyncio.run(go()), skip_existing=skip_existing)
-    echo(json.dumps(info, indent=2, default=str) if as_json else format_plan(info))
+        estimate = estimate_run(
+            info, rate_per_minute=settings.rate, upload_rate=upload_bps or settings.bwlimit, skip_existing=bool(skip_existing)
+        )
+    info["estimate"] = estimate.to_dict()
+    echo(json.dumps(info, indent=2, default=str) if as_json else format_plan(info) + "\n" + format_estimate(estimate))
     sys.exit(EXIT_ROWS_FAILED if info["rejected"] else 0)
 
 
@@ -148,22 +188,33 @@ def _validate(
     "--skip-existing", type=click.Choice(["not-failed", "any"]), is_flag=False, flag_value="not-failed", default=None,
     help="Plan for a run with --skip-existing: name the rows that cannot be skipped (no ref_id).",
 )
+@click.option(
+    "--upload-rate", metavar="RATE",
+    help="Your upload bandwidth to the platform (10M = 10 MiB/s, 1G, 500K), so the estimate includes uploads "
+    "[default: --bwlimit when set, else uploads are left out of the estimate and it says so].",
+)
 @extra_columns_option
 @api_options
 @handle_errors
-def validate(manifest: Path, fmt, default_profile, emulator, as_json, skip_existing, extra_columns, **options: Any) -> None:
-    """Check MANIFEST and print the plan; create no job. Exit 0 when no row is rejected, 1 otherwise.
+def validate(
+    manifest: Path, fmt, default_profile, emulator, as_json, skip_existing, upload_rate, extra_columns, **options: Any
+) -> None:
+    """Check MANIFEST, print the plan and how long the run will take; create no job.
+    Exit 0 when no row is rejected, 1 otherwise.
 
-    Profiles are checked against the platform when API settings are available.
+    Profiles are checked against the platform when API settings are available. The estimate is
+    the API requests over --rate (about 1.05 per job, measured), and uploads over --upload-rate.
     """
-    _validate(manifest, fmt, default_profile, emulator, options, as_json, extra_columns, skip_existing)
+    _validate(manifest, fmt, default_profile, emulator, options, as_json, extra_columns, skip_existing, upload_rate)
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--all", "take_all", is_flag=True, help="Take every row a canary run held back, then continue.")
+@subset_options
 @submit_options
 @handle_errors
-def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) -> None:
+def resume(run_dir: Path, max_failures, skip_existing, quiet, take_all, limit, rows_range, sample, seed, **options: Any) -> None:
     """Continue the run in RUN_DIR from its journal and rewrite its report.
 
     Finished rows are left alone, submitted jobs are polled, rows whose create was in doubt
@@ -171,7 +222,11 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) ->
     Resuming a finished run changes nothing. Credentials and the API URL come from flags, the
     environment or the config file as for `run` (a run started against another API URL is
     refused unless --api-url names one); other non-secret settings default to the run's own.
+
+    A canary run's held rows are taken with --all, or some of them with --limit, --rows or
+    --sample (chosen among the held rows); without these they stay held.
     """
+    subset = _subset(limit, rows_range, sample, seed, take_all)
     from ..resume import resume_run, stored_settings
     from ..runner import RunOptions
 
@@ -179,7 +234,8 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, **options: Any) ->
     explicit_url = options.get("api_url") is not None
     settings = build_settings(options, stored_settings(run_dir))
     run_options = RunOptions(
-        max_failures=max_failures, skip_existing=skip_existing, handle_signals=True, allow_api_url_change=explicit_url
+        max_failures=max_failures, skip_existing=skip_existing, handle_signals=True, allow_api_url_change=explicit_url,
+        subset=subset,
     )
     _finish(resume_run(run_dir, settings, run_options, progress=progress), quiet)
 
