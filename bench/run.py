@@ -241,8 +241,8 @@ def scenario_request_economy(tmp: Path, quick: bool) -> dict[str, Any]:
         "sequential_requests_per_job": round(seq, 3),
         "parallel_per_job_polling_requests_per_job": round(par, 3),
         "jobs": {"batch_ingest": n, "sequential": n_seq, "parallel": n_par},
-        "target": "batch-ingest <= 1.1",
-        "met": ours <= 1.1,
+        "target": "batch-ingest <= 1.05",
+        "met": ours <= 1.05,
     }
 
 
@@ -280,11 +280,19 @@ def scenario_throughput(tmp: Path, quick: bool) -> dict[str, Any]:
 
 def _submission_rate(run_dir: Path) -> float:
     con = sqlite3.connect(run_dir / "journal.sqlite")
-    first_sent, last_done, n = con.execute(
-        "SELECT min(sent_at), max(submitted_at), count(*) FROM rows WHERE submitted_at IS NOT NULL"
+    n = con.execute("SELECT count(*) FROM rows WHERE submitted_at IS NOT NULL").fetchone()[0]
+    con.close()
+    return n / _submission_span(run_dir)
+
+
+def _submission_span(run_dir: Path) -> float:
+    """Seconds from the first create sent to the last one answered, from the run's journal."""
+    con = sqlite3.connect(run_dir / "journal.sqlite")
+    first_sent, last_done = con.execute(
+        "SELECT min(sent_at), max(submitted_at) FROM rows WHERE submitted_at IS NOT NULL"
     ).fetchone()
     con.close()
-    return n / (last_done - first_sent)
+    return last_done - first_sent
 
 
 def scenario_latency(tmp: Path, quick: bool) -> dict[str, Any]:
@@ -413,11 +421,11 @@ def scenario_upload(tmp: Path, quick: bool) -> dict[str, Any]:
 
 
 def scenario_big_manifests(tmp: Path, quick: bool) -> dict[str, Any]:
-    """validate of a 1,000,000-row CSV; a 100,000-row run end to end with instant encodes."""
+    """validate of a 1,000,000-row CSV; a 1,000,000-row run end to end with instant encodes, no rate limit."""
     rows = 200_000 if quick else 1_000_000
     big = url_manifest(tmp, rows, "big.csv")
     rc, secs, mb, _ = measured_child([sys.executable, "-m", "batch_ingest", "validate", str(big)])
-    run_rows = 10_000 if quick else 100_000
+    run_rows = 10_000 if quick else 1_000_000
     manifest = url_manifest(tmp, run_rows, "run.csv")
     with emulator_process("--rate-limit", "0", "--queue-seconds", "0", "--encode-seconds", "0") as url:
         run_rc, run_secs, run_mb, _ = measured_child(
@@ -437,8 +445,8 @@ def scenario_big_manifests(tmp: Path, quick: bool) -> dict[str, Any]:
         "run_peak_rss_mb": round(run_mb, 1),
         "run_report_rows": report.height,
         "run_succeeded": int((report["outcome"] == "succeeded").sum()),
-        "target": "validate <= 20 s and <= 1.5 GB; run completes with peak RSS <= 600 MB",
-        "met": rc == 0 and secs <= 20 and mb <= 1536 and run_rc == 0 and run_mb <= 600 and report.height == run_rows,
+        "target": "validate <= 20 s and <= 400 MB; run completes with peak RSS <= 600 MB",
+        "met": rc == 0 and secs <= 20 and mb <= 400 and run_rc == 0 and run_mb <= 600 and report.height == run_rows,
     }
 
 
@@ -484,6 +492,85 @@ def scenario_wide_manifest(tmp: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def _last_final_epoch(url: str) -> float:
+    """When the emulator's last job reached its final state (its `updated_at`), as epoch seconds."""
+    from datetime import datetime
+
+    jobs = httpx.get(f"{url}/_emulator/jobs", timeout=60, trust_env=False).json()["jobs"]
+    return max(datetime.fromisoformat(j["updated_at"].replace("Z", "+00:00")).timestamp() for j in jobs)
+
+
+def scenario_tail(tmp: Path, quick: bool) -> dict[str, Any]:
+    """The issue-11 run: R requests/minute enforced by the emulator and told to the client, default poll
+    settings, encodes of seconds. How long after its last job ends does the run end, and at what cost?"""
+    rate, n = (300, 150) if quick else (120, 240)
+    args = ["--rate-limit", str(rate), "--queue-seconds", "2", "--encode-seconds", "8"]
+    with emulator_process(*args) as url:
+        s = settings_for(url, rate=rate)  # default poll intervals: the experience a user gets
+        started = time.time()
+        summary = run_batch_ingest(url_manifest(tmp, n, "tail.csv"), s, tmp / "tail")
+        ended = time.time()
+        st = stats(url)
+        last_final = _last_final_epoch(url)
+    per_job = st["requests_total"] / n
+    budget_s = st["requests_total"] / rate * 60  # the fastest the limit allows these requests
+    tail_s = ended - last_final
+    return {
+        "rate_limit_per_min": rate,
+        "jobs": n,
+        "succeeded": summary["outcomes"]["succeeded"],
+        "elapsed_s": round(ended - started, 1),
+        "budget_s": round(budget_s, 1),
+        "share_of_budget_time": round(budget_s / (ended - started), 3),
+        "tail_s": round(tail_s, 2),
+        "requests_per_job": round(per_job, 3),
+        "rate_limited": st["rate_limited"],
+        # Requests per job is shown, not targeted: polling every ~2 s after submission is the price of the
+        # short tail (the 1.05 target is scenario 1's, where it is amortised over 1,000 jobs).
+        "target": "tail <= 5 s, no 429",
+        "met": tail_s <= 5 and st["rate_limited"] == 0 and summary["outcomes"]["succeeded"] == n,
+    }
+
+
+def scenario_limiter_modes(tmp: Path, quick: bool) -> dict[str, Any]:
+    """R per minute enforced as a sliding window or as a token bucket of capacity 5; the client told R,
+    pacing (the default, --burst 3) or not (--burst 0). 429 share and jobs per minute as a share of R."""
+    # More jobs than a minute's budget, so that the limit binds and the rate is measured over more than
+    # one window; the unpaced client against the bucket crawls, so it gets fewer (its rate is what counts).
+    rate, n, n_crawl = (600, 750, 100) if quick else (120, 240, 60)
+    out: dict[str, Any] = {"rate_limit_per_min": rate, "jobs": n, "modes": {}}
+    met = True
+    for server_mode, extra in (("sliding window", []), ("token bucket, capacity 5", ["--bucket-capacity", "5"])):
+        for client_mode, burst in (("paced (--burst 3)", 3), ("unpaced (--burst 0)", 0)):
+            jobs = n_crawl if extra and not burst else n
+            args = ["--rate-limit", str(rate), "--queue-seconds", "0", "--encode-seconds", "0", *extra]
+            name = f"{server_mode}; {client_mode}"
+            run_dir = tmp / f"modes-{len(out['modes'])}"
+            with emulator_process(*args) as url:
+                s = settings_for(url, rate=rate, burst=burst)
+                started = time.time()
+                summary = run_batch_ingest(url_manifest(tmp, jobs, f"modes{jobs}.csv"), s, run_dir)
+                elapsed = time.time() - started
+                st = stats(url)
+            jobs_per_min = jobs / _submission_span(run_dir) * 60
+            share_429 = st["rate_limited"] / max(1, st["requests_total"])
+            out["modes"][name] = {
+                "jobs": jobs,
+                "elapsed_s": round(elapsed, 1),
+                "jobs_per_min": round(jobs_per_min, 1),
+                "share_of_rate": round(jobs_per_min / rate, 3),
+                "share_429": round(share_429, 4),
+                "requests": st["requests_total"],
+                "succeeded": summary["outcomes"]["succeeded"],
+                "paced": bool(burst),
+            }
+            if burst:  # the target is the default (paced) client's, against both servers
+                met = met and share_429 <= 0.01 and jobs_per_min / rate >= 0.85 and summary["outcomes"]["succeeded"] == jobs
+    out["target"] = "paced: 429s <= 1% and >= 85% of R turned into jobs, against both server modes"
+    out["met"] = met
+    return out
+
+
 SCENARIOS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "1 request economy": scenario_request_economy,
     "2 throughput inside a rate limit": scenario_throughput,
@@ -492,6 +579,8 @@ SCENARIOS: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
     "5 large upload": scenario_upload,
     "6 big manifests": scenario_big_manifests,
     "7 wide manifest": scenario_wide_manifest,
+    "8 tail of a rate-limited run": scenario_tail,
+    "9 limiter modes": scenario_limiter_modes,
 }
 
 
@@ -570,6 +659,23 @@ def to_markdown(results: dict[str, Any]) -> str:
             f"({x['ratio']}× the read) | polars read_csv {x['polars_read_csv_s']} s | {x['target']} | "
             f"{'yes' if x['met'] else 'no'} |"
         )
+    if "8 tail of a rate-limited run" in r:
+        x = r["8 tail of a rate-limited run"]
+        lines.append(
+            f"| 8 tail, R={x['rate_limit_per_min']}/min, {x['jobs']} jobs | seconds from the last job's end to the "
+            f"run's; requests per job | tail {x['tail_s']} s; {x['requests_per_job']} per job; run {x['elapsed_s']} s "
+            f"({x['share_of_budget_time']:.0%} of it the budget's), 429s {x['rate_limited']} | — | {x['target']} | "
+            f"{'yes' if x['met'] else 'no'} |"
+        )
+    if "9 limiter modes" in r:
+        x = r["9 limiter modes"]
+        for name, v in x["modes"].items():
+            lines.append(
+                f"| 9 limiter, R={x['rate_limit_per_min']}/min, {v.get('jobs', x['jobs'])} jobs: {name} | jobs per minute (share of R); "
+                f"429s | {v['jobs_per_min']} ({v['share_of_rate']:.0%}); 429s {v['share_429']:.2%} | — | "
+                f"{x['target'] if v['paced'] else 'shown for comparison'} | "
+                f"{('yes' if v['share_429'] <= 0.01 and v['share_of_rate'] >= 0.85 else 'no') if v['paced'] else '—'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
