@@ -3,7 +3,10 @@
 Each poll reads the jobs list sorted by `updated_at`, newest first, page by page, only
 back to the newest change the previous poll saw (less a small overlap for the platform's
 commit lag). A job whose state did not change is never read again; a page holds 100
-changes, so a poll costs about one request per 100 changes, whatever is in flight.
+changes, so a poll costs about one request per 100 changes, whatever is in flight. The
+overlap is read on past the page that reaches it only while it shows late commits (changes
+stamped before the watermark that the last poll did not see): a late commit hidden behind a
+full page of older changes is caught by the job's next change or by the per-job fallback read.
 
 The interval follows the rate of change: it aims to collect about a page of changes
 per poll, between the configured minimum and maximum. Once submission is over the budget has
