@@ -37,6 +37,7 @@ OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's
 TARGET_CHANGES_PER_POLL = MAX_PAGE_SIZE  # a full page of changes per poll
 FALLBACK_PER_POLL = 2
 TAIL_INTERVAL_S = 2.0  # the poll interval once submission is over: the run ends this soon after its last job
+SLACK_FOR_QUICK_POLLS = 0.5  # while submitting, poll at the tail interval when this share of the budget is unused
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Poller:
         on_resend: Callable[[int], None] = lambda row: None,
         on_follow_end: Callable[[], None] = lambda: None,
         rate_per_minute: float = 0.0,
+        slack: Callable[[], float] = lambda: 0.0,
         fallback_after: float | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -98,6 +100,7 @@ class Poller:
         # Once nothing is left to submit: TAIL_INTERVAL_S apart, but never more than half the budget
         # (one request a poll when little changes), so that others on the account keep theirs.
         self.tail_interval = max(min_interval, TAIL_INTERVAL_S, 120.0 / rate_per_minute if rate_per_minute > 0 else 0.0)
+        self.slack = slack  # the share of the rate budget left unused lately (RateLimiter.slack)
         self.polls = 0
 
     def track(
@@ -150,7 +153,11 @@ class Poller:
                 # seconds of ending instead of a page-filling interval later.
                 await wait_any(stop, timeout=min(self.interval, self.tail_interval), sleep=self._sleep)
             else:
-                await wait_any(stop, submitting_done, timeout=self.interval, sleep=self._sleep)
+                # While submitting, polls yield to creates, unless the limiter is not the bottleneck
+                # (half the budget unused): then progress, too, follows the platform within seconds.
+                roomy = self.slack() >= SLACK_FOR_QUICK_POLLS
+                interval = min(self.interval, self.tail_interval) if roomy else self.interval
+                await wait_any(stop, submitting_done, timeout=interval, sleep=self._sleep)
             if stop.is_set():
                 return
             self._finish_ready()

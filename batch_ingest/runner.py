@@ -319,6 +319,7 @@ async def execute_journal(
         min_interval=settings.poll_min_interval,
         max_interval=settings.poll_max_interval,
         rate_per_minute=settings.rate,
+        slack=client.limiter.slack,
     )
     submitter = Submitter(
         client,

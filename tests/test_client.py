@@ -104,6 +104,20 @@ async def test_paced_limiter_never_bursts_and_passes_a_token_bucket(fake_clock):
     assert (180 - 3) * pace - 0.01 <= elapsed < (180 - 3) * pace + 1
 
 
+async def test_limiter_slack_is_the_unused_share_of_the_last_window(fake_clock):
+    """What the poller asks before polling quickly while rows are still being submitted."""
+    assert RateLimiter(0, clock=fake_clock).slack() == 1.0  # no limit: all the room there is
+    limiter = RateLimiter(60, clock=fake_clock, sleep=fake_clock.sleep, burst=None)
+    assert limiter.slack() == 1.0
+    for _ in range(45):
+        await limiter.acquire()
+    assert limiter.slack() == pytest.approx(0.25)
+    fake_clock.now += 61  # a window later, those requests no longer count
+    assert limiter.slack() == 1.0
+    limiter.on_rate_limited(30.0)  # a 429 pause: no room at all until it ends
+    assert limiter.slack() == 0.0
+
+
 async def test_unpaced_limiter_meets_a_token_bucket_with_429s(fake_clock):
     """The reason for pacing: the same budget sent at once is refused by a small token bucket."""
     config = EmulatorConfig(rate_limit=50, bucket_capacity=5)

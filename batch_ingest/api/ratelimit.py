@@ -101,6 +101,18 @@ class RateLimiter:
             return 0
         return max(1, math.floor(self.per_minute * self._factor))
 
+    def slack(self) -> float:
+        """The share of the budget the last window left unused (1.0 without a limit): how much room
+        there is for requests that only improve latency, such as frequent polls."""
+        budget = self.budget
+        if budget == 0:
+            return 1.0
+        now = self._clock()
+        if self._paused_until > now:
+            return 0.0
+        used = sum(1 for t in self._admitted if t > now - self._window)
+        return max(0.0, 1.0 - used / budget)
+
     def _wait_needed(self, now: float) -> float:
         if self._paused_until > now:
             return self._paused_until - now
