@@ -91,7 +91,8 @@ def _read_csv(path: Path) -> pl.DataFrame:
     if bad:
         raise bad
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    first_line = data.split(b"\n", 1)[0].decode("utf-8")
+    end = data.find(b"\n")
+    first_line = (data if end < 0 else data[:end]).decode("utf-8")  # the header alone, not a copy of the file
     header = next(csv.reader(io.StringIO(first_line), delimiter=delimiter), [])
     names = _check_header(path, header)
     try:
@@ -130,7 +131,7 @@ def _read_csv_slowly(path: Path, data: bytes, delimiter: str, width: int) -> pl.
 def _read_typed(path: Path, fmt: str) -> pl.DataFrame:
     try:
         if fmt == "parquet":
-            frame = pl.read_parquet(path)
+            frame = pl.read_parquet(path, glob=False)  # a path, never a pattern: names may hold [ ] * ?
         else:
             if path.stat().st_size == 0:
                 raise ManifestError(f"{path}: the file is empty: an NDJSON manifest needs one object per line")

@@ -3,13 +3,11 @@
 Each poll reads the jobs list sorted by `updated_at`, newest first, page by page, only
 back to the newest change the previous poll saw (less a small overlap for the platform's
 commit lag). A job whose state did not change is never read again; a page holds 100
-changes, so a poll costs about one request per 100 changes, whatever is in flight. The
-overlap is read on past the page that reaches it only while it shows late commits (changes
-stamped before the watermark that the last poll did not see): a late commit hidden behind a
-full page of older changes is caught by the job's next change or by the per-job fallback read.
+changes, so a poll costs about one request per 100 changes, whatever is in flight.
 
-The interval follows the rate of change: it aims to collect about a page of changes
-per poll, between the configured minimum and maximum. Once submission is over the budget has
+The interval follows the rate of change: it aims to collect about three pages of changes
+per poll (each poll also reads into the overlap, usually a page: more changes per poll
+amortise it), between the configured minimum and maximum. Once submission is over the budget has
 room, and the interval stays at about two seconds (at most half the budget), so that a run
 ends within seconds of its last job instead of a page-filling interval later. A job the list has not shown for a
 long while is read on its own (`GET jobs/:id`), a few per poll at most, as a safety net.
@@ -34,7 +32,7 @@ from .aio import unless_stopped, wait_any
 from .progress import Progress
 
 OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's commit lag
-TARGET_CHANGES_PER_POLL = MAX_PAGE_SIZE  # a full page of changes per poll
+TARGET_CHANGES_PER_POLL = 3 * MAX_PAGE_SIZE  # three full pages of changes per poll
 FALLBACK_PER_POLL = 2
 TAIL_INTERVAL_S = 2.0  # the poll interval once submission is over: the run ends this soon after its last job
 SLACK_FOR_QUICK_POLLS = 0.5  # while submitting, poll at the tail interval when this share of the budget is unused
@@ -259,7 +257,7 @@ class Poller:
                 if previous is not None and ids and ids == previous:
                     raise EndlessListing(f"page {page} of the jobs list repeats page {page - 1}: the API pages without end")
                 previous = ids
-                news = late = 0
+                news = 0
                 for item in items:
                     updated = parse_api_date(item.get("updated_at")) if isinstance(item.get("updated_at"), str) else None
                     if updated is not None and (newest is None or updated.timestamp() > newest):
@@ -267,16 +265,14 @@ class Poller:
                     # Build a Job only for our own jobs: the list also holds everyone else's.
                     if isinstance(item.get("id"), str) and item["id"] in self._jobs and self._observe(_job(item), now, updates):
                         news += 1
-                        if self._watermark is not None and (updated is None or updated.timestamp() < self._watermark):
-                            late += 1  # a change stamped before the last one seen: the platform committed it late
                 changes += news
                 last = parse_api_date(items[-1].get("updated_at")) if items else None
                 if len(items) < MAX_PAGE_SIZE or last is None:
                     break
                 if self._watermark is not None and last.timestamp() < self._watermark:
-                    # Past the last change seen: read on through the overlap only while it holds changes
-                    # committed late (stamped before the watermark, unseen by the last poll).
-                    if late == 0 or last.timestamp() < self._watermark - OVERLAP_S:
+                    # Past the last change seen: read on through the overlap while pages bring news (a
+                    # late commit may sit on the next page, behind others' jobs).
+                    if news == 0 or last.timestamp() < self._watermark - OVERLAP_S:
                         break
                 if page >= MAX_POLL_PAGES:
                     raise EndlessListing(f"the jobs list did not end within {MAX_POLL_PAGES} pages of changes")

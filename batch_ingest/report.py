@@ -136,7 +136,7 @@ def write_report_in_chunks(
 
         write_atomically(run_dir / REPORT_CSV, write_csv)
         files = sorted(parts.glob("*.parquet"))
-        write_atomically(run_dir / REPORT_PARQUET, lambda f: pl.scan_parquet(files).sink_parquet(f))
+        write_atomically(run_dir / REPORT_PARQUET, lambda f: pl.scan_parquet(files, glob=False).sink_parquet(f))
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     return facts
@@ -192,8 +192,8 @@ def read_report(path: Path) -> pl.DataFrame:
     if path.is_dir():
         path = path / REPORT_PARQUET
     if path.suffix.lower() == ".csv":
-        return pl.read_csv(path, try_parse_dates=True)
-    return pl.read_parquet(path)
+        return pl.read_csv(path, try_parse_dates=True, glob=False)
+    return pl.read_parquet(path, glob=False)
 
 
 def outcome_counts(report: pl.DataFrame) -> dict[str, int]:
@@ -238,9 +238,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("abort_reason"):
         lines.append(f"aborted: {summary['abort_reason']}")
     if counts.get("held"):
-        taken = "; ".join(f"{s['kind']} {s['selection']}: {s['taken']}" for s in summary.get("subsets") or [])
+        steps = ", then ".join(f"{s['kind']} {s['selection']} took {s['taken']}" for s in summary.get("subsets") or [])
         lines.append(
-            f"held back: {counts['held']} rows outside the canary subset ({taken} taken); "
+            f"held back: {counts['held']} rows not sent yet (canary: {steps}); "
             f"send them with: {summary.get('resume_all') or 'batch-ingest resume RUN_DIR --all'}"
         )
     failures = summary.get("first_failures") or []

@@ -57,7 +57,7 @@ def _open_run(run_dir: Path, *, migrate: bool = True) -> tuple[Journal, pl.DataF
         raise UsageError(f"{run_dir} is not a run folder: give the folder that holds {JOURNAL_FILE}")
     journal = Journal.open(run_dir / JOURNAL_FILE, migrate=migrate)
     try:
-        plan = pl.read_parquet(run_dir / PLAN_PARQUET)
+        plan = pl.read_parquet(run_dir / PLAN_PARQUET, glob=False)
     except (OSError, pl.exceptions.PolarsError) as exc:
         journal.close()
         raise UsageError(f"{run_dir / PLAN_PARQUET} cannot be read ({exc}): the run folder is incomplete") from None

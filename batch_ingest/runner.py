@@ -87,7 +87,7 @@ class RunResult:
     @functools.cached_property
     def report(self) -> pl.DataFrame:
         """The report frame, one row per manifest row."""
-        return pl.read_parquet(self.report_path)
+        return pl.read_parquet(self.report_path, glob=False)
 
     def summary_text(self) -> str:
         """The terminal summary."""
@@ -198,7 +198,11 @@ async def run_manifest_async(
                 held = (taken.held, held_message(run_dir, options.subset))
                 progress.message(
                     f"canary run ({options.subset.describe()}): {len(taken.taken)} of {plan.ready.height} ready rows "
-                    f"taken, {len(taken.held)} held back; `batch-ingest resume {run_dir} --all` sends the rest"
+                    + (
+                        f"taken, {len(taken.held)} held back; `batch-ingest resume {run_dir} --all` sends the rest"
+                        if taken.held
+                        else "taken: that is every ready row, nothing is held back"
+                    )
                 )
             journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta, held=held)
             try:

@@ -23,7 +23,7 @@ def cli(args: list[str], env: dict[str, str] | None = None):
 
 
 def report_of(run_dir: Path) -> pl.DataFrame:
-    return pl.read_parquet(run_dir / "report.parquet")
+    return pl.read_parquet(run_dir / "report.parquet", glob=False)
 
 
 def summary_of(run_dir: Path) -> dict:
@@ -191,8 +191,9 @@ def test_bad_subsets_stop_before_anything_is_created(tmp_path, emulator_server):
         (["--rows", "50-60"], "takes none of the manifest's 10 ready rows"),
         (["--limit", "2", "--sample", "2"], "give one of them"),
         (["--seed", "4"], "--seed"),
+        (["--rows", ""], "--rows ''"),  # an empty variable in a script must not mean "every row"
     ):
-        run_dir = tmp_path / f"r{args[1]}"
+        run_dir = tmp_path / f"r{args[1] or 'empty'}"
         result = cli(["run", str(manifest), "--report-dir", str(run_dir), *args, *FLAGS], server.env())
         assert result.exit_code == 2, (args, result.output)
         assert fragment in result.output, (args, result.output)
@@ -248,8 +249,36 @@ def test_validate_estimates_uploads_only_with_a_rate_and_says_so_otherwise(tmp_p
     with_rate = cli(["validate", str(manifest), "--upload-rate", "10M"])
     assert "uploads: 600.0 MiB at 10.0 MiB/s: about 1 min" in with_rate.output
     assert json.loads(cli(["validate", str(manifest), "--json", "--upload-rate", "10M"]).output)["estimate"]["total_s"] == 60
-    bad = cli(["validate", str(manifest), "--upload-rate", "fast"])
-    assert bad.exit_code == 2 and "--upload-rate" in bad.output
+    for nonsense in ("fast", "0", "off", "1e-320"):
+        bad = cli(["validate", str(manifest), "--upload-rate", nonsense])
+        assert bad.exit_code == 2 and "--upload-rate" in bad.output, (nonsense, bad.output)
+
+
+def test_validate_and_dry_run_plan_a_canary(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("source,profile\n" + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(1000)) + "ftp://x/y,100\n")
+    for command in (["validate"], ["run", "--dry-run"]):
+        result = cli([*command, str(manifest), "--limit", "10", "--json"] if command == ["validate"] else [*command, str(manifest), "--limit", "10"])
+        assert result.exit_code == 1, result.output  # the rejected ftp row
+        if command == ["validate"]:
+            info = json.loads(result.output)
+            assert info["rows"] == 1001 and info["to_submit"] == 10 and info["rejected"] == 1
+            assert info["estimate"]["jobs"] == 10
+        else:
+            assert "1001 rows, 10 to submit" in result.output and "990 ready rows would be held back" in result.output
+
+
+def test_a_run_folder_whose_name_looks_like_a_pattern(tmp_path, emulator_server):
+    """Folder names are paths, never glob patterns: [ ] in --report-dir must not break the report."""
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = mixed_manifest(tmp_path, 6)
+    run_dir = tmp_path / "batch[1]*?"
+    assert cli(["run", str(manifest), "--report-dir", str(run_dir), "--limit", "2", *FLAGS], server.env()).exit_code == 0
+    assert rows_with(report_of(run_dir), "held") == [3, 4, 5, 6]
+    assert cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
+    assert (report_of(run_dir)["outcome"] == "succeeded").all() and server.stats()["jobs_created"] == 6
+    review = cli(["report", str(run_dir)])
+    assert review.exit_code == 0 and "6 rows" in review.output
 
 
 def test_log_progress_shows_the_measured_rate_and_eta():

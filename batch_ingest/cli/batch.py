@@ -23,21 +23,26 @@ extra_columns_option = click.option(
 )
 
 
-def subset_options(fn):  # noqa: ANN001, ANN201
-    """The canary options: which of the manifest's ready rows a run takes (subset.py)."""
-    for option in (
-        click.option("--seed", type=int, help="Seed of --sample (default: a random one, printed and recorded)."),
-        click.option(
-            "--sample", type=int, metavar="N", help="Take N ready rows at random (seeded: see --seed); hold the rest."
-        ),
-        click.option(
-            "--rows", "rows_range", metavar="RANGES",
-            help="Take the ready rows with these numbers (as in the report), e.g. 100-200 or 1-10,50; hold the rest.",
-        ),
-        click.option("--limit", type=int, metavar="N", help="Take the first N ready rows; hold the rest."),
-    ):  # fmt: skip
-        fn = option(fn)
-    return fn
+def subset_options(among: str):  # noqa: ANN201
+    """The canary options: which rows a command takes (subset.py); `among` names them in the help
+    ("ready rows" for run, "held rows" for resume)."""
+
+    def decorate(fn):  # noqa: ANN001, ANN202
+        for option in (
+            click.option("--seed", type=int, help="Seed of --sample (default: a random one, printed and recorded)."),
+            click.option(
+                "--sample", type=int, metavar="N", help=f"Take N {among} at random (seeded: see --seed); hold the rest."
+            ),
+            click.option(
+                "--rows", "rows_range", metavar="RANGES",
+                help=f"Take the {among} with these numbers (as in the report), e.g. 100-200 or 1-10,50; hold the rest.",
+            ),
+            click.option("--limit", type=int, metavar="N", help=f"Take the first N {among}; hold the rest."),
+        ):  # fmt: skip
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def _subset(limit: int | None, rows_range: str | None, sample: int | None, seed: int | None, take_all: bool = False):  # noqa: ANN202
@@ -81,7 +86,7 @@ def submit_options(fn):  # noqa: ANN001, ANN201
 @click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
 @click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report.")
 @extra_columns_option
-@subset_options
+@subset_options("ready rows")
 @submit_options
 @handle_errors
 def run(
@@ -99,7 +104,10 @@ def run(
     subset = _subset(limit, rows_range, sample, seed)
     if dry_run:
         options.pop("log_file", None), options.pop("log_format", None)
-        _validate(manifest, fmt, default_profile, emulator, options, extra_columns=extra_columns, skip_existing=skip_existing)
+        _validate(
+            manifest, fmt, default_profile, emulator, options, extra_columns=extra_columns, skip_existing=skip_existing,
+            subset=subset,
+        )  # fmt: skip
         return
     from ..runner import RunOptions, run_manifest
 
@@ -144,18 +152,27 @@ def _finish(result, quiet: bool) -> None:
 
 def _validate(
     manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False,
-    extra_columns: str = "", skip_existing: str | None = None, upload_rate: str | None = None,
+    extra_columns: str = "", skip_existing: str | None = None, upload_rate: str | None = None, subset=None,
 ) -> None:  # fmt: skip
+    import polars as pl
+
     from ..api.client import SmartStreamClient
     from ..api.ratelimit import parse_bandwidth
     from ..estimate import estimate_run, format_estimate
     from ..plan import describe_plan, format_plan
     from ..runner import RunOptions, plan_run
 
-    try:
-        upload_bps = parse_bandwidth(upload_rate) if upload_rate else 0.0
-    except ValueError:
-        raise click.BadParameter(f"{upload_rate!r}: write a rate as 10M (MiB/s), 1G or 500K", param_hint="--upload-rate") from None
+    upload_bps = 0.0
+    if upload_rate is not None:
+        try:
+            upload_bps = parse_bandwidth(upload_rate)
+        except ValueError:
+            upload_bps = -1.0
+        if upload_bps < 1:
+            raise click.BadParameter(
+                f"{upload_rate!r}: give your upload bandwidth as 10M (MiB/s), 1G or 500K, at least 1 byte per second",
+                param_hint="--upload-rate",
+            )
 
     with emulator_for_run(emulator, options):
         settings = build_settings(options)
@@ -169,7 +186,18 @@ def _validate(
             async with SmartStreamClient.from_settings(settings) as client:
                 return await plan_run(manifest, settings, run_options, client)
 
-        info = describe_plan(asyncio.run(go()), skip_existing=skip_existing)
+        plan = asyncio.run(go())
+        if subset is not None:  # a canary's plan: the rows it would take, and the rejected ones
+            from dataclasses import replace
+
+            from ..runner import choose_subset
+
+            taken = choose_subset(plan, subset)
+            held = len(taken.held) if taken else 0
+            not_taken = (pl.col("status") == "ready") & ~pl.col("row").is_in(taken.taken if taken else [])
+            plan = replace(plan, frame=plan.frame.with_columns(pl.when(not_taken).then(pl.lit("held")).otherwise(pl.col("status")).alias("status")))
+            plan.notes.append(f"canary ({subset.describe()}): the plan and estimate cover the rows it takes; {held} ready rows would be held back")
+        info = describe_plan(plan, skip_existing=skip_existing)
         estimate = estimate_run(
             info, rate_per_minute=settings.rate, upload_rate=upload_bps or settings.bwlimit, skip_existing=bool(skip_existing)
         )
@@ -194,24 +222,29 @@ def _validate(
     "[default: --bwlimit when set, else uploads are left out of the estimate and it says so].",
 )
 @extra_columns_option
+@subset_options("ready rows")
 @api_options
 @handle_errors
 def validate(
-    manifest: Path, fmt, default_profile, emulator, as_json, skip_existing, upload_rate, extra_columns, **options: Any
-) -> None:
+    manifest: Path, fmt, default_profile, emulator, as_json, skip_existing, upload_rate, extra_columns,
+    limit, rows_range, sample, seed, **options: Any,
+) -> None:  # fmt: skip
     """Check MANIFEST, print the plan and how long the run will take; create no job.
     Exit 0 when no row is rejected, 1 otherwise.
 
     Profiles are checked against the platform when API settings are available. The estimate is
     the API requests over --rate (about 1.05 per job, measured), and uploads over --upload-rate.
     """
-    _validate(manifest, fmt, default_profile, emulator, options, as_json, extra_columns, skip_existing, upload_rate)
+    _validate(
+        manifest, fmt, default_profile, emulator, options, as_json, extra_columns, skip_existing, upload_rate,
+        subset=_subset(limit, rows_range, sample, seed),
+    )  # fmt: skip
 
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--all", "take_all", is_flag=True, help="Take every row a canary run held back, then continue.")
-@subset_options
+@subset_options("held rows")
 @submit_options
 @handle_errors
 def resume(run_dir: Path, max_failures, skip_existing, quiet, take_all, limit, rows_range, sample, seed, **options: Any) -> None:
