@@ -570,6 +570,20 @@ class Journal:
         self.flush()
         return {r for (r,) in self._conn.execute("SELECT ref_id FROM rows WHERE state = ? AND ref_id IS NOT NULL", (PENDING,))}
 
+    def rows_with_outcomes(self, outcomes: Iterable[str]) -> list[int]:
+        """Rows whose report outcome is one of `outcomes`, in manifest order. The outcome is the state,
+        but an unfinished row (pending, sending, submitted, handed over) is `interrupted`, as the report has it."""
+        self.flush()
+        outcomes = tuple(outcomes)
+        states = {o for o in outcomes if o != "interrupted"}
+        if "interrupted" in outcomes:
+            states |= {*UNFINISHED_STATES, HANDED_OVER}
+        if not states:
+            return []
+        return [r for (r,) in self._conn.execute(
+            f"SELECT row FROM rows WHERE state IN ({', '.join('?' * len(states))}) ORDER BY row", sorted(states)
+        )]  # fmt: skip
+
     def held_rows(self) -> list[int]:
         """Rows a canary run holds back, in manifest order."""
         self.flush()

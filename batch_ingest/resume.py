@@ -24,7 +24,7 @@ from .plan import plan_manifest
 from .redact import redact_url
 from .journal import JOURNAL_FILE, RECHECK, Journal
 from .progress import Progress
-from .report import PLAN_PARQUET, REPORT_PARQUET, build_report, read_summary, write_atomically, write_report_in_chunks
+from .report import PLAN_PARQUET, REPORT_PARQUET, read_summary, write_atomically, write_report_in_chunks
 from .runlock import RunLock, locked
 from .runner import (
     RunOptions,
@@ -265,9 +265,8 @@ async def retry_run_async(
     with locked(original):
         old_journal, old_plan, old_meta = _open_run(original)
         try:
-            report = build_report(old_plan, old_journal.to_frame(), old_meta.get("extras", []))
             handed = old_journal.handed_to()
-            wanted = report.filter(pl.col("outcome").is_in(list(only)))["row"].to_list()
+            wanted = old_journal.rows_with_outcomes(only)  # in SQL: not a whole report in memory
             rows = [r for r in wanted if r not in handed]
             started = time.time()
             carried = [

@@ -63,3 +63,13 @@ def test_journal_knows_a_job_before_its_write_is_committed(tmp_path, journal_and
     assert journal.knows_job("j7")
     journal.add_known_jobs(["other-run-job"], "a retried run's")
     assert journal.knows_job("other-run-job")
+
+
+def test_rows_by_outcome_in_sql_agree_with_the_report(journal_and_plan):
+    """retry picks its rows from the journal alone; the report's outcomes are the reference."""
+    journal, plan = journal_and_plan
+    report = build_report(plan.frame, journal.to_frame(), plan.extras)
+    for only in (("failed",), ("error",), ("interrupted",), ("rejected", "error"), ("succeeded", "interrupted")):
+        expected = report.filter(pl.col("outcome").is_in(list(only)))["row"].to_list()
+        assert journal.rows_with_outcomes(only) == expected, only
+    assert journal.rows_with_outcomes(()) == []
