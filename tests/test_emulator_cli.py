@@ -166,3 +166,16 @@ def test_bound_socket_says_tcp_so_answers_are_not_held_by_nagle():
         assert sock.proto == socket.IPPROTO_TCP
     finally:
         sock.close()
+
+
+def test_storage_missing_for_answers_only_the_sources_named(emulator_process):
+    """The standalone emulator can fail the sample manifest's row 7 the way `run --emulator` does."""
+    _, port = emulator_process("--rate-limit", "0", "--storage-missing-for", "no-storage")
+    base = f"http://127.0.0.1:{port}/v1/merchants/demo/jobs"
+    headers = {"X-Streaks-Api-Key": "emulator-api-key", "Authorization": "Bearer emulator-token"}
+    missing = httpx.post(base, json={"source_url": "https://media.example.com/no-storage/a.mp4", "job_profile_id": 100},
+                         headers=headers, trust_env=False)  # fmt: skip
+    assert missing.status_code == 404 and missing.json()["code"] == "STORAGE_NOT_FOUND"
+    fine = httpx.post(base, json={"source_url": "https://media.example.com/library/a.mp4", "job_profile_id": 100},
+                      headers=headers, trust_env=False)  # fmt: skip
+    assert fine.status_code == 201, fine.text

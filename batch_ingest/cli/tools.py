@@ -59,6 +59,11 @@ from .common import echo, _SETTING_FLAGS, api_options, build_settings, emulator_
 )
 @click.option("--hang-rate", type=float, default=0.0, show_default=True, help="Fault: share of requests that hang.")
 @click.option("--storage-missing", is_flag=True, help="Fault: every create answers STORAGE_NOT_FOUND.")
+@click.option(
+    "--storage-missing-for", metavar="TEXT", multiple=True,
+    help="Fault: creates whose source contains this text answer STORAGE_NOT_FOUND (repeatable; "
+    "`run --emulator` uses 'no-storage', as manifests/sample.csv expects).",
+)  # fmt: skip
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for durations, failures and faults.")
 @click.option("--time-scale", type=float, default=1.0, show_default=True, help="Emulator seconds per real second.")
 @handle_errors
@@ -82,6 +87,7 @@ def emulator(**options: Any) -> None:
     }
     knobs = {renames.get(k, k): v for k, v in options.items()}
     knobs["unreachable"] = tuple(knobs["unreachable"])
+    knobs["storage_missing_for"] = tuple(knobs["storage_missing_for"])
     config = EmulatorConfig().with_changes(**knobs)
     display_host = f"[{host}]" if ":" in host else host
     for name, value in env_for(config, f"http://{display_host}:{port}").items():
