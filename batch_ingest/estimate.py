@@ -63,11 +63,13 @@ def format_duration(seconds: float) -> str:
 
 
 def format_size(n: float) -> str:
+    """`600.0 MiB`, `512 B`."""
+    unit = "B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            break
         n /= 1024
-    return f"{n} B"  # unreachable
+    return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def format_estimate(est: Estimate) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from .estimate import format_duration
 from .text import safe_text
 
 
@@ -83,8 +84,6 @@ class LogProgress(Progress):
 def eta(finished: int, submitted: int, total: int, elapsed_s: float) -> str:
     """`; 12.0 jobs/min, ETA 42 min` from the rate measured so far (finished jobs, or before the first
     finishes, submissions); empty while nothing has been measured."""
-    from .estimate import format_duration
-
     done = finished or submitted
     if done <= 0 or elapsed_s <= 0 or total <= finished:
         return ""

@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from .journal import HANDED_OVER, PENDING, SENDING, SUBMITTED
+from .journal import HANDED_OVER, PENDING, SENDING, SUBMITTED, Journal
 
 REPORT_PARQUET, REPORT_CSV, SUMMARY_JSON = "report.parquet", "report.csv", "summary.json"
 PLAN_PARQUET = "plan.parquet"
@@ -106,9 +106,9 @@ class ReportFacts:
 
 
 def write_report_in_chunks(
-    plan: pl.DataFrame, journal: Any, extras: list[str], run_dir: Path, *, chunk_rows: int = REPORT_CHUNK_ROWS
+    plan: pl.DataFrame, journal: Journal, extras: list[str], run_dir: Path, *, chunk_rows: int = REPORT_CHUNK_ROWS
 ) -> ReportFacts:
-    """Build and write report.parquet and report.csv from the plan and the journal (a `Journal`), a chunk
+    """Build and write report.parquet and report.csv from the plan and the journal, a chunk
     of rows at a time, so that a million-row report never sits in memory whole; return its facts.
 
     The plan is in row order; each chunk of it joins the journal's rows of the same range. Parquet

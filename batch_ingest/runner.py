@@ -9,7 +9,7 @@ import secrets
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -238,6 +238,17 @@ def choose_subset(plan: Plan, subset: Subset | None) -> Taken | None:
         )
     chosen = set(taken)
     return Taken(taken, [r for r in ready if r not in chosen])
+
+
+def canary_plan(plan: Plan, subset: Subset) -> Plan:
+    """The plan as a canary would work it (validate, --dry-run): ready rows outside the subset are
+    marked held, so the plan's counts and the estimate cover only the rows it takes."""
+    taken = choose_subset(plan, subset)
+    assert taken is not None
+    not_taken = (pl.col("status") == "ready") & ~pl.col("row").is_in(taken.taken)
+    frame = plan.frame.with_columns(pl.when(not_taken).then(pl.lit("held")).otherwise(pl.col("status")).alias("status"))
+    note = f"canary ({subset.describe()}): the plan and estimate cover the rows it takes; {len(taken.held)} ready rows would be held back"
+    return replace(plan, frame=frame, notes=[*plan.notes, note])
 
 
 def held_message(run_dir: Path, subset: Subset) -> str:

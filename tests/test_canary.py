@@ -122,6 +122,33 @@ def test_limit_then_resume_all_sends_every_row_exactly_once(tmp_path, emulator_s
     assert (run_dir / "report.parquet").read_bytes() == before
 
 
+def test_widening_a_run_folder_another_process_holds_is_refused_and_takes_nothing(tmp_path, emulator_server):
+    import os
+
+    from batch_ingest.runlock import RunLock
+
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = mixed_manifest(tmp_path, 12)
+    run_dir = tmp_path / "run"
+    assert cli(["run", str(manifest), "--report-dir", str(run_dir), "--limit", "3", *FLAGS], server.env()).exit_code == 0
+    lock = RunLock(run_dir).acquire()
+    lock.write_pid()
+    try:
+        busy = cli(["resume", str(run_dir), "--all", *FLAGS], server.env())
+        assert busy.exit_code == 2 and f"in use by process {os.getpid()}" in busy.output, busy.output
+    finally:
+        lock.release()
+    from batch_ingest.journal import Journal
+
+    journal = Journal.open(run_dir / "journal.sqlite", migrate=False)
+    try:
+        assert journal.held_rows() == list(range(4, 13))  # the journal, not only the report: nothing taken
+    finally:
+        journal.close()
+    assert cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
+    assert server.stats()["jobs_created"] == 12
+
+
 def test_rows_then_widening_step_by_step(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 30)

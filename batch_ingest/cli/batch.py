@@ -154,8 +154,6 @@ def _validate(
     manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False,
     extra_columns: str = "", skip_existing: str | None = None, upload_rate: str | None = None, subset=None,
 ) -> None:  # fmt: skip
-    import polars as pl
-
     from ..api.client import SmartStreamClient
     from ..api.ratelimit import parse_bandwidth
     from ..estimate import estimate_run, format_estimate
@@ -187,16 +185,10 @@ def _validate(
                 return await plan_run(manifest, settings, run_options, client)
 
         plan = asyncio.run(go())
-        if subset is not None:  # a canary's plan: the rows it would take, and the rejected ones
-            from dataclasses import replace
+        if subset is not None:
+            from ..runner import canary_plan
 
-            from ..runner import choose_subset
-
-            taken = choose_subset(plan, subset)
-            held = len(taken.held) if taken else 0
-            not_taken = (pl.col("status") == "ready") & ~pl.col("row").is_in(taken.taken if taken else [])
-            plan = replace(plan, frame=plan.frame.with_columns(pl.when(not_taken).then(pl.lit("held")).otherwise(pl.col("status")).alias("status")))
-            plan.notes.append(f"canary ({subset.describe()}): the plan and estimate cover the rows it takes; {held} ready rows would be held back")
+            plan = canary_plan(plan, subset)
         info = describe_plan(plan, skip_existing=skip_existing)
         estimate = estimate_run(
             info, rate_per_minute=settings.rate, upload_rate=upload_bps or settings.bwlimit, skip_existing=bool(skip_existing)
