@@ -9,8 +9,8 @@ The library behind the `batch-ingest` command::
 
 __version__ = "0.1.0"
 
-from .api import EncodeStatusMap, Job, JobProfile, RateLimiter, SmartStreamClient  # noqa: E402
-from .errors import (  # noqa: E402
+from .api import EncodeStatusMap, Job, JobProfile, RateLimiter, SmartStreamClient
+from .errors import (
     ApiError,
     BatchIngestError,
     ConfigError,
@@ -19,11 +19,11 @@ from .errors import (  # noqa: E402
     RunAborted,
     TransientApiError,
 )
-from .plan import Plan, plan_manifest  # noqa: E402
-from .report import read_report  # noqa: E402
-from .resume import resume_run, resume_run_async, retry_run, retry_run_async  # noqa: E402
-from .runner import RunOptions, RunResult, run_manifest, run_manifest_async  # noqa: E402
-from .settings import Settings, resolve_settings  # noqa: E402
+from .plan import Plan, plan_manifest
+from .report import read_report
+from .resume import resume_run, resume_run_async, retry_run, retry_run_async
+from .runner import RunOptions, RunResult, run_manifest, run_manifest_async
+from .settings import Settings, resolve_settings
 
 __all__ = [
     "ApiError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 async def unless_stopped(work: Awaitable[object], stop: asyncio.Event) -> None:
@@ -27,7 +28,7 @@ async def wait_any(
     sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> None:
     """Return when any event is set, or after `timeout` seconds."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(e.wait()) for e in events]
     if timeout is not None:
         waiters.append(asyncio.ensure_future((sleep or asyncio.sleep)(timeout)))
     try:

@@ -44,7 +44,9 @@ EXIT_INTERNAL = 4  # an error we did not foresee (a bug, or the machine failing)
 EXIT_INTERRUPTED = 130
 ERROR_LOG = "error.log"
 # The run folder of the command under way, where an internal error's traceback goes.
-error_log_folder: contextvars.ContextVar[Path | None] = contextvars.ContextVar("error_log_folder", default=None)
+error_log_folder: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "error_log_folder", default=None
+)
 
 
 class BatchIngestError(Exception):
@@ -216,5 +218,7 @@ def local_state_problem(exc: BaseException) -> str | None:
         where = f" {exc.filename}" if exc.filename else ""
         return f"cannot write{where}: {exc.strerror}: {_LOCAL_ERRNOS[exc.errno]}"
     if isinstance(exc, ValueError) and "null byte" in str(exc):
-        return "a path contains a NUL byte: check the file names given on the command line and in the manifest"
+        return (
+            "a path contains a NUL byte: check the file names given on the command line and in the manifest"
+        )
     return None

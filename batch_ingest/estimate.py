@@ -37,7 +37,9 @@ class Estimate:
         return {**asdict(self), "total_s": self.total_s}
 
 
-def estimate_run(info: dict[str, Any], *, rate_per_minute: float, upload_rate: float = 0.0, skip_existing: bool = False) -> Estimate:
+def estimate_run(
+    info: dict[str, Any], *, rate_per_minute: float, upload_rate: float = 0.0, skip_existing: bool = False
+) -> Estimate:
     """The estimate for a plan as `describe_plan` gives it."""
     jobs = int(info["to_submit"])
     requests = round(jobs * REQUESTS_PER_JOB) + len(info.get("per_profile") or {})

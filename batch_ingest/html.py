@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from .errors import UsageError
-from .report import write_atomically
-from .report import OUTCOMES, NOT_FAILED_OUTCOMES
+from .report import NOT_FAILED_OUTCOMES, OUTCOMES, write_atomically
 
 COLORS = {
-    "succeeded": "#2e7d32", "failed": "#c62828", "rejected": "#6d4c41", "error": "#ef6c00",
-    "timed_out": "#8e24aa", "interrupted": "#546e7a", "skipped": "#1565c0", "held": "#9e9d24",
-}  # fmt: skip
+    "succeeded": "#2e7d32",
+    "failed": "#c62828",
+    "rejected": "#6d4c41",
+    "error": "#ef6c00",
+    "timed_out": "#8e24aa",
+    "interrupted": "#546e7a",
+    "skipped": "#1565c0",
+    "held": "#9e9d24",
+}
 MAX_TABLE_ROWS = 5000
 
 _CSS = """
@@ -71,7 +76,9 @@ def _bar_chart(counts: dict[str, int]) -> str:
     width, bar_h, gap, label_w = 420, 22, 6, 90
     top = max(v for _, v in items)
     height = len(items) * (bar_h + gap)
-    parts = [f'<svg role="img" aria-label="outcomes" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
+    parts = [
+        f'<svg role="img" aria-label="outcomes" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+    ]
     for i, (name, n) in enumerate(items):
         y = i * (bar_h + gap)
         w = max(2, (width - label_w - 60) * n / top)
@@ -150,10 +157,17 @@ def _epochs(frame: pl.DataFrame, column: str) -> list[float]:
 
 def render_html(merged: pl.DataFrame, info: dict[str, Any]) -> str:
     """The report as one HTML document."""
-    failures = merged.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES)).head(MAX_TABLE_ROWS)  # as review.not_succeeded
-    cols = [c for c in ("row", "ref_id", "source", "outcome", "error_code", "http_status", "error_message") if c in failures.columns]
+    failures = merged.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES)).head(
+        MAX_TABLE_ROWS
+    )  # as review.not_succeeded
+    cols = [
+        c
+        for c in ("row", "ref_id", "source", "outcome", "error_code", "http_status", "error_message")
+        if c in failures.columns
+    ]
     body_rows = "\n".join(
-        "<tr>" + "".join(f"<td>{_esc(rec[c])}</td>" for c in cols) + "</tr>" for rec in failures.select(cols).iter_rows(named=True)
+        "<tr>" + "".join(f"<td>{_esc(rec[c])}</td>" for c in cols) + "</tr>"
+        for rec in failures.select(cols).iter_rows(named=True)
     )
     encode = merged["encode_s"].drop_nulls().to_list() if "encode_s" in merged.columns else []
     cards = "".join(
@@ -161,25 +175,27 @@ def render_html(merged: pl.DataFrame, info: dict[str, Any]) -> str:
         for o in OUTCOMES
         if info["outcomes"][o]
     )
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     sources = ", ".join(_esc(r) for r in info["reports"])
-    steps = "".join(f"<li><code>{_esc(s)}</code></li>" for s in info["next_steps"]) or "<li>nothing to do</li>"
+    steps = (
+        "".join(f"<li><code>{_esc(s)}</code></li>" for s in info["next_steps"]) or "<li>nothing to do</li>"
+    )
     data = _esc(json.dumps({"rows": info["rows"], "outcomes": info["outcomes"]}))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>batch-ingest report</title><style>{_CSS}</style></head>
 <body data-summary="{data}">
 <h1>batch-ingest report</h1>
-<div class="muted">{info['rows']} rows from {sources}; generated {generated}</div>
-<div class="cards"><div class="card"><span>rows</span><b>{info['rows']}</b></div>{cards}</div>
+<div class="muted">{info["rows"]} rows from {sources}; generated {generated}</div>
+<div class="cards"><div class="card"><span>rows</span><b>{info["rows"]}</b></div>{cards}</div>
 <div class="charts">
-<div><h2>Outcomes</h2>{_bar_chart(info['outcomes'])}</div>
-<div><h2>Encode durations</h2>{_histogram(encode, 'encode durations')}</div>
+<div><h2>Outcomes</h2>{_bar_chart(info["outcomes"])}</div>
+<div><h2>Encode durations</h2>{_histogram(encode, "encode durations")}</div>
 </div>
-<h2>Timeline</h2>{_timeline(_epochs(merged, 'submitted_at'), _epochs(merged, 'finished_at'))}
+<h2>Timeline</h2>{_timeline(_epochs(merged, "submitted_at"), _epochs(merged, "finished_at"))}
 <h2>Rows that did not succeed (<span id="shown">{failures.height}</span> shown)</h2>
 <input id="filter" type="search" placeholder="filter: error code, source, message..." aria-label="filter">
-<table id="failures"><thead><tr>{''.join(f'<th>{_esc(c)}</th>' for c in cols)}</tr></thead>
+<table id="failures"><thead><tr>{"".join(f"<th>{_esc(c)}</th>" for c in cols)}</tr></thead>
 <tbody>
 {body_rows}
 </tbody></table>

@@ -57,7 +57,9 @@ RECHECK, EXISTING, EXISTING_ANY = "recheck", "existing", "existing-any"
 RESEND_ON_FAILURE = frozenset({RECHECK, EXISTING})
 JOURNAL_FILE = "journal.sqlite"
 EXISTING_MESSAGE = "a job with this ref_id already exists on the platform (--skip-existing)"
-EXISTING_FAILED_MESSAGE = "the job with this ref_id on the platform failed; not sent again (--skip-existing=any)"
+EXISTING_FAILED_MESSAGE = (
+    "the job with this ref_id on the platform failed; not sent again (--skip-existing=any)"
+)
 DEFER_MAX = 256  # deferred state changes held before a commit is forced
 FRAME_CHUNK_ROWS = 50_000  # rows read into the report frame at a time
 
@@ -108,9 +110,21 @@ _MIGRATIONS = {  # from version N to N + 1
     ),
 }
 _ROW_COLUMNS = (
-    "row", "key", "ref_id", "source", "source_type", "source_path", "job_profile_id", "name",
-    "description", "bytes", "state", "error_code", "error_message", "source_secret",
-)  # fmt: skip
+    "row",
+    "key",
+    "ref_id",
+    "source",
+    "source_type",
+    "source_path",
+    "job_profile_id",
+    "name",
+    "description",
+    "bytes",
+    "state",
+    "error_code",
+    "error_message",
+    "source_secret",
+)
 _TASK_COLUMNS = (
     "row, key, ref_id, source, source_type, source_path, job_profile_id, name, description, bytes, "
     "state, job_id, sent_at, attempts, source_secret"
@@ -119,12 +133,22 @@ _TASK_COLUMNS = (
 
 # The journal's side of the report join (`Journal.to_frame`).
 FRAME_SCHEMA = {
-    "row": pl.Int64, "key": pl.String, "state": pl.String, "job_id": pl.String, "media_id": pl.String,
-    "journal_profile_id": pl.Int64, "encode_status": pl.Int64, "http_status": pl.Int64,
-    "error_code": pl.String, "error_message": pl.String, "attempts": pl.Int64,
-    "submitted_at": pl.Float64, "finished_at": pl.Float64, "job_created_at": pl.String,
+    "row": pl.Int64,
+    "key": pl.String,
+    "state": pl.String,
+    "job_id": pl.String,
+    "media_id": pl.String,
+    "journal_profile_id": pl.Int64,
+    "encode_status": pl.Int64,
+    "http_status": pl.Int64,
+    "error_code": pl.String,
+    "error_message": pl.String,
+    "attempts": pl.Int64,
+    "submitted_at": pl.Float64,
+    "finished_at": pl.Float64,
+    "job_created_at": pl.String,
     "job_updated_at": pl.String,
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -198,7 +222,12 @@ class Journal:
 
     @classmethod
     def create(
-        cls, path: Path, plan: pl.DataFrame, meta: dict[str, Any], *, held: tuple[list[int], str] | None = None
+        cls,
+        path: Path,
+        plan: pl.DataFrame,
+        meta: dict[str, Any],
+        *,
+        held: tuple[list[int], str] | None = None,
     ) -> Journal:
         """A new journal holding every plan row: ready rows `pending`, the others `rejected`.
 
@@ -212,16 +241,33 @@ class Journal:
         conn.executescript(_SCHEMA)
         is_held = pl.col("row").is_in(held[0]) if held else pl.lit(False)
         frame = plan.select(
-            "row", "key", "ref_id", "source", "source_type", "source_path", "job_profile_id", "name",
-            "description", "bytes",
-            pl.when(pl.col("status") != "ready").then(pl.lit(REJECTED))
-            .when(is_held).then(pl.lit(HELD)).otherwise(pl.lit(PENDING)).alias("state"),
+            "row",
+            "key",
+            "ref_id",
+            "source",
+            "source_type",
+            "source_path",
+            "job_profile_id",
+            "name",
+            "description",
+            "bytes",
+            pl.when(pl.col("status") != "ready")
+            .then(pl.lit(REJECTED))
+            .when(is_held)
+            .then(pl.lit(HELD))
+            .otherwise(pl.lit(PENDING))
+            .alias("state"),
             "error_code",
-            pl.when(is_held).then(pl.lit(held[1] if held else None)).otherwise(pl.col("reason")).alias("error_message"),
-            (pl.col("source_secret").cast(pl.Int64) if "source_secret" in plan.columns else pl.lit(None, pl.Int64)).alias(
-                "source_secret"
-            ),
-        )  # fmt: skip
+            pl.when(is_held)
+            .then(pl.lit(held[1] if held else None))
+            .otherwise(pl.col("reason"))
+            .alias("error_message"),
+            (
+                pl.col("source_secret").cast(pl.Int64)
+                if "source_secret" in plan.columns
+                else pl.lit(None, pl.Int64)
+            ).alias("source_secret"),
+        )
         with journal._tx():
             conn.executemany(
                 f"INSERT INTO rows ({', '.join(_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(_ROW_COLUMNS))})",
@@ -259,14 +305,17 @@ class Journal:
     def migrate(self) -> None:
         """Bring an older journal up to SCHEMA_VERSION in one transaction (a no-op when it is current)."""
         with self._tx():
-            version = int(self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            version = int(
+                self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+            )
             for step in range(version, SCHEMA_VERSION):
                 for sql in _MIGRATIONS[step]:
                     self._conn.execute(sql)
             for sql in _INDEXES:
                 self._conn.execute(sql)
             self._conn.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
             )
 
     def close(self) -> None:
@@ -357,7 +406,8 @@ class Journal:
         """Store (or replace) meta values."""
         with self._tx():
             self._conn.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()]
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
             )
 
     # -- reads --------------------------------------------------------------------------------
@@ -415,7 +465,9 @@ class Journal:
 
     def add_known_jobs(self, job_ids: Iterable[str], origin: str) -> None:
         """Jobs that are not this run's to adopt (another run's, or a failed job a row is sent again after)."""
-        self._write_many("INSERT OR IGNORE INTO known_jobs (job_id, origin) VALUES (?, ?)", [(j, origin) for j in job_ids])
+        self._write_many(
+            "INSERT OR IGNORE INTO known_jobs (job_id, origin) VALUES (?, ?)", [(j, origin) for j in job_ids]
+        )
 
     def to_frame(self, first_row: int | None = None, last_row: int | None = None) -> pl.DataFrame:
         """Every row's journal state (or rows `first_row` to `last_row`) as a polars frame, in manifest order."""
@@ -468,13 +520,34 @@ class Journal:
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, job_profile_id = coalesce(?, job_profile_id), "
             "encode_status = ?, job_created_at = ?, job_updated_at = ?, submitted_at = coalesce(submitted_at, ?), "
             "follow = ?, http_status = NULL, error_code = NULL, error_message = ? WHERE row = ?",
-            (SUBMITTED, job_id, media_id, job_profile_id, encode_status, created_at, updated_at, now, follow, message, row),
+            (
+                SUBMITTED,
+                job_id,
+                media_id,
+                job_profile_id,
+                encode_status,
+                created_at,
+                updated_at,
+                now,
+                follow,
+                message,
+                row,
+            ),
         )
 
     def mark_existing(
-        self, row: int, *, state: str, job_id: str, media_id: str | None, encode_status: int | None,
-        job_profile_id: int | None, created_at: str | None, updated_at: str | None, now: float,
-    ) -> None:  # fmt: skip
+        self,
+        row: int,
+        *,
+        state: str,
+        job_id: str,
+        media_id: str | None,
+        encode_status: int | None,
+        job_profile_id: int | None,
+        created_at: str | None,
+        updated_at: str | None,
+        now: float,
+    ) -> None:
         """--skip-existing found a final job with the row's ref_id: `skipped` (it succeeded) or `failed`."""
         code = "ENCODE_FAILED" if state == FAILED else None
         self._deferred_jobs.add(job_id)
@@ -482,9 +555,20 @@ class Journal:
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, encode_status = ?, "
             "job_profile_id = coalesce(?, job_profile_id), job_created_at = ?, job_updated_at = ?, finished_at = ?, "
             "error_code = ?, error_message = ? WHERE row = ?",
-            (state, job_id, media_id, encode_status, job_profile_id, created_at, updated_at, now, code,
-             EXISTING_MESSAGE if state == SKIPPED else EXISTING_FAILED_MESSAGE, row),
-        )  # fmt: skip
+            (
+                state,
+                job_id,
+                media_id,
+                encode_status,
+                job_profile_id,
+                created_at,
+                updated_at,
+                now,
+                code,
+                EXISTING_MESSAGE if state == SKIPPED else EXISTING_FAILED_MESSAGE,
+                row,
+            ),
+        )
 
     def carry_over(self, rows: list[CarriedRow]) -> None:
         """Take over rows of an earlier run (retry): their state, job and doubt, and what they follow."""
@@ -493,11 +577,22 @@ class Journal:
             "media_id = ?, encode_status = ?, job_created_at = ?, job_profile_id = coalesce(?, job_profile_id) "
             "WHERE row = ?",
             [
-                (c.state, c.job_id, c.sent_at, c.submitted_at, c.job_updated_at, c.follow, c.media_id,
-                 c.encode_status, c.job_created_at, c.job_profile_id, c.row)
+                (
+                    c.state,
+                    c.job_id,
+                    c.sent_at,
+                    c.submitted_at,
+                    c.job_updated_at,
+                    c.follow,
+                    c.media_id,
+                    c.encode_status,
+                    c.job_created_at,
+                    c.job_profile_id,
+                    c.row,
+                )
                 for c in rows
             ],
-        )  # fmt: skip
+        )
 
     def hand_over(self, rows: list[int], to_run: str) -> None:
         """Rows a retry run has taken: unfinished ones become `handed_over` (resume leaves them alone),
@@ -507,7 +602,14 @@ class Journal:
             "state = CASE WHEN state IN (?, ?, ?) THEN ? ELSE state END, "
             "error_message = CASE WHEN state IN (?, ?, ?) THEN ? ELSE error_message END WHERE row = ?",
             [
-                (to_run, *UNFINISHED_STATES, HANDED_OVER, *UNFINISHED_STATES, f"continued by the retry run in {to_run}", r)
+                (
+                    to_run,
+                    *UNFINISHED_STATES,
+                    HANDED_OVER,
+                    *UNFINISHED_STATES,
+                    f"continued by the retry run in {to_run}",
+                    r,
+                )
                 for r in rows
             ],
         )
@@ -548,9 +650,13 @@ class Journal:
     def rows_without_ref(self) -> list[int]:
         """Rows still to send that have no ref_id (so --skip-existing cannot ask the platform about them)."""
         self.flush()
-        return [r for (r,) in self._conn.execute(
-            "SELECT row FROM rows WHERE ref_id IS NULL AND state IN (?, ?) ORDER BY row", (PENDING, SENDING)
-        )]  # fmt: skip
+        return [
+            r
+            for (r,) in self._conn.execute(
+                "SELECT row FROM rows WHERE ref_id IS NULL AND state IN (?, ?) ORDER BY row",
+                (PENDING, SENDING),
+            )
+        ]
 
     def secret_rows(self) -> dict[int, str]:
         """Rows whose source is stored redacted (it carries a credential), with that redacted form."""
@@ -568,7 +674,12 @@ class Journal:
     def pending_ref_ids(self) -> set[str]:
         """The ref_ids of the rows still to send (what --skip-existing asks the platform about)."""
         self.flush()
-        return {r for (r,) in self._conn.execute("SELECT ref_id FROM rows WHERE state = ? AND ref_id IS NOT NULL", (PENDING,))}
+        return {
+            r
+            for (r,) in self._conn.execute(
+                "SELECT ref_id FROM rows WHERE state = ? AND ref_id IS NOT NULL", (PENDING,)
+            )
+        }
 
     def rows_with_outcomes(self, outcomes: Iterable[str]) -> list[int]:
         """Rows whose report outcome is one of `outcomes`, in manifest order. The outcome is the state,
@@ -580,27 +691,37 @@ class Journal:
             states |= {*UNFINISHED_STATES, HANDED_OVER}
         if not states:
             return []
-        return [r for (r,) in self._conn.execute(
-            f"SELECT row FROM rows WHERE state IN ({', '.join('?' * len(states))}) ORDER BY row", sorted(states)
-        )]  # fmt: skip
+        return [
+            r
+            for (r,) in self._conn.execute(
+                f"SELECT row FROM rows WHERE state IN ({', '.join('?' * len(states))}) ORDER BY row",
+                sorted(states),
+            )
+        ]
 
     def held_rows(self) -> list[int]:
         """Rows a canary run holds back, in manifest order."""
         self.flush()
-        return [r for (r,) in self._conn.execute("SELECT row FROM rows WHERE state = ? ORDER BY row", (HELD,))]
+        return [
+            r for (r,) in self._conn.execute("SELECT row FROM rows WHERE state = ? ORDER BY row", (HELD,))
+        ]
 
     def take(self, rows: list[int]) -> None:
         """Held rows a resume takes into the run: they become `pending`, to be sent."""
         self._write_many(
-            "UPDATE rows SET state = ?, error_message = NULL WHERE row = ? AND state = ?", [(PENDING, r, HELD) for r in rows]
+            "UPDATE rows SET state = ?, error_message = NULL WHERE row = ? AND state = ?",
+            [(PENDING, r, HELD) for r in rows],
         )
 
     def has_unfinished(self) -> bool:
         """True while some row is pending, sending or submitted."""
         self.flush()
-        return self._conn.execute(
-            "SELECT 1 FROM rows WHERE state IN (?, ?, ?) LIMIT 1", UNFINISHED_STATES
-        ).fetchone() is not None
+        return (
+            self._conn.execute(
+                "SELECT 1 FROM rows WHERE state IN (?, ?, ?) LIMIT 1", UNFINISHED_STATES
+            ).fetchone()
+            is not None
+        )
 
     def resend(self, row: int, old_job_id: str, reason: str) -> None:
         """A followed job failed or vanished: send the row again, never adopting the old job."""
@@ -612,7 +733,9 @@ class Journal:
             (PENDING, reason, row),
         )
 
-    def mark_error(self, row: int, *, http_status: int | None, code: str | None, message: str, now: float) -> None:
+    def mark_error(
+        self, row: int, *, http_status: int | None, code: str | None, message: str, now: float
+    ) -> None:
         """The submission failed for good."""
         self._write(
             "UPDATE rows SET state = ?, http_status = ?, error_code = ?, error_message = ?, finished_at = ? "
@@ -627,7 +750,9 @@ class Journal:
             (http_status, code, message, row),
         )
 
-    def record_progress(self, updates: list[tuple[int, int | None, str | None, str | None, float | None]]) -> None:
+    def record_progress(
+        self, updates: list[tuple[int, int | None, str | None, str | None, float | None]]
+    ) -> None:
         """Poll results in one transaction: (row, encode_status, updated_at, final state or None, now)."""
         updates = [u for u in updates if u is not None]  # None: a followed job's row sent again instead
         if not updates:
@@ -636,7 +761,8 @@ class Journal:
             for row, status, updated_at, final, now in updates:
                 if final is None:
                     self._conn.execute(
-                        "UPDATE rows SET encode_status = ?, job_updated_at = ? WHERE row = ?", (status, updated_at, row)
+                        "UPDATE rows SET encode_status = ?, job_updated_at = ? WHERE row = ?",
+                        (status, updated_at, row),
                     )
                 elif final == SKIPPED:  # a followed existing job succeeded: this run sent nothing
                     self._conn.execute(
@@ -655,4 +781,3 @@ class Journal:
                         "finished_at = ?, error_code = ?, error_message = ? WHERE row = ?",
                         (final, status, updated_at, now, code, message, row),
                     )
-

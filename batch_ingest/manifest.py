@@ -16,7 +16,14 @@ import polars as pl
 from .errors import ManifestError
 
 FORMATS = ("csv", "parquet", "ndjson")
-_EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson"}
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+}
 SOURCE_COLUMNS = ("source", "source_url", "source_file")
 KNOWN_COLUMNS = (*SOURCE_COLUMNS, "profile", "ref_id", "name", "description")
 
@@ -44,7 +51,7 @@ def _normalise(name: str) -> str:
 def _check_header(path: Path, names: list[str]) -> list[str]:
     normalised = [_normalise(n) for n in names]
     seen: dict[str, str] = {}
-    for raw, norm in zip(names, normalised):
+    for raw, norm in zip(names, normalised, strict=True):
         if norm == "":
             raise ManifestError(f"{path}: the header has an empty column name; columns found: {names}")
         if norm in seen:
@@ -74,7 +81,9 @@ def _utf8_error(path: Path, data: bytes) -> ManifestError | None:
         except UnicodeDecodeError as exc:
             at = start - pending + exc.start
             line = data.count(b"\n", 0, at) + 1
-            return ManifestError(f"{path}: line {line} is not UTF-8 text (byte {at}): save the manifest as UTF-8")
+            return ManifestError(
+                f"{path}: line {line} is not UTF-8 text (byte {at}): save the manifest as UTF-8"
+            )
     return None
 
 
@@ -100,7 +109,8 @@ def _read_csv(path: Path) -> pl.DataFrame:
     except pl.exceptions.PolarsError:
         # Ragged rows or odd quoting: parse with the csv module, which tells us which rows are odd.
         frame = _read_csv_slowly(path, data, delimiter, len(header))
-    return frame.rename(dict(zip(frame.columns, names)))
+    # The slow path adds the RAGGED column after the header's: it keeps its name.
+    return frame.rename(dict(zip(frame.columns, names, strict=False)))
 
 
 RAGGED = "__ragged__"
@@ -119,12 +129,15 @@ def _read_csv_slowly(path: Path, data: bytes, delimiter: str, width: int) -> pl.
                 ragged.append(f"the row has {len(record)} fields but the header has {width}")
             else:
                 ragged.append(None)
-            record = (record + [None] * width)[:width]  # type: ignore[list-item]
-            for col, value in zip(columns, record):
+            padded: list[str | None] = [*record, *[None] * width][:width]
+            for col, value in zip(columns, padded, strict=True):
                 col.append(value if value != "" else None)
     except csv.Error as exc:
         raise ManifestError(f"{path}: line {reader.line_num}: cannot parse the CSV: {exc}") from None
-    frame = pl.DataFrame({f"column_{i}": col for i, col in enumerate(columns)}, schema={f"column_{i}": pl.String for i in range(width)})
+    frame = pl.DataFrame(
+        {f"column_{i}": col for i, col in enumerate(columns)},
+        schema={f"column_{i}": pl.String for i in range(width)},
+    )
     return frame.with_columns(pl.Series(RAGGED, ragged, dtype=pl.String))
 
 
@@ -134,7 +147,9 @@ def _read_typed(path: Path, fmt: str) -> pl.DataFrame:
             frame = pl.read_parquet(path, glob=False)  # a path, never a pattern: names may hold [ ] * ?
         else:
             if path.stat().st_size == 0:
-                raise ManifestError(f"{path}: the file is empty: an NDJSON manifest needs one object per line")
+                raise ManifestError(
+                    f"{path}: the file is empty: an NDJSON manifest needs one object per line"
+                )
             frame = pl.read_ndjson(path)
     except ManifestError:
         raise
@@ -144,7 +159,7 @@ def _read_typed(path: Path, fmt: str) -> pl.DataFrame:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ManifestError(f"{path}: not a readable {fmt} file: {first}") from None
     names = _check_header(path, frame.columns)
-    frame = frame.rename(dict(zip(frame.columns, names)))
+    frame = frame.rename(dict(zip(frame.columns, names, strict=True)))
     casts = {}
     for name, dtype in frame.schema.items():
         if dtype == pl.String:
@@ -159,9 +174,7 @@ def _read_typed(path: Path, fmt: str) -> pl.DataFrame:
             continue  # an extra column: carried into the report as it is
         casts[name] = pl.String
     if casts:
-        frame = frame.with_columns(
-            [pl.col(n).cast(pl.String) for n in casts if n in KNOWN_COLUMNS]
-        )
+        frame = frame.with_columns([pl.col(n).cast(pl.String) for n in casts if n in KNOWN_COLUMNS])
     return frame
 
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-from collections import Counter
 import os
 import re
 import stat
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+from polars.expr.whenthen import ChainedThen, Then
 
 from .errors import ManifestError, NotFoundError
 from .journal import FRAME_SCHEMA
@@ -33,10 +35,24 @@ _DRIVE = r"^[A-Za-z]:[\\/]"
 _HTTP = r"(?i)^https?://(?:[^/\s?#@]*@)?[^/\s?#@]+(?:[/?#]\S*)?$"
 # Plan columns in order; the manifest's own other columns follow them.
 PLAN_COLUMNS = (
-    "row", "key", "ref_id", "source", "source_type", "source_path", "profile", "profile_kind",
-    "profile_value", "job_profile_id", "name", "description", "bytes", "status", "error_code", "reason",
+    "row",
+    "key",
+    "ref_id",
+    "source",
+    "source_type",
+    "source_path",
+    "profile",
+    "profile_kind",
+    "profile_value",
+    "job_profile_id",
+    "name",
+    "description",
+    "bytes",
+    "status",
+    "error_code",
+    "reason",
     "source_secret",
-)  # fmt: skip
+)
 # Every name the plan, the journal's frame or the report uses. A manifest column with one of these
 # names (or starting with "_", or ending in the join's "_journal") is carried as manifest_<name>.
 RESERVED_COLUMNS = frozenset(PLAN_COLUMNS) | frozenset(REPORT_COLUMNS) | frozenset(FRAME_SCHEMA)
@@ -48,10 +64,21 @@ MAX_URL_LENGTH = 2048
 MAX_REF_ID_LENGTH = 255
 # Column names people write for a known column; close spellings are found by `_looks_like`.
 _ALIASES = {
-    "url": "source", "video_url": "source", "file": "source_file", "path": "source_file", "file_path": "source_file",
-    "filename": "source_file", "profile_id": "profile", "job_profile": "profile", "job_profile_id": "profile",
-    "ref": "ref_id", "reference": "ref_id", "reference_id": "ref_id", "external_id": "ref_id", "title": "name",
-}  # fmt: skip
+    "url": "source",
+    "video_url": "source",
+    "file": "source_file",
+    "path": "source_file",
+    "file_path": "source_file",
+    "filename": "source_file",
+    "profile_id": "profile",
+    "job_profile": "profile",
+    "job_profile_id": "profile",
+    "ref": "ref_id",
+    "reference": "ref_id",
+    "reference_id": "ref_id",
+    "external_id": "ref_id",
+    "title": "name",
+}
 
 
 def _squash(name: str) -> str:
@@ -141,7 +168,7 @@ class Plan:
         return self.frame.filter(pl.col("status") == REJECTED)
 
 
-def _text(columns: set[str] | list[str], name: str) -> pl.Expr:
+def _text(columns: Collection[str], name: str) -> pl.Expr:
     """A text column, trimmed, empty as null (null when the manifest has no such column)."""
     if name in columns:
         expr = pl.col(name).cast(pl.String).str.strip_chars()
@@ -188,7 +215,11 @@ def _derived_key(source: str, profile: str | None) -> str:
 
 
 def build_plan(
-    frame: pl.DataFrame, manifest: Path, *, default_profile: str | None = None, extra_columns: tuple[str, ...] = ()
+    frame: pl.DataFrame,
+    manifest: Path,
+    *,
+    default_profile: str | None = None,
+    extra_columns: tuple[str, ...] = (),
 ) -> Plan:
     """Validate every row; rejected rows keep their number and reason. Never drops a row silently."""
     base = manifest.resolve().parent
@@ -206,8 +237,14 @@ def build_plan(
         blank = blank & pl.all_horizontal(pl.col(others).is_null())
     # Only a row without a source can be blank: check the whole width of those rows alone.
     no_source = pl.all_horizontal([_text(schema, c).is_null() for c in SOURCE_COLUMNS])
-    candidates = frame.select(pl.arg_where(no_source)).to_series() if frame.height else pl.Series([], dtype=pl.UInt32)
-    blank_at = candidates.filter(frame[candidates.to_list()].select(blank).to_series()) if len(candidates) else candidates
+    candidates = (
+        frame.select(pl.arg_where(no_source)).to_series() if frame.height else pl.Series([], dtype=pl.UInt32)
+    )
+    blank_at = (
+        candidates.filter(frame[candidates.to_list()].select(blank).to_series())
+        if len(candidates)
+        else candidates
+    )
     blank_rows = len(blank_at)
     if blank_rows:
         frame = frame.filter(~pl.int_range(pl.len(), dtype=pl.UInt32).is_in(blank_at.to_list()))
@@ -217,11 +254,15 @@ def build_plan(
     present_columns = set(schema)
     # A cell is trimmed, and empty means missing; a column that needs neither is taken as it is
     # (shared with the manifest's frame, not copied: a million-row copy is a hundred MB).
-    needs_work = frame.select(
-        pl.col(c).cast(pl.String).str.contains(r"^\s|\s$|^$").any().alias(c)
-        for c in KNOWN_COLUMNS
-        if c in present_columns
-    ).row(0, named=True) if frame.height else {}
+    needs_work = (
+        frame.select(
+            pl.col(c).cast(pl.String).str.contains(r"^\s|\s$|^$").any().alias(c)
+            for c in KNOWN_COLUMNS
+            if c in present_columns
+        ).row(0, named=True)
+        if frame.height
+        else {}
+    )
     cells = [
         (_text(present_columns, c) if needs_work.get(c, True) else pl.col(c).cast(pl.String)).alias(f"_{c}")
         for c in KNOWN_COLUMNS
@@ -237,7 +278,9 @@ def build_plan(
     present = [pl.col(f"_{c}").is_not_null().cast(pl.Int8) for c in SOURCE_COLUMNS]
     n_sources = pl.sum_horizontal(present)
     source = pl.coalesce([pl.col(f"_{c}") for c in SOURCE_COLUMNS])
-    profile = pl.col("_profile").fill_null(pl.lit(default_profile.strip() if default_profile else None, pl.String))
+    profile = pl.col("_profile").fill_null(
+        pl.lit(default_profile.strip() if default_profile else None, pl.String)
+    )
     work = work.with_columns(source.alias("source"), n_sources.alias("_n_sources"), profile.alias("profile"))
 
     has_scheme = pl.col("source").str.contains(_SCHEME) & ~pl.col("source").str.contains(_DRIVE)
@@ -277,16 +320,26 @@ def build_plan(
     normalised = {p: os.path.normpath(p) for p in paths}
     checks = _file_checks(list(set(normalised.values())))
     # Looked up in place (no join, no re-sort): a manifest of URLs alone pays nothing here.
-    work = work.with_columns(
-        pl.col("source_path").replace_strict(
-            {p: checks[n][0] for p, n in normalised.items()}, default=None, return_dtype=pl.Int64
-        ).alias("bytes"),
-        pl.col("source_path").replace_strict(
-            {p: checks[n][1] for p, n in normalised.items()}, default=None, return_dtype=pl.String
-        ).alias("_file_problem"),
-        pl.col("source_path").replace_strict(normalised, default=None, return_dtype=pl.String).alias("source_path"),
-    ) if paths else work.with_columns(
-        pl.lit(None, pl.Int64).alias("bytes"), pl.lit(None, pl.String).alias("_file_problem")
+    work = (
+        work.with_columns(
+            pl.col("source_path")
+            .replace_strict(
+                {p: checks[n][0] for p, n in normalised.items()}, default=None, return_dtype=pl.Int64
+            )
+            .alias("bytes"),
+            pl.col("source_path")
+            .replace_strict(
+                {p: checks[n][1] for p, n in normalised.items()}, default=None, return_dtype=pl.String
+            )
+            .alias("_file_problem"),
+            pl.col("source_path")
+            .replace_strict(normalised, default=None, return_dtype=pl.String)
+            .alias("source_path"),
+        )
+        if paths
+        else work.with_columns(
+            pl.lit(None, pl.Int64).alias("bytes"), pl.lit(None, pl.String).alias("_file_problem")
+        )
     )
 
     ragged = pl.col(RAGGED) if RAGGED in work.columns else pl.lit(None, pl.String)
@@ -302,28 +355,37 @@ def build_plan(
             (pl.col("source_type") == "url") & ~scheme.is_in(["http", "https"]),
             pl.format("unsupported source scheme '{}:': use an http(s) URL or a local file path", scheme),
         ),
-        _reject((pl.col("source_type") == "url") & ~is_http, "malformed URL: it needs a host, as in https://host/path"),
+        _reject(
+            (pl.col("source_type") == "url") & ~is_http,
+            "malformed URL: it needs a host, as in https://host/path",
+        ),
         _reject(
             (pl.col("source_type") == "url") & (pl.col("source").str.len_chars() > MAX_URL_LENGTH),
-            pl.format(f"the URL is {{}} characters long; the longest accepted is {MAX_URL_LENGTH}",
-                      pl.col("source").str.len_chars()),
+            pl.format(
+                f"the URL is {{}} characters long; the longest accepted is {MAX_URL_LENGTH}",
+                pl.col("source").str.len_chars(),
+            ),
         ),
         _reject(
             pl.col("_ref_id").str.len_chars() > MAX_REF_ID_LENGTH,
-            pl.format(f"ref_id is {{}} characters long; the longest accepted is {MAX_REF_ID_LENGTH}",
-                      pl.col("_ref_id").str.len_chars()),
+            pl.format(
+                f"ref_id is {{}} characters long; the longest accepted is {MAX_REF_ID_LENGTH}",
+                pl.col("_ref_id").str.len_chars(),
+            ),
         ),
         _reject(pl.col("_file_problem").is_not_null(), pl.col("_file_problem")),
         _reject(
             pl.col("profile_kind") == "bad",
-            pl.format("malformed profile '{}': use a numeric job profile id or ref:<ref_id>", pl.col("profile")),
+            pl.format(
+                "malformed profile '{}': use a numeric job profile id or ref:<ref_id>", pl.col("profile")
+            ),
         ),
         _reject(
             (pl.col("source_type") == "url") & pl.col("profile").is_null(),
             "a remote URL needs a job profile: fill the profile column or pass --profile",
         ),
     ]
-    reason = pl.when(rules[0][0]).then(rules[0][1])
+    reason: Then | ChainedThen = pl.when(rules[0][0]).then(rules[0][1])
     for cond, why, _ in rules[1:]:
         reason = reason.when(cond).then(why)
     work = work.with_columns(reason.otherwise(None).alias("reason"))
@@ -339,12 +401,16 @@ def build_plan(
             secrets[row], redacted[row] = url, shown
     if secrets:
         work = work.with_columns(
-            pl.col("row").replace_strict(redacted, default=pl.col("source"), return_dtype=pl.String).alias("source")
+            pl.col("row")
+            .replace_strict(redacted, default=pl.col("source"), return_dtype=pl.String)
+            .alias("source")
         )
     secret_flag = pl.col("row").is_in(list(secrets)) if secrets else pl.lit(False)
 
     # Row keys: ref_id, or derived from source and profile. Later duplicates are rejected.
-    key_source = pl.when(pl.col("source_type") == "file").then(pl.col("source_path")).otherwise(pl.col("source"))
+    key_source = (
+        pl.when(pl.col("source_type") == "file").then(pl.col("source_path")).otherwise(pl.col("source"))
+    )
     work = work.with_columns(key_source.alias("_key_source"))
     # Derived keys (a sha256 each) only for the rows without a ref_id, in one pass over plain strings;
     # rows are numbered from 1 in frame order, so row - 1 is the position to fill.
@@ -353,7 +419,10 @@ def build_plan(
     if unkeyed.height:
         keys = keys.scatter(
             unkeyed["row"] - 1,
-            [_derived_key(s or "", p) for s, p in zip(unkeyed["_key_source"].to_list(), unkeyed["profile"].to_list())],
+            [
+                _derived_key(s or "", p)
+                for s, p in zip(unkeyed["_key_source"].to_list(), unkeyed["profile"].to_list(), strict=True)
+            ],
         )
     del unkeyed
     work = work.with_columns(keys)
@@ -362,7 +431,11 @@ def build_plan(
     repeated = work.select(pl.col("key").is_first_distinct().not_()).to_series()
     if repeated.any():
         dup_keys = work.filter(repeated)["key"].unique()
-        firsts = work.filter(pl.col("key").is_in(dup_keys.implode())).group_by("key").agg(pl.col("row").min().alias("_first"))
+        firsts = (
+            work.filter(pl.col("key").is_in(dup_keys.implode()))
+            .group_by("key")
+            .agg(pl.col("row").min().alias("_first"))
+        )
         first_row = pl.col("key").replace_strict(firsts["key"], firsts["_first"], default=pl.col("row"))
         is_dup = pl.col("reason").is_null() & repeated
     else:
@@ -373,7 +446,9 @@ def build_plan(
             pl.format(
                 "duplicate of row {} (same {})",
                 first_row,
-                pl.when(pl.col("_ref_id").is_not_null()).then(pl.lit("ref_id")).otherwise(pl.lit("source and profile")),
+                pl.when(pl.col("_ref_id").is_not_null())
+                .then(pl.lit("ref_id"))
+                .otherwise(pl.lit("source and profile")),
             )
         )
         .otherwise(pl.col("reason"))
@@ -427,20 +502,30 @@ def build_plan(
     out = pl.concat([out, carried.rename(renamed)], how="horizontal") if extras else out
     notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
     if extras:
-        shown = [c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras]
-        notes.append(f"columns carried into the report unchanged, not used: {first_few(shown)}")
+        carried_names = [c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras]
+        notes.append(f"columns carried into the report unchanged, not used: {first_few(carried_names)}")
     return Plan(
-        manifest=manifest, frame=out, extras=[renamed[c] for c in extras], blank_rows=blank_rows, notes=notes,
+        manifest=manifest,
+        frame=out,
+        extras=[renamed[c] for c in extras],
+        blank_rows=blank_rows,
+        notes=notes,
         secrets=secrets,
-    )  # fmt: skip
+    )
 
 
 def plan_manifest(
-    path: str | Path, *, fmt: str | None = None, default_profile: str | None = None, extra_columns: tuple[str, ...] = ()
+    path: str | Path,
+    *,
+    fmt: str | None = None,
+    default_profile: str | None = None,
+    extra_columns: tuple[str, ...] = (),
 ) -> Plan:
     """Read and validate a manifest (no network). Raises ManifestError for structural problems."""
     path = Path(path)
-    return build_plan(read_manifest(path, fmt), path, default_profile=default_profile, extra_columns=extra_columns)
+    return build_plan(
+        read_manifest(path, fmt), path, default_profile=default_profile, extra_columns=extra_columns
+    )
 
 
 async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamClient
@@ -463,13 +548,23 @@ async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamCl
         schema={"profile_kind": pl.String, "profile_value": pl.String, "_resolved": pl.Int64},
     )
     frame = plan.frame.join(mapping, on=["profile_kind", "profile_value"], how="left", maintain_order="left")
-    unknown = (pl.col("status") == READY) & pl.col("profile_kind").is_not_null() & pl.col("_resolved").is_null()
+    unknown = (
+        (pl.col("status") == READY) & pl.col("profile_kind").is_not_null() & pl.col("_resolved").is_null()
+    )
     frame = frame.with_columns(
-        pl.when(pl.col("status") == READY).then(pl.col("_resolved")).otherwise(pl.col("job_profile_id")).alias("job_profile_id"),
+        pl.when(pl.col("status") == READY)
+        .then(pl.col("_resolved"))
+        .otherwise(pl.col("job_profile_id"))
+        .alias("job_profile_id"),
         pl.when(unknown).then(pl.lit(REJECTED)).otherwise(pl.col("status")).alias("status"),
         pl.when(unknown).then(pl.lit(PROFILE_NOT_FOUND)).otherwise(pl.col("error_code")).alias("error_code"),
         pl.when(unknown)
-        .then(pl.format("job profile {} not found on the platform: check it with `batch-ingest profiles`", pl.col("profile")))
+        .then(
+            pl.format(
+                "job profile {} not found on the platform: check it with `batch-ingest profiles`",
+                pl.col("profile"),
+            )
+        )
         .otherwise(pl.col("reason"))
         .alias("reason"),
         pl.when(unknown).then(pl.format("rejected:{}", pl.col("row"))).otherwise(pl.col("key")).alias("key"),
@@ -505,7 +600,9 @@ def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | N
         "with_ref_id": int(ready["ref_id"].is_not_null().sum()),
         "per_profile": dict(per_profile),
         "rejected": rejected.height,
-        "rejected_rows": rejected.head(max_rejected).select("row", "source", "error_code", "reason").to_dicts(),
+        "rejected_rows": rejected.head(max_rejected)
+        .select("row", "source", "error_code", "reason")
+        .to_dicts(),
         "profiles_checked": plan.profiles_checked,
         "notes": notes,
     }

@@ -22,20 +22,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .aio import unless_stopped, wait_any
 from .api.client import MAX_PAGE_SIZE, MAX_POLL_PAGES, SmartStreamClient
 from .api.models import FAILED, SUCCEEDED, EncodeStatusMap, Job, MalformedRecord, parse_api_date
 from .errors import EndlessListing, MalformedResponse, NotFoundError, TransientApiError
+from .journal import EXISTING, EXISTING_ANY, RESEND_ON_FAILURE, SKIPPED, TIMED_OUT, Journal, RowTask
 from .journal import FAILED as J_FAILED
 from .journal import SUCCEEDED as J_SUCCEEDED
-from .journal import EXISTING, EXISTING_ANY, RESEND_ON_FAILURE, SKIPPED, TIMED_OUT, Journal, RowTask
-from .aio import unless_stopped, wait_any
 from .progress import Progress
 
 OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's commit lag
 TARGET_CHANGES_PER_POLL = 3 * MAX_PAGE_SIZE  # three full pages of changes per poll
 FALLBACK_PER_POLL = 2
 TAIL_INTERVAL_S = 2.0  # the poll interval once submission is over: the run ends this soon after its last job
-SLACK_FOR_QUICK_POLLS = 0.5  # while submitting, poll at the tail interval when this share of the budget is unused
+SLACK_FOR_QUICK_POLLS = (
+    0.5  # while submitting, poll at the tail interval when this share of the budget is unused
+)
 
 
 @dataclass
@@ -97,7 +99,9 @@ class Poller:
         self.interval = min_interval
         # Once nothing is left to submit: TAIL_INTERVAL_S apart, but never more than half the budget
         # (one request a poll when little changes), so that others on the account keep theirs.
-        self.tail_interval = max(min_interval, TAIL_INTERVAL_S, 120.0 / rate_per_minute if rate_per_minute > 0 else 0.0)
+        self.tail_interval = max(
+            min_interval, TAIL_INTERVAL_S, 120.0 / rate_per_minute if rate_per_minute > 0 else 0.0
+        )
         self.slack = slack  # the share of the rate budget left unused lately (RateLimiter.slack)
         self.polls = 0
 
@@ -106,17 +110,35 @@ class Poller:
     ) -> None:
         """Follow a job created, adopted or (with `follow`) found for `row`."""
         key, ref_id = (task.key, task.ref_id) if task is not None else (None, None)
-        self._track(row, job.id, submitted_at, job.encode_status, job.updated_at or job.created_at, key, ref_id, follow)
+        self._track(
+            row,
+            job.id,
+            submitted_at,
+            job.encode_status,
+            job.updated_at or job.created_at,
+            key,
+            ref_id,
+            follow,
+        )
 
     def _track(
-        self, row: int, job_id: str, submitted_at: float, status: int | None, updated_at: str | None,
-        key: str | None = None, ref_id: str | None = None, follow: str | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        row: int,
+        job_id: str,
+        submitted_at: float,
+        status: int | None,
+        updated_at: str | None,
+        key: str | None = None,
+        ref_id: str | None = None,
+        follow: str | None = None,
+    ) -> None:
         seen_at = parse_api_date(updated_at)
         if seen_at is not None and (self._watermark is None or seen_at.timestamp() < self._watermark):
             # A job older than the watermark (adopted, or resumed) might have changed unseen.
             self._watermark = seen_at.timestamp()
-        tracked = Tracked(row, job_id, submitted_at + self.job_timeout, self._clock(), status, key, ref_id, follow)
+        tracked = Tracked(
+            row, job_id, submitted_at + self.job_timeout, self._clock(), status, key, ref_id, follow
+        )
         if job_id in self._jobs:
             return
         self._jobs[job_id] = tracked
@@ -130,7 +152,16 @@ class Poller:
     def resume_in_flight(self) -> None:
         """Track every job the journal says is submitted and unfinished (after a crash or stop)."""
         for f in self.journal.in_flight():
-            self._track(f.row, f.job_id, f.submitted_at or self._clock(), None, f.job_updated_at, f.key, f.ref_id, f.follow)
+            self._track(
+                f.row,
+                f.job_id,
+                f.submitted_at or self._clock(),
+                None,
+                f.job_updated_at,
+                f.key,
+                f.ref_id,
+                f.follow,
+            )
 
     @property
     def in_flight(self) -> int:
@@ -249,33 +280,52 @@ class Poller:
                 items, count = await self.client.list_jobs_raw(
                     limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC"
                 )
-                if count is not None and count > MAX_PAGE_SIZE and (page - 1) * MAX_PAGE_SIZE >= count + MAX_PAGE_SIZE:
+                if (
+                    count is not None
+                    and count > MAX_PAGE_SIZE
+                    and (page - 1) * MAX_PAGE_SIZE >= count + MAX_PAGE_SIZE
+                ):
                     raise EndlessListing(
                         f"the jobs list said it holds {count} jobs but page {page} still came: it pages without end"
                     )
                 ids = [item.get("id") for item in items]
                 if previous is not None and ids and ids == previous:
-                    raise EndlessListing(f"page {page} of the jobs list repeats page {page - 1}: the API pages without end")
+                    raise EndlessListing(
+                        f"page {page} of the jobs list repeats page {page - 1}: the API pages without end"
+                    )
                 previous = ids
                 news = 0
                 for item in items:
-                    updated = parse_api_date(item.get("updated_at")) if isinstance(item.get("updated_at"), str) else None
+                    updated = (
+                        parse_api_date(item.get("updated_at"))
+                        if isinstance(item.get("updated_at"), str)
+                        else None
+                    )
                     if updated is not None and (newest is None or updated.timestamp() > newest):
                         newest = updated.timestamp()
                     # Build a Job only for our own jobs: the list also holds everyone else's.
-                    if isinstance(item.get("id"), str) and item["id"] in self._jobs and self._observe(_job(item), now, updates):
+                    if (
+                        isinstance(item.get("id"), str)
+                        and item["id"] in self._jobs
+                        and self._observe(_job(item), now, updates)
+                    ):
                         news += 1
                 changes += news
                 last = parse_api_date(items[-1].get("updated_at")) if items else None
                 if len(items) < MAX_PAGE_SIZE or last is None:
                     break
-                if self._watermark is not None and last.timestamp() < self._watermark:
-                    # Past the last change seen: read on through the overlap while pages bring news (a
-                    # late commit may sit on the next page, behind others' jobs).
-                    if news == 0 or last.timestamp() < self._watermark - OVERLAP_S:
-                        break
+                # Past the last change seen: read on through the overlap while pages bring news (a
+                # late commit may sit on the next page, behind others' jobs).
+                if (
+                    self._watermark is not None
+                    and last.timestamp() < self._watermark
+                    and (news == 0 or last.timestamp() < self._watermark - OVERLAP_S)
+                ):
+                    break
                 if page >= MAX_POLL_PAGES:
-                    raise EndlessListing(f"the jobs list did not end within {MAX_POLL_PAGES} pages of changes")
+                    raise EndlessListing(
+                        f"the jobs list did not end within {MAX_POLL_PAGES} pages of changes"
+                    )
                 # A long walk: jobs whose time is up end now, not after it.
                 now = self._clock()
                 updates.extend(self._expire(now))
@@ -317,7 +367,8 @@ class Poller:
 
     async def _fallback(self, now: float, updates: list) -> None:
         stale = sorted(
-            (j for j in self._jobs.values() if now - j.last_seen >= self.fallback_after), key=lambda j: j.last_seen
+            (j for j in self._jobs.values() if now - j.last_seen >= self.fallback_after),
+            key=lambda j: j.last_seen,
         )
         for tracked in stale[:FALLBACK_PER_POLL]:
             if tracked.job_id not in self._jobs:

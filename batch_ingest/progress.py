@@ -46,7 +46,9 @@ class Progress:
 class LogProgress(Progress):
     """A progress line at most every `every_s` seconds, for logs and cron mail."""
 
-    def __init__(self, stream: TextIO | None = None, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, every_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.stream = stream or sys.stderr
         self.every_s = every_s
         self.clock = clock
@@ -67,7 +69,6 @@ class LogProgress(Progress):
             done = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())) or "none finished"
             pace = eta(sum(self.outcomes.values()), self.submitted, self.to_submit, now - self._started)
             self.message(f"submitted {self.submitted}/{self.to_submit}; {done}{pace}")
-
 
     def row_submitted(self, **_: Any) -> None:
         self.submitted += 1
@@ -152,7 +153,9 @@ class EventLog(Progress):
         fields = {k: v for k, v in fields.items() if v is not None}
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
         if self.fmt == "json":
-            line = json.dumps({"ts": stamp, "level": logging.getLevelName(level).lower(), "event": event, **fields})
+            line = json.dumps(
+                {"ts": stamp, "level": logging.getLevelName(level).lower(), "event": event, **fields}
+            )
         else:
             line = f"{stamp} {logging.getLevelName(level)} {event} " + " ".join(
                 f"{k}={_one_line(v)}" for k, v in fields.items()
@@ -180,9 +183,12 @@ class EventLog(Progress):
         self.run_id = summary.get("run_id") or self.run_id
         level = logging.INFO if summary.get("exit_code") == 0 else logging.WARNING
         self._emit(
-            "run_ended", level, outcomes=summary.get("outcomes"), exit_code=summary.get("exit_code"),
+            "run_ended",
+            level,
+            outcomes=summary.get("outcomes"),
+            exit_code=summary.get("exit_code"),
             report=(summary.get("report") or {}).get("parquet"),
-        )  # fmt: skip
+        )
 
     def close(self) -> None:
         self.handler.close()

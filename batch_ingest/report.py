@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
@@ -21,10 +21,27 @@ REPORT_PARQUET, REPORT_CSV, SUMMARY_JSON = "report.parquet", "report.csv", "summ
 PLAN_PARQUET = "plan.parquet"
 OUTCOMES = ("succeeded", "failed", "rejected", "error", "timed_out", "interrupted", "skipped", "held")
 REPORT_COLUMNS = (
-    "row", "ref_id", "source", "source_type", "profile", "job_profile_id", "job_id", "media_id", "outcome",
-    "encode_status", "http_status", "error_code", "error_message", "attempts", "submitted_at", "finished_at",
-    "duration_s", "bytes", "encode_s", "key",
-)  # fmt: skip
+    "row",
+    "ref_id",
+    "source",
+    "source_type",
+    "profile",
+    "job_profile_id",
+    "job_id",
+    "media_id",
+    "outcome",
+    "encode_status",
+    "http_status",
+    "error_code",
+    "error_message",
+    "attempts",
+    "submitted_at",
+    "finished_at",
+    "duration_s",
+    "bytes",
+    "encode_s",
+    "key",
+)
 # Outcomes that are not a failure: the exit code, "not succeeded" lists and retries leave them out.
 # `held`: a canary run's row outside its subset, not yet sent (subset.py).
 NOT_FAILED_OUTCOMES = ("succeeded", "skipped", "held")
@@ -51,7 +68,11 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
         pl.when(unfinished & pl.col("error_message").is_null())
         .then(
             pl.when(pl.col("state") == SENDING)
-            .then(pl.lit("the run stopped while the create was in doubt: resume looks it up before sending again"))
+            .then(
+                pl.lit(
+                    "the run stopped while the create was in doubt: resume looks it up before sending again"
+                )
+            )
             .otherwise(pl.lit("the run stopped before this row finished: resume the run to finish it"))
         )
         .otherwise(pl.coalesce(pl.col("error_message"), pl.col("reason")))
@@ -64,9 +85,7 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
         .alias("duration_s"),
         # The platform's own time from job creation to its final state (queueing included).
         pl.when(pl.col("state").is_in(["succeeded", "failed"]))
-        .then(
-            (_api_time("job_updated_at") - _api_time("job_created_at")).dt.total_milliseconds() / 1000.0
-        )
+        .then((_api_time("job_updated_at") - _api_time("job_created_at")).dt.total_milliseconds() / 1000.0)
         .otherwise(None)
         .alias("encode_s"),
     )
@@ -106,7 +125,12 @@ class ReportFacts:
 
 
 def write_report_in_chunks(
-    plan: pl.DataFrame, journal: Journal, extras: list[str], run_dir: Path, *, chunk_rows: int = REPORT_CHUNK_ROWS
+    plan: pl.DataFrame,
+    journal: Journal,
+    extras: list[str],
+    run_dir: Path,
+    *,
+    chunk_rows: int = REPORT_CHUNK_ROWS,
 ) -> ReportFacts:
     """Build and write report.parquet and report.csv from the plan and the journal, a chunk
     of rows at a time, so that a million-row report never sits in memory whole; return its facts.
@@ -124,7 +148,11 @@ def write_report_in_chunks(
             for index, start in enumerate(range(0, max(plan.height, 1), chunk_rows)):
                 part = plan.slice(start, chunk_rows)
                 rows = part["row"]
-                states = journal.to_frame(rows.min(), rows.max()) if part.height else journal.to_frame(0, -1)
+                states = (
+                    journal.to_frame(cast(int, rows.min()), cast(int, rows.max()))
+                    if part.height
+                    else journal.to_frame(0, -1)
+                )
                 chunk = build_report(part, states, extras)
                 if schema is None:
                     schema = dict(chunk.schema)
@@ -136,7 +164,9 @@ def write_report_in_chunks(
 
         write_atomically(run_dir / REPORT_CSV, write_csv)
         files = sorted(parts.glob("*.parquet"))
-        write_atomically(run_dir / REPORT_PARQUET, lambda f: pl.scan_parquet(files, glob=False).sink_parquet(f))
+        write_atomically(
+            run_dir / REPORT_PARQUET, lambda f: pl.scan_parquet(files, glob=False).sink_parquet(f)
+        )
     finally:
         shutil.rmtree(parts, ignore_errors=True)
     return facts
@@ -165,7 +195,13 @@ def csv_safe(frame: pl.DataFrame) -> pl.DataFrame:
     text = [n for n, t in frame.schema.items() if t == pl.String]
     starts = "^[" + re.escape("".join(_FORMULA_START)) + "]"
     safe = frame.with_columns(
-        [pl.when(pl.col(n).str.contains(starts)).then(pl.lit("'") + pl.col(n)).otherwise(pl.col(n)).alias(n) for n in text]
+        [
+            pl.when(pl.col(n).str.contains(starts))
+            .then(pl.lit("'") + pl.col(n))
+            .otherwise(pl.col(n))
+            .alias(n)
+            for n in text
+        ]
     )
     # Column names are cells of the header row: a manifest's own column names are escaped the same way.
     return safe.rename({n: "'" + n for n in safe.columns if n.startswith(_FORMULA_START)})
@@ -238,7 +274,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("abort_reason"):
         lines.append(f"aborted: {summary['abort_reason']}")
     if counts.get("held"):
-        steps = ", then ".join(f"{s['kind']} {s['selection']} took {s['taken']}" for s in summary.get("subsets") or [])
+        steps = ", then ".join(
+            f"{s['kind']} {s['selection']} took {s['taken']}" for s in summary.get("subsets") or []
+        )
         lines.append(
             f"held back: {counts['held']} rows not sent yet (canary: {steps}); "
             f"send them with: {summary.get('resume_all') or 'batch-ingest resume RUN_DIR --all'}"
@@ -248,10 +286,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("first rows that did not succeed:")
         for f in failures:
             code = f" {f['error_code']}" if f.get("error_code") else ""
-            lines.append(f"  row {f['row']} [{f['outcome']}{code}] {f['source']}: {f.get('error_message') or ''}")
+            lines.append(
+                f"  row {f['row']} [{f['outcome']}{code}] {f['source']}: {f.get('error_message') or ''}"
+            )
         more = int(summary.get("not_succeeded") or len(failures)) - len(failures)
         if more > 0:
-            lines.append(f"  ... and {more} more: batch-ingest report {summary['run_dir']} --failed lists them all")
+            lines.append(
+                f"  ... and {more} more: batch-ingest report {summary['run_dir']} --failed lists them all"
+            )
     return "\n".join(lines)
 
 

@@ -20,10 +20,10 @@ import polars as pl
 
 from .api.client import SmartStreamClient
 from .errors import BatchIngestError, UsageError, error_log_folder
-from .plan import plan_manifest
-from .redact import redact_url
 from .journal import JOURNAL_FILE, RECHECK, Journal
+from .plan import plan_manifest
 from .progress import Progress
+from .redact import redact_url
 from .report import PLAN_PARQUET, REPORT_PARQUET, read_summary, write_atomically, write_report_in_chunks
 from .runlock import RunLock, locked
 from .runner import (
@@ -39,15 +39,17 @@ from .runner import (
     run_meta,
     subset_record,
 )
+from .settings import Settings
 from .subset import Subset
 from .text import first_few
-from .settings import Settings
 
 RETRYABLE = ("failed", "error", "timed_out", "interrupted")
 
 
 class NothingToRetry(Exception):
     """No row of the run is left to retry; the message says why (exit 0)."""
+
+
 # Settings a resume does not take from the run folder: where credentials go is the user's word.
 NOT_INHERITED = ("api_url",)
 
@@ -60,7 +62,9 @@ def _open_run(run_dir: Path, *, migrate: bool = True) -> tuple[Journal, pl.DataF
         plan = pl.read_parquet(run_dir / PLAN_PARQUET, glob=False)
     except (OSError, pl.exceptions.PolarsError) as exc:
         journal.close()
-        raise UsageError(f"{run_dir / PLAN_PARQUET} cannot be read ({exc}): the run folder is incomplete") from None
+        raise UsageError(
+            f"{run_dir / PLAN_PARQUET} cannot be read ({exc}): the run folder is incomplete"
+        ) from None
     return journal, plan, journal.meta()
 
 
@@ -77,7 +81,9 @@ def stored_settings(run_dir: Path) -> dict[str, Any]:
     return {k: v for k, v in stored.items() if k not in NOT_INHERITED}
 
 
-def recover_secret_sources(meta: dict[str, Any], stored: dict[int, str], progress: Progress) -> dict[int, str]:
+def recover_secret_sources(
+    meta: dict[str, Any], stored: dict[int, str], progress: Progress
+) -> dict[int, str]:
     """The real URLs of the rows whose source is stored redacted, read again from the run's manifest
     (matched by row and by their redacted form: a URL signed anew since is taken).
 
@@ -86,12 +92,14 @@ def recover_secret_sources(meta: dict[str, Any], stored: dict[int, str], progres
     if not stored:
         return {}
     options = meta.get("options") or {}
-    manifest = meta.get("manifest")
+    manifest = str(meta.get("manifest") or "")
     try:
         plan = plan_manifest(
-            manifest, fmt=options.get("fmt"), default_profile=options.get("default_profile"),
+            manifest,
+            fmt=options.get("fmt"),
+            default_profile=options.get("default_profile"),
             extra_columns=tuple(options.get("extra_columns") or ()),
-        )  # fmt: skip
+        )
     except (BatchIngestError, OSError) as exc:
         progress.message(
             f"{len(stored)} row(s) have URLs with credentials, which are never stored, and the manifest "
@@ -158,7 +166,9 @@ async def resume_run_async(
                 # Finished, but the report was never written (the process died just before): write it.
                 lock.write_pid()
                 journal.migrate()
-                return finish_run(journal, run_dir, plan, meta.get("extras", []), Segment("resume", started), progress)
+                return finish_run(
+                    journal, run_dir, plan, meta.get("extras", []), Segment("resume", started), progress
+                )
             if meta.get("handover_pending"):
                 retried = (meta.get("retry_of") or {}).get("run_dir")
                 raise UsageError(
@@ -171,18 +181,24 @@ async def resume_run_async(
             stored = meta.get("options") or {}
             options = replace(
                 options,
-                max_failures=options.max_failures if options.max_failures is not None else stored.get("max_failures"),
+                max_failures=options.max_failures
+                if options.max_failures is not None
+                else stored.get("max_failures"),
                 skip_existing=options.skip_existing or _skip_mode(stored.get("skip_existing")),
             )
             settings.require_api()
-            return await _continue(journal, run_dir, plan, meta, settings, options, transport, progress, started, "resume")
+            return await _continue(
+                journal, run_dir, plan, meta, settings, options, transport, progress, started, "resume"
+            )
         finally:
             journal.close()
     finally:
         lock.release()
 
 
-def _take_held(journal: Journal, run_dir: Path, meta: dict[str, Any], subset: Subset, progress: Progress) -> None:
+def _take_held(
+    journal: Journal, run_dir: Path, meta: dict[str, Any], subset: Subset, progress: Progress
+) -> None:
     """Widen a canary run: the held rows `subset` chooses become pending, and the meta records it.
 
     A run that holds nothing back is left as it is (a repeated `resume --all` is a no-op)."""
@@ -217,15 +233,26 @@ async def _continue(
     secrets = recover_secret_sources(meta, journal.secret_rows(), progress)
     async with SmartStreamClient.from_settings(settings, transport=transport) as client:
         return await execute_journal(
-            journal, run_dir, plan, meta.get("extras", []), settings, options, client, progress, started, kind,
+            journal,
+            run_dir,
+            plan,
+            meta.get("extras", []),
+            settings,
+            options,
+            client,
+            progress,
+            started,
+            kind,
             secret_sources=secrets,
-        )  # fmt: skip
+        )
 
 
 def _finished_result(run_dir: Path) -> RunResult | None:
     """The result of a finished run as its files hold it, or None when a file is missing or unreadable."""
     try:
-        pl.read_parquet_schema(run_dir / REPORT_PARQUET)  # there and readable; the rows are read when asked for
+        pl.read_parquet_schema(
+            run_dir / REPORT_PARQUET
+        )  # there and readable; the rows are read when asked for
         summary = read_summary(run_dir)
     except (OSError, ValueError, pl.exceptions.PolarsError):
         return None
@@ -285,7 +312,9 @@ async def retry_run_async(
             )
             progress.message(already)
         if not rows:
-            raise NothingToRetry(already or f"nothing to retry: no row of {original} has outcome {', '.join(only)}")
+            raise NothingToRetry(
+                already or f"nothing to retry: no row of {original} has outcome {', '.join(only)}"
+            )
         check_api_url(original, old_meta, settings, options)
         if options.run_dir is not None:
             check_run_dir(options.run_dir)
@@ -308,7 +337,9 @@ async def retry_run_async(
             journal = Journal.create(run_dir / JOURNAL_FILE, plan, meta)
             try:
                 journal.carry_over(carried)
-                journal.add_known_jobs(known, f"a job of the retried run {old_meta.get('run_id') or original}")
+                journal.add_known_jobs(
+                    known, f"a job of the retried run {old_meta.get('run_id') or original}"
+                )
                 # The original run must not poll, look up, send or retry these rows again.
                 old_journal = Journal.open(original / JOURNAL_FILE)
                 try:
@@ -328,12 +359,15 @@ async def retry_run_async(
             lock.release()
 
 
-def resume_run(run_dir: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult:
+def resume_run(
+    run_dir: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any
+) -> RunResult:
     """Resume a run from synchronous code (see `resume_run_async`)."""
     return asyncio.run(resume_run_async(run_dir, settings, options, **kwargs))
 
 
-def retry_run(source: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any) -> RunResult:
+def retry_run(
+    source: str | Path, settings: Settings, options: RunOptions = RunOptions(), **kwargs: Any
+) -> RunResult:
     """Retry rows of a run from synchronous code (see `retry_run_async`)."""
     return asyncio.run(retry_run_async(source, settings, options, **kwargs))
-

@@ -5,12 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 
 from .errors import UsageError
-from .report import OUTCOMES, REPORT_PARQUET, NOT_FAILED_OUTCOMES, SUMMARY_JSON, csv_safe, flat_for_csv, outcome_counts, read_report
+from .report import (
+    NOT_FAILED_OUTCOMES,
+    OUTCOMES,
+    REPORT_PARQUET,
+    SUMMARY_JSON,
+    csv_safe,
+    flat_for_csv,
+    outcome_counts,
+    read_report,
+)
 
 EXAMPLES_PER_CODE = 3
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -39,7 +48,9 @@ def load_run(path: Path) -> LoadedRun:
     if not path.exists():
         raise UsageError(f"{path} does not exist: give a run folder or a report file")
     if path.is_dir() and not (path / REPORT_PARQUET).exists():
-        raise UsageError(f"{path} holds no {REPORT_PARQUET}: is it a run folder? (resume it to write its report)")
+        raise UsageError(
+            f"{path} holds no {REPORT_PARQUET}: is it a run folder? (resume it to write its report)"
+        )
     try:
         report = read_report(path)
     except (OSError, pl.exceptions.PolarsError) as exc:
@@ -95,15 +106,19 @@ def _percentiles(series: pl.Series) -> dict[str, float] | None:
     values = series.drop_nulls()
     if values.is_empty():
         return None
-    return {f"p{int(q * 100)}": round(float(values.quantile(q, "linear")), 3) for q in PERCENTILES} | {
-        "max": round(float(values.max()), 3)
+    return {f"p{int(q * 100)}": round(float(values.quantile(q, "linear") or 0.0), 3) for q in PERCENTILES} | {
+        "max": round(float(cast(float, values.max())), 3)
     }
 
 
 def _counts(frame: pl.DataFrame, column: str) -> dict[str, dict[str, int]]:
     if column not in frame.columns:
         return {}
-    grouped = frame.with_columns(pl.col(column).cast(pl.String).fill_null("(none)")).group_by(column, "outcome").len()
+    grouped = (
+        frame.with_columns(pl.col(column).cast(pl.String).fill_null("(none)"))
+        .group_by(column, "outcome")
+        .len()
+    )
     out: dict[str, dict[str, int]] = {}
     for key, outcome, n in grouped.sort(column, "outcome").iter_rows():
         out.setdefault(key, {})[outcome] = n
@@ -116,14 +131,20 @@ def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
     by_code = []
     if not failed.is_empty():
         codes = failed.with_columns(pl.col("error_code").fill_null("(none)"))
-        for code, n in codes.group_by("error_code").len().sort("len", "error_code", descending=[True, False]).iter_rows():
+        for code, n in (
+            codes.group_by("error_code").len().sort("len", "error_code", descending=[True, False]).iter_rows()
+        ):
             examples = codes.filter(pl.col("error_code") == code).head(EXAMPLES_PER_CODE)
             by_code.append(
                 {
                     "error_code": code,
                     "count": n,
                     "examples": examples.select(
-                        [c for c in ("row", "ref_id", "source", "outcome", "error_message") if c in examples.columns]
+                        [
+                            c
+                            for c in ("row", "ref_id", "source", "outcome", "error_message")
+                            if c in examples.columns
+                        ]
                     ).to_dicts(),
                 }
             )
@@ -168,10 +189,16 @@ def format_review(info: dict[str, Any]) -> str:
         for group in info["failures_by_code"]:
             lines.append(f"  {group['error_code']}: {group['count']}")
             for ex in group["examples"]:
-                lines.append(f"    row {ex['row']} [{ex['outcome']}] {ex.get('source')}: {ex.get('error_message') or ''}")
+                lines.append(
+                    f"    row {ex['row']} [{ex['outcome']}] {ex.get('source')}: {ex.get('error_message') or ''}"
+                )
     for name, stats in info["durations_s"].items():
         if stats:
-            label = "encode (platform, creation to final state)" if name == "encode" else "end to end (submitted to finished)"
+            label = (
+                "encode (platform, creation to final state)"
+                if name == "encode"
+                else "end to end (submitted to finished)"
+            )
             lines.append(f"{label}: " + ", ".join(f"{k} {v:.1f}s" for k, v in stats.items()))
     if info["next_steps"]:
         lines.append("next:")

@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ from .errors import (
 )
 from .journal import JOURNAL_FILE, Journal
 from .plan import Plan, plan_manifest, resolve_profiles
-from .runlock import LOCK_FILE, RunLock, make_private
 from .poll import Poller
 from .progress import Progress
 from .report import (
@@ -48,12 +47,12 @@ from .report import (
     write_report_in_chunks,
     write_summary,
 )
-from .submit import SKIP_ANY, SKIP_NOT_FAILED
-from .subset import Subset
-from .text import first_few, safe_text
+from .runlock import LOCK_FILE, RunLock, make_private
 from .settings import SECRET_FIELDS as SECRET_SETTINGS
 from .settings import Settings
-from .submit import Submitter
+from .submit import SKIP_ANY, SKIP_NOT_FAILED, Submitter
+from .subset import Subset
+from .text import first_few, safe_text
 
 STOP_GRACE_S = 30.0  # after a first Ctrl-C, how long requests in flight may take to finish
 DEFAULT_REPORTS = Path("reports")
@@ -96,7 +95,7 @@ class RunResult:
 
 def new_run_id() -> str:
     """A sortable, unique run id: UTC time plus a short random suffix."""
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
 def prepare_run_dir(options: RunOptions, run_id: str) -> tuple[Path, RunLock]:
@@ -106,7 +105,9 @@ def prepare_run_dir(options: RunOptions, run_id: str) -> tuple[Path, RunLock]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"cannot create the run folder {run_dir}: {exc.strerror}: check --report-dir") from None
+        raise UsageError(
+            f"cannot create the run folder {run_dir}: {exc.strerror}: check --report-dir"
+        ) from None
     lock = RunLock(run_dir).acquire()
     try:
         check_run_dir(run_dir)  # again, under the lock: another process may have just made it
@@ -160,7 +161,10 @@ async def plan_run(
 ) -> Plan:
     """Read, validate and (with a client) resolve profiles: everything short of sending."""
     plan = plan_manifest(
-        manifest, fmt=options.fmt, default_profile=options.default_profile, extra_columns=options.extra_columns
+        manifest,
+        fmt=options.fmt,
+        default_profile=options.default_profile,
+        extra_columns=options.extra_columns,
     )
     if client is not None:
         plan = await resolve_profiles(plan, client)
@@ -190,7 +194,12 @@ async def run_manifest_async(
         try:
             write_atomically(run_dir / PLAN_PARQUET, plan.frame.write_parquet)
             meta = run_meta(
-                settings, options, run_id=run_id, manifest=str(manifest.resolve()), started_at=started, extras=plan.extras
+                settings,
+                options,
+                run_id=run_id,
+                manifest=str(manifest.resolve()),
+                started_at=started,
+                extras=plan.extras,
             )
             held = None
             if options.subset is not None and taken is not None:
@@ -207,9 +216,19 @@ async def run_manifest_async(
             journal = Journal.create(run_dir / JOURNAL_FILE, plan.frame, meta, held=held)
             try:
                 return await execute_journal(
-                    journal, run_dir, plan.frame, plan.extras, settings, options, client, progress, started, "run",
-                    notes=plan.notes, secret_sources=plan.secrets,
-                )  # fmt: skip
+                    journal,
+                    run_dir,
+                    plan.frame,
+                    plan.extras,
+                    settings,
+                    options,
+                    client,
+                    progress,
+                    started,
+                    "run",
+                    notes=plan.notes,
+                    secret_sources=plan.secrets,
+                )
             finally:
                 journal.close()
         finally:
@@ -246,7 +265,9 @@ def canary_plan(plan: Plan, subset: Subset) -> Plan:
     taken = choose_subset(plan, subset)
     assert taken is not None
     not_taken = (pl.col("status") == "ready") & ~pl.col("row").is_in(taken.taken)
-    frame = plan.frame.with_columns(pl.when(not_taken).then(pl.lit("held")).otherwise(pl.col("status")).alias("status"))
+    frame = plan.frame.with_columns(
+        pl.when(not_taken).then(pl.lit("held")).otherwise(pl.col("status")).alias("status")
+    )
     note = f"canary ({subset.describe()}): the plan and estimate cover the rows it takes; {len(taken.held)} ready rows would be held back"
     return replace(plan, frame=frame, notes=[*plan.notes, note])
 
@@ -288,7 +309,15 @@ class Segment:
         }
 
 
-SEGMENT_SUMS = ("elapsed_s", "api_requests", "rate_limited", "created", "adopted_after_doubt", "in_doubt", "polls")
+SEGMENT_SUMS = (
+    "elapsed_s",
+    "api_requests",
+    "rate_limited",
+    "created",
+    "adopted_after_doubt",
+    "in_doubt",
+    "polls",
+)
 
 
 async def execute_journal(
@@ -314,9 +343,11 @@ async def execute_journal(
     to_submit = counts.get("pending", 0) + counts.get("sending", 0)
     upload_bytes = journal.bytes_to_send()
     progress.start(
-        rows=plan.height, to_submit=to_submit + counts.get("submitted", 0), upload_bytes=upload_bytes,
+        rows=plan.height,
+        to_submit=to_submit + counts.get("submitted", 0),
+        upload_bytes=upload_bytes,
         run_id=journal.meta().get("run_id", run_dir.name),
-    )  # fmt: skip
+    )
     for note in notes or ():
         progress.message(note)
     no_ref = _rows_without_ref(journal, options)
@@ -405,7 +436,9 @@ async def execute_journal(
 
     segment = Segment(kind, started, client, submitter, poller)
     if internal is not None:
-        return finish_after_internal_error(journal, run_dir, plan, extras, segment, progress, options, internal)
+        return finish_after_internal_error(
+            journal, run_dir, plan, extras, segment, progress, options, internal
+        )
     return finish_run(journal, run_dir, plan, extras, segment, progress, interrupted, options)
 
 
@@ -430,7 +463,10 @@ def finish_after_internal_error(
         code, text = EXIT_USAGE, f"error: {local}"
     else:
         log = write_error_log(run_dir, exc)
-        code, text = EXIT_INTERNAL, f"internal error: {type(leaf).__name__}: {leaf}"[:300] + f"; details in {log}"
+        code, text = (
+            EXIT_INTERNAL,
+            f"internal error: {type(leaf).__name__}: {leaf}"[:300] + f"; details in {log}",
+        )
     print(f"batch-ingest: {safe_text(text)}", file=sys.stderr, flush=True)  # even with -q: it is an error
     progress.message(text)
     result = finish_run(journal, run_dir, plan, extras, segment, progress, None, options, exit_code=code)
@@ -478,20 +514,24 @@ def finish_run(
     totals = {name: sum(s.get(name, 0) for s in segments) for name in SEGMENT_SUMS}
     totals["elapsed_s"] = round(totals["elapsed_s"], 3)
     stored_options = meta.get("options") or {}
-    skip_mode = (options.skip_existing if options else None) or _skip_mode(stored_options.get("skip_existing"))
+    skip_mode = (options.skip_existing if options else None) or _skip_mode(
+        stored_options.get("skip_existing")
+    )
     summary = {
         "run_id": meta.get("run_id", run_dir.name),
         "manifest": meta.get("manifest"),
         "run_dir": str(run_dir),
-        "started_at": datetime.fromtimestamp(meta.get("started_at", segment.started), timezone.utc).isoformat(),
-        "finished_at": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
+        "started_at": datetime.fromtimestamp(meta.get("started_at", segment.started), UTC).isoformat(),
+        "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
         **totals,
         "rows": facts.rows,
         "outcomes": facts.outcomes,
         # Jobs this run's own creates made (adopted after a doubt included); not skipped or carried jobs.
         "jobs_submitted": totals["created"] + totals["adopted_after_doubt"],
         "resumes": sum(1 for s in segments if s.get("kind") == "resume"),
-        "segments": [{k: s.get(k) for k in ("kind", "elapsed_s", "api_requests", "exit_code")} for s in segments],
+        "segments": [
+            {k: s.get(k) for k in ("kind", "elapsed_s", "api_requests", "exit_code")} for s in segments
+        ],
         "abort_reason": abort_reason,
         "interrupted": signalled,
         "exit_code": exit_code,
@@ -570,4 +610,6 @@ def run_manifest(
     progress: Progress | None = None,
 ) -> RunResult:
     """Run a manifest from synchronous code (see `run_manifest_async`)."""
-    return asyncio.run(run_manifest_async(manifest, settings, options, transport=transport, progress=progress))
+    return asyncio.run(
+        run_manifest_async(manifest, settings, options, transport=transport, progress=progress)
+    )

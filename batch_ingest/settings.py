@@ -91,7 +91,9 @@ def _header_value(name: str, value: Any, secret: bool = False) -> str:
     text = str(value)
     if not text or any(not (0x20 < ord(c) < 0x7F) for c in text):
         shown = "" if secret else f" (got {text!r})"
-        raise ConfigError(f"{name} must be printable ASCII without spaces{shown}: check for a stray character")
+        raise ConfigError(
+            f"{name} must be printable ASCII without spaces{shown}: check for a stray character"
+        )
     return text
 
 
@@ -103,9 +105,13 @@ def _api_url(name: str, value: Any) -> str:
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a port out of range
     except ValueError:
-        raise ConfigError(f"{name} is not a valid URL (got {redact_url(text)!r}): use e.g. {DEFAULT_API_URL}") from None
+        raise ConfigError(
+            f"{name} is not a valid URL (got {redact_url(text)!r}): use e.g. {DEFAULT_API_URL}"
+        ) from None
     if parts.scheme not in ("http", "https") or not host:
-        raise ConfigError(f"{name} must be an http(s) URL such as {DEFAULT_API_URL}, got {redact_url(text)!r}")
+        raise ConfigError(
+            f"{name} must be an http(s) URL such as {DEFAULT_API_URL}, got {redact_url(text)!r}"
+        )
     if parts.username is not None or parts.password is not None:
         raise ConfigError(
             f"{name} holds credentials (user:password@): remove them; the API key and token are given "
@@ -127,7 +133,6 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-
 def _bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -145,7 +150,9 @@ def _bandwidth(name: str, value: Any) -> float:
     try:
         return parse_bandwidth(str(value))
     except (ValueError, IndexError):
-        raise ConfigError(f"{name} must be a bandwidth such as 10M (MiB/s), 500K or 1G, got {value!r}") from None
+        raise ConfigError(
+            f"{name} must be a bandwidth such as 10M (MiB/s), 500K or 1G, got {value!r}"
+        ) from None
 
 
 def _status_map(name: str, value: Any) -> EncodeStatusMap:
@@ -279,9 +286,7 @@ def load_config_file(
     values = {k.replace("-", "_"): v for k, v in table.items()}
     secrets_found = sorted(SECRET_FIELDS & set(values))
     if secrets_found:
-        message = (
-            f"config file {path} holds {', '.join(secrets_found)}: prefer the SMARTSTREAM_* environment variables"
-        )
+        message = f"config file {path} holds {', '.join(secrets_found)}: prefer the SMARTSTREAM_* environment variables"
         if path.stat().st_mode & 0o077:
             message += f"; the file is readable by other users: chmod 600 {path}"
         (warn or (lambda m: print(f"batch-ingest: warning: {m}", file=sys.stderr)))(message)

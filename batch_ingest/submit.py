@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .aio import unless_stopped, wait_any
 from .api.client import SmartStreamClient
 from .api.models import FAILED as VERDICT_FAILED
 from .api.models import SUCCEEDED as VERDICT_SUCCEEDED
@@ -39,7 +40,6 @@ from .errors import (
     TransientApiError,
 )
 from .journal import EXISTING, EXISTING_ANY, FAILED, PENDING, SENDING, SKIPPED, Journal, RowTask
-from .aio import unless_stopped, wait_any
 from .progress import Progress
 from .redact import redact_url
 
@@ -188,9 +188,9 @@ class Submitter:
                     if row in queued:
                         deferred.append(row)  # a worker still has it: look again once it lets go
                         continue
-                    task = self.journal.task(row)
-                    if task is not None and task.state == PENDING:
-                        await put(task)
+                    resent = self.journal.task(row)
+                    if resent is not None and resent.state == PENDING:
+                        await put(resent)
                 self._resend.extend(deferred)
                 if not (self._resend or busy[0] or not queue.empty() or self.following()):
                     return
@@ -245,7 +245,7 @@ class Submitter:
     def _set_on_wire(self, value: bool) -> None:
         current = asyncio.current_task()
         if current in self._on_wire:
-            self._on_wire[current] = value  # type: ignore[index]
+            self._on_wire[current] = value
 
     async def _pause(self, seconds: float) -> None:
         """A backoff or in-doubt pause that a stop ends at once (the row is left as it is)."""
@@ -296,7 +296,7 @@ class Submitter:
         if job is None or self.journal.knows_job(job.id):
             return False
         verdict = self.status_map.classify(job.encode_status)
-        profile_id = int(job.job_profile_id) if (job.job_profile_id or "").isdigit() else None
+        profile_id = _profile_id(job.job_profile_id)
         now = self._clock()
         if verdict == VERDICT_FAILED and self.skip_existing != SKIP_ANY:
             # Sent again; the failed job is never this row's to adopt in a look-up.
@@ -308,9 +308,16 @@ class Submitter:
         if verdict in (VERDICT_SUCCEEDED, VERDICT_FAILED):
             state = SKIPPED if verdict == VERDICT_SUCCEEDED else FAILED
             self.journal.mark_existing(
-                task.row, state=state, job_id=job.id, media_id=job.media_id, encode_status=job.encode_status,
-                job_profile_id=profile_id, created_at=job.created_at, updated_at=job.updated_at, now=now,
-            )  # fmt: skip
+                task.row,
+                state=state,
+                job_id=job.id,
+                media_id=job.media_id,
+                encode_status=job.encode_status,
+                job_profile_id=profile_id,
+                created_at=job.created_at,
+                updated_at=job.updated_at,
+                now=now,
+            )
             if state == SKIPPED:
                 self.stats.skipped += 1
             else:
@@ -319,10 +326,16 @@ class Submitter:
             return True
         follow = EXISTING_ANY if self.skip_existing == SKIP_ANY else EXISTING
         self.journal.mark_submitted(
-            task.row, job_id=job.id, media_id=job.media_id, job_profile_id=profile_id,
-            encode_status=job.encode_status, created_at=job.created_at, updated_at=job.updated_at, now=now,
+            task.row,
+            job_id=job.id,
+            media_id=job.media_id,
+            job_profile_id=profile_id,
+            encode_status=job.encode_status,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            now=now,
             follow=follow,
-        )  # fmt: skip
+        )
         self.stats.followed_existing += 1
         if self.follow is not None:
             self.follow(task.row, job, now, task, follow)
@@ -345,9 +358,13 @@ class Submitter:
             await self._submit_row_or_raise(task)
         except SourceUnreadable as exc:
             self._set_on_wire(False)
-            self.journal.mark_error(task.row, http_status=None, code=exc.code, message=str(exc), now=self._clock())
+            self.journal.mark_error(
+                task.row, http_status=None, code=exc.code, message=str(exc), now=self._clock()
+            )
             self.stats.errors += 1
-            self.progress.row_finished("error", row=task.row, key=task.key, ref_id=task.ref_id, error=f"{exc.code}: {exc}")
+            self.progress.row_finished(
+                "error", row=task.row, key=task.key, ref_id=task.ref_id, error=f"{exc.code}: {exc}"
+            )
             self.count_failure()
 
     async def _submit_row_or_raise(self, task: RowTask) -> None:
@@ -451,7 +468,9 @@ class Submitter:
                 # The look-up itself was refused (403, 400...): the create may still have made a job,
                 # so the row stays `sending` for a later resume to look up, never `error` to be re-sent.
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
-                self.progress.message(f"row {task.row}: in doubt and the look-up failed ({exc}): resume looks again")
+                self.progress.message(
+                    f"row {task.row}: in doubt and the look-up failed ({exc}): resume looks again"
+                )
                 return
             self._fail(task, exc)
             return
@@ -468,7 +487,7 @@ class Submitter:
             task.row,
             job_id=job.id,
             media_id=job.media_id,
-            job_profile_id=int(job.job_profile_id) if (job.job_profile_id or "").isdigit() else None,
+            job_profile_id=_profile_id(job.job_profile_id),
             encode_status=job.encode_status,
             created_at=job.created_at,
             updated_at=job.updated_at,
@@ -478,10 +497,16 @@ class Submitter:
         self.on_submitted(task.row, job, now, task)
 
     def _fail(self, task: RowTask, exc: ApiError) -> None:
-        self.journal.mark_error(task.row, http_status=exc.status, code=exc.code, message=exc.message, now=self._clock())
+        self.journal.mark_error(
+            task.row, http_status=exc.status, code=exc.code, message=exc.message, now=self._clock()
+        )
         self.stats.errors += 1
         self.progress.row_finished(
-            "error", row=task.row, key=task.key, ref_id=task.ref_id, error=f"{exc.code or exc.status}: {exc.message}"
+            "error",
+            row=task.row,
+            key=task.key,
+            ref_id=task.ref_id,
+            error=f"{exc.code or exc.status}: {exc.message}",
         )
         self.count_failure()
 
@@ -559,3 +584,8 @@ class Submitter:
 
 class _Stopped(Exception):
     """The run is stopping: leave the row as it is."""
+
+
+def _profile_id(value: str | None) -> int | None:
+    """A job's profile id as the journal keeps it: a number, or None when the API gave none or not a number."""
+    return int(value) if value is not None and value.isdigit() else None

@@ -70,12 +70,20 @@ class Subset:
         if seed is not None and sample is None:
             raise UsageError("--seed chooses a --sample: give --sample N with it")
         if take_all and (limit is not None or sample is not None or rows is not None):
-            raise UsageError("--all takes every held row: leave out --limit, --rows and --sample, or leave out --all")
+            raise UsageError(
+                "--all takes every held row: leave out --limit, --rows and --sample, or leave out --all"
+            )
         if limit is None and sample is None and rows is None and not take_all:
             return None
         if sample is not None and seed is None:
             seed = secrets.randbelow(2**31)  # recorded with the run: `--seed` reproduces the sample
-        return cls(limit=limit, rows=parse_rows(rows) if rows is not None else (), sample=sample, seed=seed, take_all=take_all)
+        return cls(
+            limit=limit,
+            rows=parse_rows(rows) if rows is not None else (),
+            sample=sample,
+            seed=seed,
+            take_all=take_all,
+        )
 
     def choose(self, candidates: list[int]) -> list[int]:
         """The rows taken among `candidates` (row numbers), in row order."""

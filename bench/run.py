@@ -71,7 +71,8 @@ def emulator_process(*args: str):
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("emulator did not start: " + proc.stderr.read().decode()[-500:])
+                errors = proc.stderr.read().decode()[-500:] if proc.stderr else ""
+                raise RuntimeError("emulator did not start: " + errors) from None
             time.sleep(0.05)
     EMULATOR_PIDS.append(proc.pid)
     try:
@@ -87,7 +88,9 @@ def stats(url: str) -> dict[str, Any]:
 
 
 def settings_for(url: str, **kw: Any) -> Settings:
-    base = dict(api_url=url, merchant_id=CFG.merchant_id, api_key=Secret(CFG.api_key), token=Secret(CFG.token))
+    base = dict(
+        api_url=url, merchant_id=CFG.merchant_id, api_key=Secret(CFG.api_key), token=Secret(CFG.token)
+    )
     return Settings(**{**base, **kw})
 
 
@@ -120,7 +123,9 @@ def measured_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[i
         "'mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 'out': p.stdout[-2000:], "
         "'err': p.stderr[-2000:]}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     data = json.loads(out.stdout)
     if data["rc"] not in (0, 1):
         print(data["err"], file=sys.stderr)
@@ -141,7 +146,9 @@ def run_env(url: str) -> dict[str, str]:
 # -- the baselines ------------------------------------------------------------------------------
 
 
-async def _send(client: httpx.AsyncClient, method: str, path: str, counter: list[int], **kw: Any) -> httpx.Response:
+async def _send(
+    client: httpx.AsyncClient, method: str, path: str, counter: list[int], **kw: Any
+) -> httpx.Response:
     """One request, waiting out 429s as a careful script would."""
     while True:
         counter[0] += 1
@@ -151,7 +158,9 @@ async def _send(client: httpx.AsyncClient, method: str, path: str, counter: list
         await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
 
 
-async def per_job_polling(url: str, n: int, concurrency: int, poll_every: float, deadline_s: float | None = None):
+async def per_job_polling(
+    url: str, n: int, concurrency: int, poll_every: float, deadline_s: float | None = None
+):
     """C workers, each: submit one job, poll it with GET jobs/:id until it finishes, take the next.
 
     concurrency=1 is the sequential baseline (a first script); more is `xargs -P` with curl.
@@ -162,12 +171,20 @@ async def per_job_polling(url: str, n: int, concurrency: int, poll_every: float,
     done = [0]
     start = time.perf_counter()
     limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, headers=HEADERS, limits=limits, timeout=60, trust_env=False) as c:
+    async with httpx.AsyncClient(
+        base_url=url, headers=HEADERS, limits=limits, timeout=60, trust_env=False
+    ) as c:
 
         async def worker() -> None:
             while queue and (deadline_s is None or time.perf_counter() - start < deadline_s):
                 i = queue.pop()
-                r = await _send(c, "POST", f"{PREFIX}/jobs", counter, json={"source_url": f"https://b/{i}.mp4", "job_profile_id": 100})
+                r = await _send(
+                    c,
+                    "POST",
+                    f"{PREFIX}/jobs",
+                    counter,
+                    json={"source_url": f"https://b/{i}.mp4", "job_profile_id": 100},
+                )
                 job_id = r.json()["id"]
                 while True:
                     await asyncio.sleep(poll_every)
@@ -189,7 +206,11 @@ async def bare_creates(
     """
     counter = [0]
     queue = list(range(n))
-    kw: dict[str, Any] = {"headers": HEADERS, "timeout": 60, "limits": httpx.Limits(max_connections=concurrency)}
+    kw: dict[str, Any] = {
+        "headers": HEADERS,
+        "timeout": 60,
+        "limits": httpx.Limits(max_connections=concurrency),
+    }
     if isinstance(url_or_transport, str):
         kw.update(base_url=url_or_transport, trust_env=False)
     else:
@@ -212,7 +233,13 @@ async def bare_creates(
         else:
             await asyncio.gather(*(worker(c) for _ in range(concurrency)))
         for _ in range(lists):
-            await _send(c, "GET", f"{PREFIX}/jobs", counter, params={"limit": 100, "sort": "updated_at", "order": "DESC"})
+            await _send(
+                c,
+                "GET",
+                f"{PREFIX}/jobs",
+                counter,
+                params={"limit": 100, "sort": "updated_at", "order": "DESC"},
+            )
     return counter[0], time.perf_counter() - start
 
 
@@ -262,7 +289,7 @@ def scenario_throughput(tmp: Path, quick: bool) -> dict[str, Any]:
     achieved = summary["outcomes"]["succeeded"] / (elapsed / 60)
     baseline_s = 30 if quick else 60
     with emulator_process(*args) as url:
-        done, req, secs = asyncio.run(per_job_polling(url, 10**6, 8, 1.0, deadline_s=baseline_s))
+        done, _req, secs = asyncio.run(per_job_polling(url, 10**6, 8, 1.0, deadline_s=baseline_s))
         base_stats = stats(url)
     return {
         "rate_limit_per_min": rate,
@@ -272,7 +299,9 @@ def scenario_throughput(tmp: Path, quick: bool) -> dict[str, Any]:
         "share_of_bound": round(achieved / bound, 3),
         "batch_ingest_429_share": round(st["rate_limited"] / max(1, st["requests_total"]), 4),
         "parallel_per_job_polling_jobs_per_min": round(done / (secs / 60), 1),
-        "parallel_per_job_polling_429_share": round(base_stats["rate_limited"] / max(1, base_stats["requests_total"]), 4),
+        "parallel_per_job_polling_429_share": round(
+            base_stats["rate_limited"] / max(1, base_stats["requests_total"]), 4
+        ),
         "target": ">= 90% of bound, 429s < 1%",
         "met": achieved / bound >= 0.9 and st["rate_limited"] / st["requests_total"] < 0.01,
     }
@@ -302,9 +331,20 @@ def scenario_latency(tmp: Path, quick: bool) -> dict[str, Any]:
     met = True
     for c in (1, 8, 32, 64):
         n = c * (10 if quick else 25)
-        args = ["--rate-limit", "0", "--latency", str(latency), "--queue-seconds", "0", "--encode-seconds", "0"]
+        args = [
+            "--rate-limit",
+            "0",
+            "--latency",
+            str(latency),
+            "--queue-seconds",
+            "0",
+            "--encode-seconds",
+            "0",
+        ]
         with emulator_process(*args) as url:
-            s = settings_for(url, rate=0, concurrency=c, upload_concurrency=1, poll_min_interval=0.5, poll_max_interval=1)
+            s = settings_for(
+                url, rate=0, concurrency=c, upload_concurrency=1, poll_min_interval=0.5, poll_max_interval=1
+            )
             run_batch_ingest(url_manifest(tmp, n, f"lat{c}.csv"), s, tmp / f"lat{c}")
             ours = _submission_rate(tmp / f"lat{c}")
         with emulator_process(*args) as url:
@@ -336,7 +376,9 @@ def scenario_overhead(tmp: Path, quick: bool) -> dict[str, Any]:
     cfg = EmulatorConfig(rate_limit=0, queue_s=0, encode_s=0)
     app = create_app(cfg)
     transport = httpx.ASGITransport(app=app)
-    s = settings_for("http://emulator.test", rate=0, concurrency=8, poll_min_interval=0.5, poll_max_interval=2)
+    s = settings_for(
+        "http://emulator.test", rate=0, concurrency=8, poll_min_interval=0.5, poll_max_interval=2
+    )
     cpu = time.process_time()
     summary = run_batch_ingest(url_manifest(tmp, n, "oh.csv"), s, tmp / "overhead", transport=transport)
     ours_cpu = time.process_time() - cpu
@@ -396,16 +438,28 @@ def scenario_upload(tmp: Path, quick: bool) -> dict[str, Any]:
             manifest.write_text(f"source,ref_id\n{big},big-{attempt}\n")
             run_dir = tmp / f"up{attempt}"
             rc, _, mb, _ = measured_child(
-                [sys.executable, "-m", "batch_ingest", "run", str(manifest), "--report-dir", str(run_dir), "-q",
-                 "--poll-min-interval", "0.5"],
+                [
+                    sys.executable,
+                    "-m",
+                    "batch_ingest",
+                    "run",
+                    str(manifest),
+                    "--report-dir",
+                    str(run_dir),
+                    "-q",
+                    "--poll-min-interval",
+                    "0.5",
+                ],
                 env=run_env(url),
-            )  # fmt: skip
+            )
             peak_mb = max(peak_mb, mb)
             con = sqlite3.connect(run_dir / "journal.sqlite")
             sent, submitted = con.execute("SELECT sent_at, submitted_at FROM rows").fetchone()
             con.close()
             ours = max(ours, size / (submitted - sent))
-            bare_out = subprocess.run([sys.executable, "-c", BARE_UPLOAD, url, str(big)], capture_output=True, text=True)
+            bare_out = subprocess.run(
+                [sys.executable, "-c", BARE_UPLOAD, url, str(big)], capture_output=True, text=True
+            )
             bare = max(bare, size / json.loads(bare_out.stdout)["s"])
     big.unlink()
     return {
@@ -429,10 +483,22 @@ def scenario_big_manifests(tmp: Path, quick: bool) -> dict[str, Any]:
     manifest = url_manifest(tmp, run_rows, "run.csv")
     with emulator_process("--rate-limit", "0", "--queue-seconds", "0", "--encode-seconds", "0") as url:
         run_rc, run_secs, run_mb, _ = measured_child(
-            [sys.executable, "-m", "batch_ingest", "run", str(manifest), "--report-dir", str(tmp / "bigrun"), "-q",
-             "--rate", "0", "--concurrency", "16"],
+            [
+                sys.executable,
+                "-m",
+                "batch_ingest",
+                "run",
+                str(manifest),
+                "--report-dir",
+                str(tmp / "bigrun"),
+                "-q",
+                "--rate",
+                "0",
+                "--concurrency",
+                "16",
+            ],
             env=run_env(url),
-        )  # fmt: skip
+        )
     report = pl.read_parquet(tmp / "bigrun" / "report.parquet")
     return {
         "validate_rows": rows,
@@ -446,7 +512,12 @@ def scenario_big_manifests(tmp: Path, quick: bool) -> dict[str, Any]:
         "run_report_rows": report.height,
         "run_succeeded": int((report["outcome"] == "succeeded").sum()),
         "target": "validate <= 20 s and <= 400 MB; run completes with peak RSS <= 600 MB",
-        "met": rc == 0 and secs <= 20 and mb <= 400 and run_rc == 0 and run_mb <= 600 and report.height == run_rows,
+        "met": rc == 0
+        and secs <= 20
+        and mb <= 400
+        and run_rc == 0
+        and run_mb <= 600
+        and report.height == run_rows,
     }
 
 
@@ -470,7 +541,9 @@ def scenario_wide_manifest(tmp: Path, quick: bool) -> dict[str, Any]:
     width, rows = 10_000, 100
     names = [f"c{i}" for i in range(width)]
     wide = tmp / "wide.csv"
-    body = "".join(f"https://cdn.example.com/{r}.mp4,100," + ",".join("x" * width) + "\n" for r in range(rows))
+    body = "".join(
+        f"https://cdn.example.com/{r}.mp4,100," + ",".join("x" * width) + "\n" for r in range(rows)
+    )
     wide.write_text("source,profile," + ",".join(names) + "\n" + body)
     best_read = best_plan = float("inf")
     for _ in range(3):  # best of three: the machine is shared and noisy
@@ -540,7 +613,10 @@ def scenario_limiter_modes(tmp: Path, quick: bool) -> dict[str, Any]:
     rate, n, n_crawl = (600, 750, 100) if quick else (120, 240, 60)
     out: dict[str, Any] = {"rate_limit_per_min": rate, "jobs": n, "modes": {}}
     met = True
-    for server_mode, extra in (("sliding window", []), ("token bucket, capacity 5", ["--bucket-capacity", "5"])):
+    for server_mode, extra in (
+        ("sliding window", []),
+        ("token bucket, capacity 5", ["--bucket-capacity", "5"]),
+    ):
         for client_mode, burst in (("paced (--burst 3)", 3), ("unpaced (--burst 0)", 0)):
             jobs = n_crawl if extra and not burst else n
             args = ["--rate-limit", str(rate), "--queue-seconds", "0", "--encode-seconds", "0", *extra]
@@ -565,7 +641,12 @@ def scenario_limiter_modes(tmp: Path, quick: bool) -> dict[str, Any]:
                 "paced": bool(burst),
             }
             if burst:  # the target is the default (paced) client's, against both servers
-                met = met and share_429 <= 0.01 and jobs_per_min / rate >= 0.85 and summary["outcomes"]["succeeded"] == jobs
+                met = (
+                    met
+                    and share_429 <= 0.01
+                    and jobs_per_min / rate >= 0.85
+                    and summary["outcomes"]["succeeded"] == jobs
+                )
     out["target"] = "paced: 429s <= 1% and >= 85% of R turned into jobs, against both server modes"
     out["met"] = met
     return out
@@ -593,7 +674,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def to_markdown(results: dict[str, Any]) -> str:
@@ -680,7 +766,9 @@ def to_markdown(results: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes: a few minutes")
     parser.add_argument("--only", help="comma-separated scenario numbers, e.g. 1,3")
     args = parser.parse_args()
@@ -714,8 +802,10 @@ def main() -> int:
     if mode == "full":
         (ROOT / "BENCHMARKS.md").write_text(
             "# Benchmarks\n\nThe latest full run of `uv run python bench/run.py` (see the README's Benchmarks "
-            "section for what each figure means). Written by the script; not edited by hand.\n\n" + table
-            + "\n" + NOTES
+            "section for what each figure means). Written by the script; not edited by hand.\n\n"
+            + table
+            + "\n"
+            + NOTES
         )
     return 0
 

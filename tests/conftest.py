@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from batch_ingest.api import Auth, SmartStreamClient
 from batch_ingest.emulator import EmulatorConfig, EmulatorServer, Store, create_app
 from batch_ingest.settings import Secret
@@ -71,7 +70,9 @@ def client_for(
     else:
         auth = Auth(Secret(config.api_key), email=config.email, password=Secret(config.password), clock=clock)
     kwargs.setdefault("get_retries", 0)
-    return SmartStreamClient(base_url=url, merchant_id=config.merchant_id, auth=auth, transport=transport, **kwargs)
+    return SmartStreamClient(
+        base_url=url, merchant_id=config.merchant_id, auth=auth, transport=transport, **kwargs
+    )
 
 
 @asynccontextmanager
@@ -118,4 +119,3 @@ def api_factory(request, emulator_server) -> Callable[..., Any]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
-
 from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.errors import UsageError
 from batch_ingest.subset import Subset, parse_rows
+from click.testing import CliRunner
 
 from .test_faults import FAST, FLAGS, check_consistent, mixed_manifest
 
@@ -60,13 +60,14 @@ def test_subset_choices():
 
 def test_subset_options_refuse_what_makes_no_sense():
     assert Subset.from_options() is None
-    for kwargs, fragment in (
+    cases: tuple[tuple[dict[str, Any], str], ...] = (
         ({"limit": 0}, "--limit 0"),
         ({"sample": -1}, "--sample -1"),
         ({"limit": 3, "sample": 3}, "give one of them"),
         ({"seed": 3}, "--seed"),
         ({"take_all": True, "limit": 3}, "--all"),
-    ):
+    )
+    for kwargs, fragment in cases:
         with pytest.raises(UsageError, match=fragment):
             Subset.from_options(**kwargs)
     drawn = Subset.from_options(sample=5)
@@ -130,7 +131,12 @@ def test_widening_a_run_folder_another_process_holds_is_refused_and_takes_nothin
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 12)
     run_dir = tmp_path / "run"
-    assert cli(["run", str(manifest), "--report-dir", str(run_dir), "--limit", "3", *FLAGS], server.env()).exit_code == 0
+    assert (
+        cli(
+            ["run", str(manifest), "--report-dir", str(run_dir), "--limit", "3", *FLAGS], server.env()
+        ).exit_code
+        == 0
+    )
     lock = RunLock(run_dir).acquire()
     lock.write_pid()
     try:
@@ -153,7 +159,9 @@ def test_rows_then_widening_step_by_step(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 30)
     run_dir = tmp_path / "run"
-    first = cli(["run", str(manifest), "--report-dir", str(run_dir), "--rows", "10-12,20", *FLAGS], server.env())
+    first = cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--rows", "10-12,20", *FLAGS], server.env()
+    )
     assert first.exit_code == 0, first.output
     assert rows_with(report_of(run_dir), "succeeded") == [10, 11, 12, 20]
 
@@ -183,7 +191,12 @@ def test_a_sample_is_reproducible_from_its_recorded_seed(tmp_path, emulator_serv
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 50)
     first, second = tmp_path / "first", tmp_path / "second"
-    assert cli(["run", str(manifest), "--report-dir", str(first), "--sample", "6", *FLAGS], server.env()).exit_code == 0
+    assert (
+        cli(
+            ["run", str(manifest), "--report-dir", str(first), "--sample", "6", *FLAGS], server.env()
+        ).exit_code
+        == 0
+    )
     selection = summary_of(first)["subsets"][0]["selection"]
     seed = int(selection.rsplit(" ", 1)[1])
     taken = rows_with(report_of(first), "succeeded")
@@ -198,9 +211,16 @@ def test_a_sample_is_reproducible_from_its_recorded_seed(tmp_path, emulator_serv
 def test_a_full_run_with_skip_existing_after_a_canary_sends_only_the_rest(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = tmp_path / "m.csv"
-    manifest.write_text("source,profile,ref_id\n" + "".join(f"https://cdn.example.com/{i}.mp4,100,v{i}\n" for i in range(20)))
+    manifest.write_text(
+        "source,profile,ref_id\n" + "".join(f"https://cdn.example.com/{i}.mp4,100,v{i}\n" for i in range(20))
+    )
     canary, full = tmp_path / "canary", tmp_path / "full"
-    assert cli(["run", str(manifest), "--report-dir", str(canary), "--limit", "4", *FLAGS], server.env()).exit_code == 0
+    assert (
+        cli(
+            ["run", str(manifest), "--report-dir", str(canary), "--limit", "4", *FLAGS], server.env()
+        ).exit_code
+        == 0
+    )
     result = cli(["run", str(manifest), "--report-dir", str(full), "--skip-existing", *FLAGS], server.env())
     assert result.exit_code == 0, result.output
     report = report_of(full)
@@ -228,7 +248,9 @@ def test_bad_subsets_stop_before_anything_is_created(tmp_path, emulator_server):
     assert server.stats()["jobs_created"] == 0
 
 
-def test_held_rows_are_not_retried_and_rejected_rows_are_reported_whatever_the_subset(tmp_path, emulator_server):
+def test_held_rows_are_not_retried_and_rejected_rows_are_reported_whatever_the_subset(
+    tmp_path, emulator_server
+):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = tmp_path / "m.csv"
     manifest.write_text(
@@ -255,7 +277,9 @@ def test_held_rows_are_not_retried_and_rejected_rows_are_reported_whatever_the_s
 
 def test_validate_estimates_a_100000_row_manifest_at_the_default_rate(tmp_path):
     manifest = tmp_path / "big.csv"
-    manifest.write_text("source,profile\n" + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(100_000)))
+    manifest.write_text(
+        "source,profile\n" + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(100_000))
+    )
     result = cli(["validate", str(manifest)])
     assert result.exit_code == 0, result.output
     assert "estimate: about 35 h 0 min for 105,001 API requests at 50 per minute" in result.output
@@ -275,7 +299,12 @@ def test_validate_estimates_uploads_only_with_a_rate_and_says_so_otherwise(tmp_p
     assert "uploads: 600.0 MiB, not in the estimate: pass --upload-rate" in without.output
     with_rate = cli(["validate", str(manifest), "--upload-rate", "10M"])
     assert "uploads: 600.0 MiB at 10.0 MiB/s: about 1 min" in with_rate.output
-    assert json.loads(cli(["validate", str(manifest), "--json", "--upload-rate", "10M"]).output)["estimate"]["total_s"] == 60
+    assert (
+        json.loads(cli(["validate", str(manifest), "--json", "--upload-rate", "10M"]).output)["estimate"][
+            "total_s"
+        ]
+        == 60
+    )
     for nonsense in ("fast", "0", "off", "1e-320"):
         bad = cli(["validate", str(manifest), "--upload-rate", nonsense])
         assert bad.exit_code == 2 and "--upload-rate" in bad.output, (nonsense, bad.output)
@@ -283,16 +312,27 @@ def test_validate_estimates_uploads_only_with_a_rate_and_says_so_otherwise(tmp_p
 
 def test_validate_and_dry_run_plan_a_canary(tmp_path):
     manifest = tmp_path / "m.csv"
-    manifest.write_text("source,profile\n" + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(1000)) + "ftp://x/y,100\n")
+    manifest.write_text(
+        "source,profile\n"
+        + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(1000))
+        + "ftp://x/y,100\n"
+    )
     for command in (["validate"], ["run", "--dry-run"]):
-        result = cli([*command, str(manifest), "--limit", "10", "--json"] if command == ["validate"] else [*command, str(manifest), "--limit", "10"])
+        result = cli(
+            [*command, str(manifest), "--limit", "10", "--json"]
+            if command == ["validate"]
+            else [*command, str(manifest), "--limit", "10"]
+        )
         assert result.exit_code == 1, result.output  # the rejected ftp row
         if command == ["validate"]:
             info = json.loads(result.output)
             assert info["rows"] == 1001 and info["to_submit"] == 10 and info["rejected"] == 1
             assert info["estimate"]["jobs"] == 10
         else:
-            assert "1001 rows, 10 to submit" in result.output and "990 ready rows would be held back" in result.output
+            assert (
+                "1001 rows, 10 to submit" in result.output
+                and "990 ready rows would be held back" in result.output
+            )
 
 
 def test_a_run_folder_whose_name_looks_like_a_pattern(tmp_path, emulator_server):
@@ -300,7 +340,12 @@ def test_a_run_folder_whose_name_looks_like_a_pattern(tmp_path, emulator_server)
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 6)
     run_dir = tmp_path / "batch[1]*?"
-    assert cli(["run", str(manifest), "--report-dir", str(run_dir), "--limit", "2", *FLAGS], server.env()).exit_code == 0
+    assert (
+        cli(
+            ["run", str(manifest), "--report-dir", str(run_dir), "--limit", "2", *FLAGS], server.env()
+        ).exit_code
+        == 0
+    )
     assert rows_with(report_of(run_dir), "held") == [3, 4, 5, 6]
     assert cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
     assert (report_of(run_dir)["outcome"] == "succeeded").all() and server.stats()["jobs_created"] == 6

@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-
 from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.errors import ConfigError
 from batch_ingest.settings import load_config_file, resolve_settings
+from click.testing import CliRunner
 
 from .test_faults import FAST, FLAGS, mixed_manifest
 
@@ -26,7 +25,12 @@ def test_profiles_and_jobs(emulator_server, tmp_path):
     result = cli(["profiles", "--json"], env=server.env())
     assert result.exit_code == 0
     profiles = [json.loads(line) for line in result.output.splitlines()]
-    assert [(p["id"], p["ref_id"]) for p in profiles] == [("100", "default"), ("101", "hd"), ("102", "sd"), ("103", "audio")]
+    assert [(p["id"], p["ref_id"]) for p in profiles] == [
+        ("100", "default"),
+        ("101", "hd"),
+        ("102", "sd"),
+        ("103", "audio"),
+    ]
 
     manifest = mixed_manifest(tmp_path, 5)
     assert cli(["run", str(manifest), *FLAGS], env=server.env()).exit_code == 0
@@ -89,7 +93,9 @@ def test_json_event_log_for_cron(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=1))
     manifest = mixed_manifest(tmp_path, 12)
     log = tmp_path / "logs" / "run.jsonl"
-    result = cli(["run", str(manifest), "--log-file", str(log), "--log-format", "json", *FLAGS], env=server.env())
+    result = cli(
+        ["run", str(manifest), "--log-file", str(log), "--log-format", "json", *FLAGS], env=server.env()
+    )
     assert result.exit_code == 1
     events = [json.loads(line) for line in log.read_text().splitlines()]
     kinds = [e["event"] for e in events]

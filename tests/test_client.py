@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 from email.utils import formatdate
+from typing import Any, cast
 
 import pytest
-
 from batch_ingest.api import RateLimiter, parse_retry_after
 from batch_ingest.emulator import EmulatorConfig, free_port
 from batch_ingest.errors import ApiConnectionError, AuthError, RateLimitedError, ServerError
@@ -29,12 +29,14 @@ def _max_in_any_window(times: list[float], window: float = 60.0) -> int:
 
 async def test_token_is_renewed_before_it_expires(fake_clock):
     config = EmulatorConfig(rate_limit=0, token_ttl_s=100)
-    async with asgi_api(config, clock=fake_clock) as api:
-        async with api.make_client(static_token=False, auth_clock=fake_clock) as client:
-            await client.list_jobs()
-            await fake_clock.sleep(95)  # past 90% of the lifetime, before expiry
-            await client.list_jobs()
-            assert client.auth.renewals == 2
+    async with (
+        asgi_api(config, clock=fake_clock) as api,
+        api.make_client(static_token=False, auth_clock=fake_clock) as client,
+    ):
+        await client.list_jobs()
+        await fake_clock.sleep(95)  # past 90% of the lifetime, before expiry
+        await client.list_jobs()
+        assert client.auth.renewals == 2
     stats = api.store.stats()
     assert stats["requests"]["POST auth-token"] == {"200": 2}
     assert stats["requests"]["GET jobs"] == {"200": 2}  # never a 401
@@ -42,11 +44,13 @@ async def test_token_is_renewed_before_it_expires(fake_clock):
 
 async def test_token_is_renewed_once_after_an_unexpected_401(fake_clock):
     config = EmulatorConfig(rate_limit=0, token_ttl_s=3600, token_revoke_after_s=5)
-    async with asgi_api(config, clock=fake_clock) as api:
-        async with api.make_client(static_token=False, auth_clock=fake_clock) as client:
-            await client.list_jobs()
-            await fake_clock.sleep(10)
-            await asyncio.gather(*(client.list_jobs() for _ in range(4)))  # up to four 401s, one renewal
+    async with (
+        asgi_api(config, clock=fake_clock) as api,
+        api.make_client(static_token=False, auth_clock=fake_clock) as client,
+    ):
+        await client.list_jobs()
+        await fake_clock.sleep(10)
+        await asyncio.gather(*(client.list_jobs() for _ in range(4)))  # up to four 401s, one renewal
     stats = api.store.stats()
     assert stats["requests"]["POST auth-token"] == {"200": 2}
     assert 1 <= stats["requests"]["GET jobs"]["401"] <= 4
@@ -100,7 +104,9 @@ async def test_paced_limiter_never_bursts_and_passes_a_token_bucket(fake_clock):
     assert api.store.stats()["rate_limited"] == 0
     assert _max_in_any_window(times) <= 50
     pace = 60.25 / 50  # the window's 0.25 s margin included
-    assert _max_in_any_window(times, window=pace * 5) <= 3 + 5  # in any 5 paces: the burst and five more at most
+    assert (
+        _max_in_any_window(times, window=pace * 5) <= 3 + 5
+    )  # in any 5 paces: the burst and five more at most
     assert (180 - 3) * pace - 0.01 <= elapsed < (180 - 3) * pace + 1
 
 
@@ -136,22 +142,27 @@ def test_rate_limiter_window_property_random_arrivals():
     """Any arrival pattern: never more than the budget in a 60 s window."""
     rng = random.Random(7)
     for budget in (1, 7, 50):
-        now = [0.0]
+        assert _max_in_any_window(_admissions(budget, rng)) <= budget
 
-        async def sleep(dt: float) -> None:
-            now[0] += dt
 
-        limiter = RateLimiter(budget, clock=lambda: now[0], sleep=sleep)
-        admitted: list[float] = []
+def _admissions(budget: int, rng: random.Random) -> list[float]:
+    """The fake-clock times at which a limiter of `budget` admits 300 random arrivals."""
+    now = [0.0]
 
-        async def run():
-            for _ in range(300):
-                now[0] += rng.expovariate(2.0)
-                await limiter.acquire()
-                admitted.append(now[0])
+    async def sleep(dt: float) -> None:
+        now[0] += dt
 
-        asyncio.run(run())
-        assert _max_in_any_window(admitted) <= budget
+    limiter = RateLimiter(budget, clock=lambda: now[0], sleep=sleep)
+    admitted: list[float] = []
+
+    async def run() -> None:
+        for _ in range(300):
+            now[0] += rng.expovariate(2.0)
+            await limiter.acquire()
+            admitted.append(now[0])
+
+    asyncio.run(run())
+    return admitted
 
 
 def test_parse_retry_after_both_forms():
@@ -176,7 +187,7 @@ async def test_429_retry_after_pauses_the_whole_limiter(form, fake_clock):
         with pytest.raises(RateLimitedError) as e:
             await client.list_jobs()
         assert e.value.status == 429
-        assert 58 <= e.value.retry_after <= 62
+        assert e.value.retry_after is not None and 58 <= e.value.retry_after <= 62
         before = fake_clock()
         await limiter.acquire()  # every caller now waits out Retry-After
         assert fake_clock() - before == pytest.approx(e.value.retry_after)
@@ -247,7 +258,6 @@ async def test_refused_connection_is_not_in_doubt():
 
 async def test_user_agent_names_package_and_version(emulator_server):
     import httpx
-
     from batch_ingest import __version__
 
     seen: list[str] = []
@@ -256,10 +266,11 @@ async def test_user_agent_names_package_and_version(emulator_server):
         seen.append(request.headers["user-agent"])
         return httpx.Response(200, json={"count": 0, "jobs": []})
 
-    async with client_for("http://x.test", EmulatorConfig(), transport=httpx.MockTransport(handler)) as client:
+    async with client_for(
+        "http://x.test", EmulatorConfig(), transport=httpx.MockTransport(handler)
+    ) as client:
         await client.list_jobs()
     assert seen[0].startswith(f"batch-ingest/{__version__} ")
-
 
 
 async def test_a_wave_of_429s_escalates_the_backoff_once(fake_clock):
@@ -278,7 +289,7 @@ def test_connections_are_split_over_small_pools_totalling_the_bound():
         client = client_for("http://x.test", EmulatorConfig(), max_connections=bound)
         assert sum(client._sizes) == bound
         assert max(client._sizes) <= CONNECTIONS_PER_POOL and max(client._sizes) - min(client._sizes) <= 1
-        assert [p._transport._pool._max_connections for p in client._pools] == client._sizes
+        assert [cast(Any, p._transport)._pool._max_connections for p in client._pools] == client._sizes
         asyncio.run(client.aclose())
 
 

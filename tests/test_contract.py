@@ -11,7 +11,6 @@ import re
 
 import httpx
 import pytest
-
 from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.errors import AuthError, NotFoundError, PermanentApiError, ServerError
 
@@ -20,9 +19,19 @@ pytestmark = pytest.mark.anyio
 DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 CONFIG = EmulatorConfig(rate_limit=0, queue_s=60, encode_s=60)
 JOB_KEYS = {
-    "id", "ref_id", "name", "merchant_id", "job_profile_id", "media_id", "description",
-    "encode_status", "source_type", "source_url", "created_at", "updated_at",
-}  # fmt: skip
+    "id",
+    "ref_id",
+    "name",
+    "merchant_id",
+    "job_profile_id",
+    "media_id",
+    "description",
+    "encode_status",
+    "source_type",
+    "source_url",
+    "created_at",
+    "updated_at",
+}
 PROFILE_KEYS = {"merchant_id", "id", "ref_id", "name", "description", "created_at", "updated_at"}
 
 
@@ -40,8 +49,12 @@ PREFIX = f"/v1/merchants/{CONFIG.merchant_id}"
 
 async def test_create_remote_job_answers_documented_fields(api_factory):
     async with api_factory(CONFIG) as api, api.make_client() as client:
-        job = await client.create_job("https://cdn.example.com/a.mp4", 101, ref_id="r1", name="A", description="d")
-        assert job.job_profile_id == "101" and job.ref_id == "r1" and job.name == "A" and job.description == "d"
+        job = await client.create_job(
+            "https://cdn.example.com/a.mp4", 101, ref_id="r1", name="A", description="d"
+        )
+        assert (
+            job.job_profile_id == "101" and job.ref_id == "r1" and job.name == "A" and job.description == "d"
+        )
         assert job.encode_status == 0 and job.source_type == "url"
         async with raw(api) as http:
             body = (await http.get(f"{PREFIX}/jobs/{job.id}")).json()
@@ -73,7 +86,9 @@ async def test_create_remote_job_rejects_malformed_input(api_factory, payload):
         r = await http.post(f"{PREFIX}/jobs", json=payload)
         assert r.status_code == 400
         assert r.json() == {"code": "BAD_REQUEST", "message": "Request parameter is invalid"}
-        r = await http.post(f"{PREFIX}/jobs", content=b"{not json", headers={"Content-Type": "application/json"})
+        r = await http.post(
+            f"{PREFIX}/jobs", content=b"{not json", headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 400
         assert api.store.stats()["jobs_created"] == 0
 
@@ -82,18 +97,25 @@ async def test_create_errors_through_the_client(api_factory):
     async with api_factory(CONFIG) as api, api.make_client() as client:
         with pytest.raises(NotFoundError) as e:
             await client.create_job("https://a.example/x.mp4", 999)
-        assert (e.value.status, e.value.code, e.value.message) == (404, "JOB_PROFILE_NOT_FOUND", "Job profile not found")
-        with pytest.raises(PermanentApiError) as e:
+        assert (e.value.status, e.value.code, e.value.message) == (
+            404,
+            "JOB_PROFILE_NOT_FOUND",
+            "Job profile not found",
+        )
+        with pytest.raises(PermanentApiError) as refused:
             await client.create_job("ftp://a.example/x.mp4", 100)
-        assert (e.value.status, e.value.code) == (400, "BAD_REQUEST")
-        assert e.value.method == "POST" and e.value.path.endswith("/jobs")
+        assert (refused.value.status, refused.value.code) == (400, "BAD_REQUEST")
+        assert refused.value.method == "POST" and refused.value.path.endswith("/jobs")
 
 
 async def test_storage_not_found(api_factory, tmp_path):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"x" * 100)
     async with api_factory(CONFIG.with_changes(storage_missing=True)) as api, api.make_client() as client:
-        for call in (lambda: client.create_job("https://a.example/x.mp4", 100), lambda: client.upload_job(video)):
+        for call in (
+            lambda: client.create_job("https://a.example/x.mp4", 100),
+            lambda: client.upload_job(video),
+        ):
             with pytest.raises(NotFoundError) as e:
                 await call()
             assert (e.value.code, e.value.message) == ("STORAGE_NOT_FOUND", "Storage not found")
@@ -126,9 +148,16 @@ async def test_upload_streams_file_and_records_size_and_hash(api_factory, tmp_pa
     video.write_bytes(data)
     seen: list[int] = []
     async with api_factory(CONFIG) as api, api.make_client() as client:
-        job = await client.upload_job(video, profile_id=102, ref_id="up-1", name="Clip", on_progress=seen.append)
+        job = await client.upload_job(
+            video, profile_id=102, ref_id="up-1", name="Clip", on_progress=seen.append
+        )
         default = await client.upload_job(video)
-    assert job.source_type == "file" and job.job_profile_id == "102" and job.ref_id == "up-1" and job.name == "Clip"
+    assert (
+        job.source_type == "file"
+        and job.job_profile_id == "102"
+        and job.ref_id == "up-1"
+        and job.name == "Clip"
+    )
     assert default.job_profile_id == CONFIG.default_profile_id  # no Profile-Id: the default profile
     assert sum(seen) == len(data)
     rec = api.store.jobs[job.id]
@@ -147,14 +176,21 @@ async def test_upload_errors(api_factory, tmp_path):
             no_file = await http.post(f"{PREFIX}/jobs", files={"other": ("a.mp4", b"abc")})
             no_name = await http.post(f"{PREFIX}/jobs", files={"source_file": (None, b"not a file")})
             broken = await http.post(
-                f"{PREFIX}/jobs", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=zz"}
+                f"{PREFIX}/jobs",
+                content=b"garbage",
+                headers={"Content-Type": "multipart/form-data; boundary=zz"},
             )
             no_boundary = await http.post(
                 f"{PREFIX}/jobs", content=b"garbage", headers={"Content-Type": "multipart/form-data"}
             )
-            wrong_type = await http.post(f"{PREFIX}/jobs", content=b"abc", headers={"Content-Type": "text/plain"})
+            wrong_type = await http.post(
+                f"{PREFIX}/jobs", content=b"abc", headers={"Content-Type": "text/plain"}
+            )
         for r in (no_file, no_name, broken, no_boundary):
-            assert r.status_code == 400 and r.json() == {"code": "BAD_REQUEST", "message": "Invalid request parameters"}
+            assert r.status_code == 400 and r.json() == {
+                "code": "BAD_REQUEST",
+                "message": "Invalid request parameters",
+            }
         assert wrong_type.status_code == 400 and wrong_type.json()["code"] == "BAD_REQUEST"
         assert api.store.stats()["jobs_created"] == 0
 
@@ -181,9 +217,16 @@ async def test_list_jobs_pages_sorts_and_validates(api_factory):
         assert [j.id for j in newest.items] == [created[-1].id, created[-2].id]
         async with raw(api) as http:
             for params in (
-                {"limit": 0}, {"limit": 101}, {"limit": "x"}, {"limit": "-1"}, {"page": 0},
-                {"page": "1.5"}, {"sort": "nope"}, {"order": "asc"}, {"order": "UP"},
-            ):  # fmt: skip
+                {"limit": 0},
+                {"limit": 101},
+                {"limit": "x"},
+                {"limit": "-1"},
+                {"page": 0},
+                {"page": "1.5"},
+                {"sort": "nope"},
+                {"order": "asc"},
+                {"order": "UP"},
+            ):
                 r = await http.get(f"{PREFIX}/jobs", params=params)
                 assert r.status_code == 400, params
                 assert r.json() == {"code": "BAD_REQUEST", "message": "Invalid request parameters"}
@@ -200,7 +243,10 @@ async def test_job_profiles(api_factory):
         assert profiles == ["100", "101", "102", "103"]
         with pytest.raises(NotFoundError) as e:
             await client.get_job_profile("ref:missing")
-        assert (e.value.code, e.value.message) == ("JOB_PROFILE_NOT_FOUND", "The specified job profile does not exist")
+        assert (e.value.code, e.value.message) == (
+            "JOB_PROFILE_NOT_FOUND",
+            "The specified job profile does not exist",
+        )
         async with raw(api) as http:
             body = (await http.get(f"{PREFIX}/job_profiles", params={"limit": 30})).json()
             assert body["count"] == 4 and set(body["job_profiles"][0]) == PROFILE_KEYS
@@ -220,14 +266,19 @@ async def test_unauthorized_for_bad_key_token_or_merchant(api_factory):
         async with raw(api) as http:
             for headers in cases:
                 for method, path in (
-                    ("GET", "/jobs"), ("GET", "/jobs/x"), ("POST", "/jobs"),
-                    ("GET", "/job_profiles"), ("GET", "/job_profiles/100"),
-                ):  # fmt: skip
+                    ("GET", "/jobs"),
+                    ("GET", "/jobs/x"),
+                    ("POST", "/jobs"),
+                    ("GET", "/job_profiles"),
+                    ("GET", "/job_profiles/100"),
+                ):
                     http.headers.clear()
                     r = await http.request(method, PREFIX + path, headers=headers, json={})
                     assert r.status_code == 401, (headers, path)
                     assert r.json() == {"code": "UNAUTHORIZED", "message": "Authentication failed"}
-            http.headers.update({"X-Streaks-Api-Key": CONFIG.api_key, "Authorization": f"Bearer {CONFIG.token}"})
+            http.headers.update(
+                {"X-Streaks-Api-Key": CONFIG.api_key, "Authorization": f"Bearer {CONFIG.token}"}
+            )
             r = await http.get("/v1/merchants/someone-else/jobs")
             assert r.status_code == 401
 
@@ -242,7 +293,10 @@ async def test_auth_token_endpoint(api_factory):
         assert "wrong" not in str(e.value)
         async with raw(api) as http:
             r = await http.post(f"{PREFIX}/auth-token/", json={"mail_address": CONFIG.email})
-            assert r.status_code == 400 and r.json() == {"code": "BAD_REQUEST", "message": "Invalid request parameters"}
+            assert r.status_code == 400 and r.json() == {
+                "code": "BAD_REQUEST",
+                "message": "Invalid request parameters",
+            }
             ok = await http.post(
                 f"{PREFIX}/auth-token/", json={"mail_address": CONFIG.email, "password": CONFIG.password}
             )

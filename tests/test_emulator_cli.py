@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from batch_ingest.emulator import free_port
 
 PEAK_RSS_LIMIT_MB = 150
@@ -85,15 +84,31 @@ def test_emulator_prints_exports_and_answers_the_vendor_curl(emulator_process, t
     # The page's example, word for word: curl -H ... -H ... -H 'Profile-Id: ...' -XPOST .../jobs -F source_file=@...
     result = subprocess.run(
         [
-            "curl", "-s", "-H", "X-Streaks-Api-Key:emulator-api-key", "-H", "Authorization:Bearer emulator-token",
-            "-H", "Profile-Id: 101", "-XPOST", f"{base}/jobs", "-F", f"source_file=@{video}",
+            "curl",
+            "-s",
+            "-H",
+            "X-Streaks-Api-Key:emulator-api-key",
+            "-H",
+            "Authorization:Bearer emulator-token",
+            "-H",
+            "Profile-Id: 101",
+            "-XPOST",
+            f"{base}/jobs",
+            "-F",
+            f"source_file=@{video}",
         ],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if result.returncode == 127 or (result.returncode != 0 and "not found" in result.stderr):
         pytest.skip("curl is not installed")
     job = json.loads(result.stdout)
-    assert job["job_profile_id"] == "101" and job["source_url"] == "smartstream.mp4" and job["encode_status"] == 0
+    assert (
+        job["job_profile_id"] == "101"
+        and job["source_url"] == "smartstream.mp4"
+        and job["encode_status"] == 0
+    )
     headers = {"X-Streaks-Api-Key": "emulator-api-key", "Authorization": "Bearer emulator-token"}
     got = httpx.get(f"{base}/jobs/{job['id']}", headers=headers, trust_env=False).json()
     assert got == job
@@ -110,8 +125,10 @@ def test_emulator_port_in_use_is_a_clear_error():
         port = s.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "batch_ingest", "emulator", "--port", str(port)],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert result.returncode == 2
     assert "--port" in result.stderr and "Traceback" not in result.stderr
 
@@ -173,9 +190,17 @@ def test_storage_missing_for_answers_only_the_sources_named(emulator_process):
     _, port = emulator_process("--rate-limit", "0", "--storage-missing-for", "no-storage")
     base = f"http://127.0.0.1:{port}/v1/merchants/demo/jobs"
     headers = {"X-Streaks-Api-Key": "emulator-api-key", "Authorization": "Bearer emulator-token"}
-    missing = httpx.post(base, json={"source_url": "https://media.example.com/no-storage/a.mp4", "job_profile_id": 100},
-                         headers=headers, trust_env=False)  # fmt: skip
+    missing = httpx.post(
+        base,
+        json={"source_url": "https://media.example.com/no-storage/a.mp4", "job_profile_id": 100},
+        headers=headers,
+        trust_env=False,
+    )
     assert missing.status_code == 404 and missing.json()["code"] == "STORAGE_NOT_FOUND"
-    fine = httpx.post(base, json={"source_url": "https://media.example.com/library/a.mp4", "job_profile_id": 100},
-                      headers=headers, trust_env=False)  # fmt: skip
+    fine = httpx.post(
+        base,
+        json={"source_url": "https://media.example.com/library/a.mp4", "job_profile_id": 100},
+        headers=headers,
+        trust_env=False,
+    )
     assert fine.status_code == 201, fine.text

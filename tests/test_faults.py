@@ -18,16 +18,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
-
 from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.journal import JOURNAL_FILE, Journal
+from click.testing import CliRunner
 
-FAST = dict(rate_limit=0, queue_s=0.2, encode_s=0.4, jitter=0.5)
+FAST: dict[str, Any] = dict(rate_limit=0, queue_s=0.2, encode_s=0.4, jitter=0.5)
 FLAGS = ["--poll-min-interval", "0.2", "--poll-max-interval", "0.5", "--rate", "0", "--retries", "8", "-q"]
 FINAL = {"succeeded", "failed", "error", "timed_out", "skipped", "rejected"}
 QUICK_DOUBT = {"SMARTSTREAM_IN_DOUBT_DELAY": "0.05"}
@@ -116,7 +116,9 @@ def test_token_expiring_mid_run_is_renewed(tmp_path, emulator_server):
     manifest = mixed_manifest(tmp_path, 150)
     env = {k: v for k, v in server.env().items() if k != "SMARTSTREAM_TOKEN"}
     env.update(SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password)
-    result = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "run"), "--concurrency", "2", *FLAGS], env)
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(tmp_path / "run"), "--concurrency", "2", *FLAGS], env
+    )
     assert result.exit_code == 0, result.output
     check_consistent(tmp_path / "run", server, 150)
     stats = server.stats()
@@ -129,13 +131,17 @@ def test_static_token_expiry_stops_cleanly_and_resumes(tmp_path, emulator_server
     server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.03))
     manifest = mixed_manifest(tmp_path, 150)
     run_dir = tmp_path / "run"
-    result = run_cli(["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "2", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "2", *FLAGS], server.env()
+    )
     assert result.exit_code == 3, result.output
     report = check_consistent(run_dir, server, 150, allow_unfinished=True)
     assert (report["outcome"] == "interrupted").any()
     # The operator gets credentials that can renew, and resumes.
     env = {k: v for k, v in server.env().items() if k != "SMARTSTREAM_TOKEN"}
-    env.update(SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password, **QUICK_DOUBT)
+    env.update(
+        SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password, **QUICK_DOUBT
+    )
     result = run_cli(["resume", str(run_dir), "-q"], env)
     assert result.exit_code == 0, result.output
     check_consistent(run_dir, server, 150)
@@ -157,7 +163,17 @@ def test_max_failures_trip_then_resume(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=2, latency_s=0.02))
     manifest = mixed_manifest(tmp_path, 120)
     run_dir = tmp_path / "run"
-    args = ["run", str(manifest), "--report-dir", str(run_dir), "--max-failures", "5", "--concurrency", "2", *FLAGS]
+    args = [
+        "run",
+        str(manifest),
+        "--report-dir",
+        str(run_dir),
+        "--max-failures",
+        "5",
+        "--concurrency",
+        "2",
+        *FLAGS,
+    ]
     result = run_cli(args, server.env())
     assert result.exit_code == 3
     first = check_consistent(run_dir, server, 120, allow_unfinished=True)
@@ -186,7 +202,10 @@ def test_skip_existing_for_nightly_cron(tmp_path, emulator_server):
     manifest = mixed_manifest(tmp_path, 40)
     assert run_cli(["run", str(manifest), *FLAGS], server.env()).exit_code == 0
     created = server.stats()["jobs_created"]
-    result = run_cli(["run", str(manifest), "--skip-existing", "--report-dir", str(tmp_path / "again"), *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--skip-existing", "--report-dir", str(tmp_path / "again"), *FLAGS],
+        server.env(),
+    )
     assert result.exit_code == 0, result.output
     report = pl.read_parquet(tmp_path / "again" / "report.parquet")
     with_ref = report.filter(pl.col("ref_id").is_not_null())
@@ -204,7 +223,9 @@ def test_retry_runs_only_the_rows_that_did_not_succeed(tmp_path, emulator_server
     failed = pl.read_parquet(first / "report.parquet").filter(pl.col("outcome") == "failed")
     assert failed.height > 5
     second = tmp_path / "second"
-    result = run_cli(["retry", str(first), "--only", "failed", "--report-dir", str(second), *FLAGS], server.env())
+    result = run_cli(
+        ["retry", str(first), "--only", "failed", "--report-dir", str(second), *FLAGS], server.env()
+    )
     assert result.exit_code in (0, 1), result.output
     retried = pl.read_parquet(second / "report.parquet")
     assert retried["row"].to_list() == failed["row"].to_list()
@@ -270,11 +291,11 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, emulator_server):
         proc.wait(timeout=30)
         kills += 1
         proc = _spawn_run(manifest, run_dir, env, "resume")
-    out, err = proc.communicate(timeout=300)
+    _out, err = proc.communicate(timeout=300)
     while proc.returncode != 0:  # a last kill may have left it unfinished: resume until done
         assert proc.returncode in (-signal.SIGKILL, 0), err
         proc = _spawn_run(manifest, run_dir, env, "resume")
-        out, err = proc.communicate(timeout=300)
+        _out, err = proc.communicate(timeout=300)
     assert kills >= 5
     assert "Traceback" not in err
     check_consistent(run_dir, server, n)
@@ -299,7 +320,9 @@ def test_first_sigint_stops_gracefully_second_exits_at_once(tmp_path, emulator_s
 
     # A second signal during the graceful stop exits at once; the journal stays usable.
     proc = _spawn_run(manifest, run_dir, server.env(), "resume")
-    _wait_for_progress(run_dir, proc, report.filter(pl.col("outcome") != "interrupted").height + 10, finished=True)
+    _wait_for_progress(
+        run_dir, proc, report.filter(pl.col("outcome") != "interrupted").height + 10, finished=True
+    )
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -315,19 +338,25 @@ def test_retry_takes_over_interrupted_rows_and_the_original_lets_go(tmp_path, em
     server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.03))
     manifest = mixed_manifest(tmp_path, 120)
     first, second = tmp_path / "first", tmp_path / "second"
-    result = run_cli(["run", str(manifest), "--report-dir", str(first), "--concurrency", "2", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(first), "--concurrency", "2", *FLAGS], server.env()
+    )
     assert result.exit_code == 3  # the static token expired mid-run
     interrupted = pl.read_parquet(first / "report.parquet").filter(pl.col("outcome") == "interrupted")
     assert interrupted.height > 0
     env = {k: v for k, v in server.env().items() if k != "SMARTSTREAM_TOKEN"}
-    env.update(SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password, **QUICK_DOUBT)
+    env.update(
+        SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password, **QUICK_DOUBT
+    )
     result = run_cli(["retry", str(first), "--report-dir", str(second), *FLAGS], env)
     assert result.exit_code == 0, result.output
     assert server.stats()["jobs_created"] == 120 and server.stats()["duplicate_ref_ids"] == {}
     created = server.stats()["jobs_created"]
     result = run_cli(["resume", str(first), *FLAGS], env)  # the original: nothing left that is its own
     assert server.stats()["jobs_created"] == created
-    again = pl.read_parquet(first / "report.parquet").filter(pl.col("row").is_in(interrupted["row"].to_list()))
+    again = pl.read_parquet(first / "report.parquet").filter(
+        pl.col("row").is_in(interrupted["row"].to_list())
+    )
     assert (again["outcome"] == "interrupted").all()
     assert again["error_message"].str.contains("continued by the retry run").all()
     merged = json.loads(run_cli(["report", str(first), str(second), "--json"], {}).output)

@@ -22,11 +22,10 @@ from typing import Any
 import polars as pl
 import pytest
 import uvicorn
-from click.testing import CliRunner
-
 from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig, create_app
 from batch_ingest.emulator.server import free_port
+from click.testing import CliRunner
 
 from .test_faults import FAST, FLAGS, mixed_manifest
 
@@ -41,15 +40,16 @@ class Hostile:
         self.config = config
         self.mode = ""
         self.requests = 0
+        self.url = ""  # set once it listens
 
     @property
-    def store(self):  # noqa: ANN201
+    def store(self):
         return self.inner.state.store
 
-    async def _forward(self, scope, receive) -> tuple[int, list, bytes]:  # noqa: ANN001
+    async def _forward(self, scope, receive) -> tuple[int, list, bytes]:
         out: dict[str, Any] = {"body": b""}
 
-        async def send(message) -> None:  # noqa: ANN001
+        async def send(message) -> None:
             if message["type"] == "http.response.start":
                 out["status"], out["headers"] = message["status"], message.get("headers", [])
             elif message["type"] == "http.response.body":
@@ -58,7 +58,7 @@ class Hostile:
         await self.inner(scope, receive, send)
         return out["status"], out["headers"], out["body"]
 
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+    async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
         self.requests += 1
@@ -68,7 +68,9 @@ class Hostile:
         status, headers, body = await self._forward(scope, receive)
         mode = self.mode
         if mode == "date_overflow":
-            headers = [(k, v) for k, v in headers if k.lower() != b"date"] + [(b"date", b"Mon, 01 Jan 99999999999 00:00:00 GMT")]
+            headers = [(k, v) for k, v in headers if k.lower() != b"date"] + [
+                (b"date", b"Mon, 01 Jan 99999999999 00:00:00 GMT")
+            ]
         if mode == "ref_403" and method == "GET" and "/jobs/ref:" in path:
             status, body = 403, b'{"code": "FORBIDDEN", "message": "no"}'
         if mode == "ref_403" and listing and status < 300:  # a big account: look-ups per row are cheaper
@@ -81,26 +83,49 @@ class Hostile:
             headers = [*headers, (b"content-encoding", b"gzip")]
         elif creating and status < 300 and mode.startswith("create_"):
             job = json.loads(body)
-            body = json.dumps(
-                {"create_no_id": {k: v for k, v in job.items() if k != "id"}, "create_list": [job],
-                 "create_media_object": {**job, "media_id": {"id": job["media_id"]}},
-                 "create_not_json": None}[mode]  # fmt: skip
-            ).encode() if mode != "create_not_json" else b"<html>ok</html>"
+            body = (
+                json.dumps(
+                    {
+                        "create_no_id": {k: v for k, v in job.items() if k != "id"},
+                        "create_list": [job],
+                        "create_media_object": {**job, "media_id": {"id": job["media_id"]}},
+                        "create_not_json": None,
+                    }[mode]
+                ).encode()
+                if mode != "create_not_json"
+                else b"<html>ok</html>"
+            )
         elif listing and status < 300 and mode == "list_int_dates":
             data = json.loads(body)
             for job in data["jobs"]:
                 job["updated_at"], job["created_at"] = 1_800_000_000, 1_800_000_000
             body = json.dumps(data).encode()
         elif listing and mode in ("list_endless", "list_repeats"):
-            page = int(dict(p.split("=") for p in scope["query_string"].decode().split("&") if "=" in p).get("page", 1))
+            page = int(
+                dict(p.split("=") for p in scope["query_string"].decode().split("&") if "=" in p).get(
+                    "page", 1
+                )
+            )
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() + 3600))
             salt = 0 if mode == "list_repeats" else page
-            jobs = [{"id": f"x{salt}-{i}", "encode_status": 1, "updated_at": stamp, "created_at": stamp} for i in range(100)]
-            body, status = json.dumps({"count": 250 if mode == "list_endless" else 100, "jobs": jobs}).encode(), 200
+            jobs = [
+                {"id": f"x{salt}-{i}", "encode_status": 1, "updated_at": stamp, "created_at": stamp}
+                for i in range(100)
+            ]
+            body, status = (
+                json.dumps({"count": 250 if mode == "list_endless" else 100, "jobs": jobs}).encode(),
+                200,
+            )
         elif listing and mode == "list_huge":
             body, status = b'{"count": 1, "jobs": [' + b" " * (20 * 1024 * 1024) + b"]}", 200
         elif listing and mode == "list_trickle":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
             for byte in body:
                 await send({"type": "http.response.body", "body": bytes([byte]), "more_body": True})
                 await asyncio.sleep(0.2)
@@ -123,14 +148,22 @@ def hostile():
     """A hostile server on a free loopback port."""
     app = Hostile(EmulatorConfig(**FAST))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off", timeout_graceful_shutdown=1))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="critical",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
-    app.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    app.url = f"http://127.0.0.1:{port}"
     yield app
     server.should_exit = True
     thread.join(timeout=10)
@@ -139,18 +172,26 @@ def hostile():
 def env_for(app: Hostile, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")}
     env.update(
-        SMARTSTREAM_API_URL=app.url, SMARTSTREAM_MERCHANT_ID=app.config.merchant_id,  # type: ignore[attr-defined]
-        SMARTSTREAM_API_KEY=app.config.api_key, SMARTSTREAM_TOKEN=app.config.token,
-        SMARTSTREAM_IN_DOUBT_DELAY="0.05", **extra,
-    )  # fmt: skip
+        SMARTSTREAM_API_URL=app.url,
+        SMARTSTREAM_MERCHANT_ID=app.config.merchant_id,
+        SMARTSTREAM_API_KEY=app.config.api_key,
+        SMARTSTREAM_TOKEN=app.config.token,
+        SMARTSTREAM_IN_DOUBT_DELAY="0.05",
+        **extra,
+    )
     return env
 
 
 def run_bounded(args: list[str], env: dict[str, str], bound_s: float = 60) -> tuple[int, str, str, float]:
     """The CLI in a subprocess that must end within `bound_s` (the watchdog)."""
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "batch_ingest", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batch_ingest", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=bound_s)
     except subprocess.TimeoutExpired:
@@ -169,13 +210,23 @@ def assert_clean(code: int, out: str, err: str, run_dir: Path | None = None) -> 
 
 @pytest.mark.parametrize(
     "mode",
-    ["create_no_id", "create_list", "create_media_object", "create_not_json", "create_nested", "create_gzip_lie", "date_overflow"],
+    [
+        "create_no_id",
+        "create_list",
+        "create_media_object",
+        "create_not_json",
+        "create_nested",
+        "create_gzip_lie",
+        "date_overflow",
+    ],
 )
 def test_malformed_create_answers_leave_rows_in_doubt_and_the_run_goes_on(tmp_path, hostile, mode):
     hostile.mode = mode
     manifest = mixed_manifest(tmp_path, 12)
     run_dir = tmp_path / "run"
-    code, out, err, _ = run_bounded(["run", str(manifest), "--report-dir", str(run_dir), "--retries", "1", *FLAGS], env_for(hostile))
+    code, out, err, _ = run_bounded(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--retries", "1", *FLAGS], env_for(hostile)
+    )
     assert_clean(code, out, err, run_dir)
     assert code == 0, err  # every create was in doubt, looked up and adopted
     jobs = hostile.store.jobs
@@ -199,16 +250,32 @@ def test_malformed_create_answers_leave_rows_in_doubt_and_the_run_goes_on(tmp_pa
         ("list_endless", {}, "interrupted"),
         ("list_repeats", {}, "interrupted"),
         ("list_huge", {}, "timed_out"),
-        ("list_trickle", {"SMARTSTREAM_READ_TIMEOUT": "0.5", "SMARTSTREAM_CONNECT_TIMEOUT": "0.5"}, "timed_out"),
+        (
+            "list_trickle",
+            {"SMARTSTREAM_READ_TIMEOUT": "0.5", "SMARTSTREAM_CONNECT_TIMEOUT": "0.5"},
+            "timed_out",
+        ),
     ],
 )
 def test_hostile_job_lists_end_in_an_outcome_not_a_hang(tmp_path, hostile, mode, extra, expected):
     manifest = tmp_path / "m.csv"
-    manifest.write_text("source,profile,ref_id\n" + "".join(f"https://cdn.example.com/{i}.mp4,100,r{i}\n" for i in range(5)))
+    manifest.write_text(
+        "source,profile,ref_id\n" + "".join(f"https://cdn.example.com/{i}.mp4,100,r{i}\n" for i in range(5))
+    )
     run_dir = tmp_path / "run"
     hostile.mode = mode
-    args = ["run", str(manifest), "--report-dir", str(run_dir), "--job-timeout", "3", "--retries", "1", *FLAGS]
-    code, out, err, took = run_bounded(args, env_for(hostile, **extra), bound_s=90)
+    args = [
+        "run",
+        str(manifest),
+        "--report-dir",
+        str(run_dir),
+        "--job-timeout",
+        "3",
+        "--retries",
+        "1",
+        *FLAGS,
+    ]
+    code, out, err, _took = run_bounded(args, env_for(hostile, **extra), bound_s=90)
     assert_clean(code, out, err, run_dir)
     report = pl.read_parquet(run_dir / "report.parquet")
     assert report.height == 5 and set(report["outcome"]) == {expected}, (report["outcome"].to_list(), err)
@@ -240,10 +307,12 @@ def test_a_worker_that_fails_unexpectedly_ends_the_run_not_hangs_it(tmp_path, em
 
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = tmp_path / "m.csv"
-    manifest.write_text("source,profile\n" + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(100)))
+    manifest.write_text(
+        "source,profile\n" + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(100))
+    )
     original = submit.Submitter._create
 
-    async def create(self, task, admitted):  # noqa: ANN001, ANN202
+    async def create(self, task, admitted):
         if task.row == 5:
             raise RuntimeError("injected: not an API error")
         return await original(self, task, admitted)
@@ -285,9 +354,15 @@ def test_a_file_that_vanished_or_changed_ends_its_row_and_resume_finishes(tmp_pa
     manifest.write_text("\n".join(lines) + "\n")
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")} | server.env()
-    code, out, err, _ = run_bounded(["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "1", *FLAGS], env)
+    code, out, err, _ = run_bounded(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "1", *FLAGS], env
+    )
     assert code == 3, err  # the token expired: most rows are left
-    left = pl.read_parquet(run_dir / "report.parquet").filter(pl.col("outcome") == "interrupted")["row"].to_list()
+    left = (
+        pl.read_parquet(run_dir / "report.parquet")
+        .filter(pl.col("outcome") == "interrupted")["row"]
+        .to_list()
+    )
     assert len(left) >= 4
     gone, grown, folder, unreadable = (media / f"{r - 1}.mp4" for r in left[:4])
     gone.unlink()
@@ -303,15 +378,24 @@ def test_a_file_that_vanished_or_changed_ends_its_row_and_resume_finishes(tmp_pa
     report = pl.read_parquet(run_dir / "report.parquet")
     broken = report.filter(pl.col("row").is_in(left[:4]))
     expect_unreadable = 4 if os.geteuid() != 0 else 3  # root reads a chmod 0 file anyway
-    assert (broken["error_code"] == "SOURCE_UNREADABLE").sum() == expect_unreadable, broken.select("row", "error_message")
+    assert (broken["error_code"] == "SOURCE_UNREADABLE").sum() == expect_unreadable, broken.select(
+        "row", "error_message"
+    )
     assert (report.filter(~pl.col("row").is_in(left[:4]))["outcome"] == "succeeded").all()
 
 
-def test_bad_local_state_exits_2_and_a_bug_exits_4_with_the_traceback_in_error_log(tmp_path, emulator_server, monkeypatch):
+def test_bad_local_state_exits_2_and_a_bug_exits_4_with_the_traceback_in_error_log(
+    tmp_path, emulator_server, monkeypatch
+):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 4)
     run_dir = tmp_path / "run"
-    assert CliRunner().invoke(main, ["run", str(manifest), "--report-dir", str(run_dir), *FLAGS], env=server.env()).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(main, ["run", str(manifest), "--report-dir", str(run_dir), *FLAGS], env=server.env())
+        .exit_code
+        == 0
+    )
     # A journal that is not one.
     other = tmp_path / "other"
     other.mkdir()
@@ -325,12 +409,14 @@ def test_bad_local_state_exits_2_and_a_bug_exits_4_with_the_traceback_in_error_l
     # A bug: one line, exit 4, the traceback in the run folder's error.log, the report still written.
     import batch_ingest.poll as poll
 
-    async def broken(self) -> None:  # noqa: ANN001
+    async def broken(self) -> None:
         raise ZeroDivisionError("injected")
 
     monkeypatch.setattr(poll.Poller, "poll_once", broken)
     run2 = tmp_path / "run2"
-    result = CliRunner().invoke(main, ["run", str(manifest), "--report-dir", str(run2), *FLAGS], env=server.env())
+    result = CliRunner().invoke(
+        main, ["run", str(manifest), "--report-dir", str(run2), *FLAGS], env=server.env()
+    )
     assert result.exit_code == 4, result.output
     assert "Traceback" not in result.output and f"details in {run2 / 'error.log'}" in result.output
     assert "ZeroDivisionError: injected" in (run2 / "error.log").read_text()
@@ -341,14 +427,25 @@ def test_run_folder_and_files_are_private_and_secrets_never_stored(tmp_path, emu
     server = emulator_server(EmulatorConfig(**FAST))
     secret_url = "https://user:hunter2@cdn.example.com/a.mp4?X-Amz-Signature=deadbeefcafe&X-Amz-Credential=AKIAEXAMPLE&v=1"
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"source,profile,ref_id,note,@cmd\n{secret_url},100,s1,=HYPERLINK(\"http://evil\"),x\n")
+    manifest.write_text(f'source,profile,ref_id,note,@cmd\n{secret_url},100,s1,=HYPERLINK("http://evil"),x\n')
     run_dir = tmp_path / "run"
     log = tmp_path / "events.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")} | server.env()
     env.update(SMARTSTREAM_EMAIL="ops@example.com", SMARTSTREAM_PASSWORD="pw-secret")
     old_umask = os.umask(0o022)  # a permissive umask: the files must still be private
     code, out, err, _ = run_bounded(
-        ["run", str(manifest), "--report-dir", str(run_dir), "--log-file", str(log), "--html", str(tmp_path / "r.html"), *FLAGS[:-1]], env
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(run_dir),
+            "--log-file",
+            str(log),
+            "--html",
+            str(tmp_path / "r.html"),
+            *FLAGS[:-1],
+        ],
+        env,
     )
     os.umask(old_umask)
     assert code == 0, err
@@ -360,7 +457,14 @@ def test_run_folder_and_files_are_private_and_secrets_never_stored(tmp_path, emu
         texts.append(path.read_bytes().decode("utf-8", "replace"))
     assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
     blob = "\n".join(texts)
-    for secret in ("hunter2", "deadbeefcafe", "AKIAEXAMPLE", "ops@example.com", "pw-secret", server.config.token):
+    for secret in (
+        "hunter2",
+        "deadbeefcafe",
+        "AKIAEXAMPLE",
+        "ops@example.com",
+        "pw-secret",
+        server.config.token,
+    ):
         assert secret not in blob, secret
     assert "REDACTED" in (run_dir / "report.csv").read_text()
     # A formula in a cell is defused in the CSV, kept as it is in Parquet.
@@ -374,7 +478,7 @@ def test_run_folder_and_files_are_private_and_secrets_never_stored(tmp_path, emu
 def test_terminal_output_escapes_control_characters(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = tmp_path / "m.csv"
-    manifest.write_text("source,profile\n\"ftp://x/\x1b]0;pwned\x07\x1b[2J.mp4\",100\n")
+    manifest.write_text('source,profile\n"ftp://x/\x1b]0;pwned\x07\x1b[2J.mp4",100\n')
     result = CliRunner().invoke(main, ["validate", str(manifest)], env=server.env())
     assert result.exit_code == 1
     assert "\x1b" not in result.output and "\x07" not in result.output and "\\x1b" in result.output
@@ -383,8 +487,12 @@ def test_terminal_output_escapes_control_characters(tmp_path, emulator_server):
 def test_plain_http_to_another_host_needs_allow_http(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("source,profile\nhttps://cdn.example.com/1.mp4,100\n")
-    env = {"SMARTSTREAM_API_URL": "http://api.example.com", "SMARTSTREAM_MERCHANT_ID": "m", "SMARTSTREAM_API_KEY": "k",
-           "SMARTSTREAM_TOKEN": "t"}  # fmt: skip
+    env = {
+        "SMARTSTREAM_API_URL": "http://api.example.com",
+        "SMARTSTREAM_MERCHANT_ID": "m",
+        "SMARTSTREAM_API_KEY": "k",
+        "SMARTSTREAM_TOKEN": "t",
+    }
     result = CliRunner().invoke(main, ["run", str(manifest)], env=env)
     assert result.exit_code == 2 and "--allow-http" in result.output
     result = CliRunner().invoke(main, ["run", "--help"])
@@ -394,12 +502,16 @@ def test_plain_http_to_another_host_needs_allow_http(tmp_path):
 def test_unwritable_html_is_refused_before_anything_is_sent(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 3)
-    result = CliRunner().invoke(main, ["run", str(manifest), "--html", str(tmp_path / "no" / "r.html"), *FLAGS], env=server.env())
+    result = CliRunner().invoke(
+        main, ["run", str(manifest), "--html", str(tmp_path / "no" / "r.html"), *FLAGS], env=server.env()
+    )
     assert result.exit_code == 2 and "does not exist" in result.output
     assert server.stats()["requests_total"] == 0
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    result = CliRunner().invoke(main, ["run", str(manifest), "--report-dir", str(tmp_path / "full"), *FLAGS], env=server.env())
+    result = CliRunner().invoke(
+        main, ["run", str(manifest), "--report-dir", str(tmp_path / "full"), *FLAGS], env=server.env()
+    )
     assert result.exit_code == 2 and "not empty and holds no run" in result.output
     assert server.stats()["requests_total"] == 0
 
@@ -415,7 +527,13 @@ def test_validate_is_linear_in_columns(tmp_path):
     """10,000 extra columns: every one carried, none lost (the timing is in bench/)."""
     names = [f"c{i}" for i in range(10_000)]
     manifest = tmp_path / "wide.csv"
-    manifest.write_text("source,profile," + ",".join(names) + "\nhttps://cdn.example.com/1.mp4,100," + ",".join("x" * 10_000) + "\n")
+    manifest.write_text(
+        "source,profile,"
+        + ",".join(names)
+        + "\nhttps://cdn.example.com/1.mp4,100,"
+        + ",".join("x" * 10_000)
+        + "\n"
+    )
     result = CliRunner().invoke(main, ["validate", str(manifest), "--json"])
     assert result.exit_code == 0, result.output[-500:]
     assert "c0, c1, c2" in result.output and "and 9980 more" in result.output
@@ -430,7 +548,11 @@ def test_resume_reads_urls_with_credentials_again_from_the_manifest(tmp_path, em
     manifest = tmp_path / "m.csv"
     manifest.write_text("source,profile\n" + "".join(f"{u},100\n" for u in rows))
     run_dir = tmp_path / "run"
-    result = CliRunner().invoke(main, ["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "1", *FLAGS], env=server.env())
+    result = CliRunner().invoke(
+        main,
+        ["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "1", *FLAGS],
+        env=server.env(),
+    )
     assert result.exit_code == 3, result.output  # the static token expired mid-run
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")} | server.env()
     env.pop("SMARTSTREAM_TOKEN")
@@ -465,26 +587,35 @@ def test_disk_full_while_writing_the_report_exits_2_naming_the_fix(tmp_path, emu
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 3)
 
-    def full(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "report.parquet"))
 
     monkeypatch.setattr(runner, "write_report_in_chunks", full)
-    result = CliRunner().invoke(main, ["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS], env=server.env())
+    result = CliRunner().invoke(
+        main, ["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS], env=server.env()
+    )
     assert result.exit_code == 2, result.output
     assert "No space left on device" in result.output and "resume" in result.output
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize(("mode", "expected_code", "says"), [("list_401", 3, "authentication failed"), ("ref_403", 1, "")])
+@pytest.mark.parametrize(
+    ("mode", "expected_code", "says"), [("list_401", 3, "authentication failed"), ("ref_403", 1, "")]
+)
 def test_skip_existing_look_ups_that_fail_end_as_documented(tmp_path, hostile, mode, expected_code, says):
     hostile.mode = mode
     manifest = tmp_path / "m.csv"
     # --skip-existing lists every job once (list_401: refused, the run stops), or, on a big account,
     # looks each ref_id up (ref_403: refused, so the rows cannot be sent safely and wait for a later run).
     rows = 5
-    manifest.write_text("source,profile,ref_id\n" + "".join(f"https://cdn.example.com/{i}.mp4,100,r{i}\n" for i in range(rows)))
+    manifest.write_text(
+        "source,profile,ref_id\n"
+        + "".join(f"https://cdn.example.com/{i}.mp4,100,r{i}\n" for i in range(rows))
+    )
     run_dir = tmp_path / "run"
-    code, out, err, _ = run_bounded(["run", str(manifest), "--skip-existing", "--report-dir", str(run_dir), *FLAGS], env_for(hostile))
+    code, out, err, _ = run_bounded(
+        ["run", str(manifest), "--skip-existing", "--report-dir", str(run_dir), *FLAGS], env_for(hostile)
+    )
     assert_clean(code, out, err, run_dir)
     assert code == expected_code, out + err
     assert says in (out + err).lower()

@@ -9,17 +9,22 @@ import subprocess
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
-
 from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
+from click.testing import CliRunner
 
 from .test_faults import FAST, FLAGS, mixed_manifest
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def chromium() -> str:
@@ -34,21 +39,37 @@ def chromium() -> str:
 def render(tmp_path, url: str) -> tuple[str, str]:
     profile = tmp_path / "chromium-profile"
     result = subprocess.run(
-        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            chromium(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout, result.stderr
 
 
 def test_html_report_in_headless_chromium(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.3, seed=3, storage_missing_for=("v/5.mp4",)))
+    server = emulator_server(
+        EmulatorConfig(**FAST, failure_rate=0.3, seed=3, storage_missing_for=("v/5.mp4",))
+    )
     manifest = mixed_manifest(tmp_path, 40)
     with open(manifest, "a", encoding="utf-8") as f:
-        f.write('ftp://cdn.example.com/<script>alert(1)</script>.mp4,100,,b0\n')  # escaped, never run
+        f.write("ftp://cdn.example.com/<script>alert(1)</script>.mp4,100,,b0\n")  # escaped, never run
     run_dir = tmp_path / "run"
     page = tmp_path / "report.html"
-    result = CliRunner().invoke(main, ["run", str(manifest), "--report-dir", str(run_dir), "--html", str(page), *FLAGS], env=server.env())
+    result = CliRunner().invoke(
+        main,
+        ["run", str(manifest), "--report-dir", str(run_dir), "--html", str(page), *FLAGS],
+        env=server.env(),
+    )
     assert result.exit_code == 1, result.output
     report = pl.read_parquet(run_dir / "report.parquet")
     failures = report.filter(~pl.col("outcome").is_in(["succeeded", "skipped"]))
@@ -69,5 +90,7 @@ def test_html_report_in_headless_chromium(tmp_path, emulator_server):
     expected = failures.filter(pl.col("error_code") == "ENCODE_FAILED").height
     assert expected > 0
     assert f'data-shown="{expected}"' in dom
-    visible = [r for r in re.findall(r"<tr(?: style=\"[^\"]*\")?>", dom.split("<tbody>")[1]) if "none" not in r]
+    visible = [
+        r for r in re.findall(r"<tr(?: style=\"[^\"]*\")?>", dom.split("<tbody>")[1]) if "none" not in r
+    ]
     assert len(visible) == expected

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
-
 from batch_ingest.cli import main
 from batch_ingest.plan import plan_manifest
+from click.testing import CliRunner
 
 
 def validate(path: Path, *extra: str):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
-
 from batch_ingest.api.models import EncodeStatusMap, Job
 from batch_ingest.journal import Journal
 from batch_ingest.plan import plan_manifest
@@ -23,7 +23,7 @@ class ListingStub:
         self.clock, self.stop, self.polls = clock, stop, polls
         self.times: list[float] = []
 
-    async def list_jobs_raw(self, **_):  # noqa: ANN003, ANN201
+    async def list_jobs_raw(self, **_):
         self.times.append(self.clock())
         if len(self.times) >= self.polls:
             self.stop.set()
@@ -31,19 +31,30 @@ class ListingStub:
 
 
 @pytest.mark.parametrize(("slack", "expected"), [(1.0, [2.0] * 5), (0.0, [3.0, 4.5, 6.75, 10.125, 15.188])])
-async def test_polls_come_quickly_while_submitting_only_when_the_budget_has_room(tmp_path, fake_clock, slack, expected):
+async def test_polls_come_quickly_while_submitting_only_when_the_budget_has_room(
+    tmp_path, fake_clock, slack, expected
+):
     manifest = tmp_path / "m.csv"
     manifest.write_text("source,profile\nhttps://cdn.example.com/a.mp4,100\n")
     journal = Journal.create(tmp_path / "journal.sqlite", plan_manifest(manifest).frame, {})
     stop, submitting_done = asyncio.Event(), asyncio.Event()  # submission goes on the whole time
     stub = ListingStub(fake_clock, stop, polls=6)
     poller = Poller(
-        stub, journal, EncodeStatusMap(), Progress(), job_timeout=3600, min_interval=2.0, max_interval=30.0,
-        rate_per_minute=120, slack=lambda: slack, clock=fake_clock, sleep=fake_clock.sleep,
-    )  # type: ignore[arg-type]  # fmt: skip
+        stub,  # type: ignore[arg-type]  # a stub with the one method the poller calls
+        journal,
+        EncodeStatusMap(),
+        Progress(),
+        job_timeout=3600,
+        min_interval=2.0,
+        max_interval=30.0,
+        rate_per_minute=120,
+        slack=lambda: slack,
+        clock=fake_clock,
+        sleep=fake_clock.sleep,
+    )
     job = Job.from_api({"id": "job-1", "encode_status": 1, "updated_at": STAMP, "created_at": STAMP})
     poller.track(1, job, fake_clock())
     await asyncio.wait_for(poller.run(submitting_done, stop), timeout=10)
-    gaps = [round(b - a, 3) for a, b in zip(stub.times, stub.times[1:])]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(stub.times)]
     assert gaps == expected  # roomy: the tail interval; tight: the interval grows as nothing changes
     journal.close()

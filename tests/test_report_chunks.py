@@ -7,7 +7,6 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from batch_ingest.journal import Journal
 from batch_ingest.plan import plan_manifest
 from batch_ingest.report import build_report, write_report_in_chunks
@@ -23,8 +22,16 @@ def journal_and_plan(tmp_path: Path):
     manifest.write_text("\n".join(lines) + "\n")
     plan = plan_manifest(manifest)
     journal = Journal.create(tmp_path / "journal.sqlite", plan.frame, {"run_id": "t"})
-    journal.mark_submitted(2, job_id="j2", media_id=None, job_profile_id=100, encode_status=1, created_at=None,
-                           updated_at=None, now=1.0)  # fmt: skip
+    journal.mark_submitted(
+        2,
+        job_id="j2",
+        media_id=None,
+        job_profile_id=100,
+        encode_status=1,
+        created_at=None,
+        updated_at=None,
+        now=1.0,
+    )
     journal.record_progress([(2, 2, None, "succeeded", 2.0)])
     journal.mark_error(5, http_status=400, code="BAD", message="refused", now=3.0)
     yield journal, plan
@@ -41,11 +48,15 @@ def test_chunked_report_equals_one_build_of_the_whole(tmp_path, journal_and_plan
     written = pl.read_parquet(out / "report.parquet")
     assert written.equals(whole)
     csv = (out / "report.csv").read_text()
-    assert csv.count("\n") == 24 and csv.startswith("row,ref_id,") and csv.count("row,ref_id,") == 1  # one header
+    assert (
+        csv.count("\n") == 24 and csv.startswith("row,ref_id,") and csv.count("row,ref_id,") == 1
+    )  # one header
     assert "'=note 3" in csv  # formula escaping applies in every chunk
     assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.parquet"]  # no parts left behind
     assert facts.rows == 23
-    assert facts.outcomes["succeeded"] == 1 and facts.outcomes["error"] == 1 and facts.outcomes["rejected"] == 3
+    assert (
+        facts.outcomes["succeeded"] == 1 and facts.outcomes["error"] == 1 and facts.outcomes["rejected"] == 3
+    )
     assert facts.outcomes["interrupted"] == 18
     assert facts.failures == 22 and facts.exit_code == 1
     assert [f["row"] for f in facts.first_failures] == [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
@@ -56,8 +67,16 @@ def test_chunked_report_equals_one_build_of_the_whole(tmp_path, journal_and_plan
 def test_journal_knows_a_job_before_its_write_is_committed(tmp_path, journal_and_plan):
     journal, _ = journal_and_plan
     assert journal.knows_job("j2") and not journal.knows_job("j9")
-    journal.mark_submitted(7, job_id="j7", media_id=None, job_profile_id=100, encode_status=0, created_at=None,
-                           updated_at=None, now=4.0)  # fmt: skip
+    journal.mark_submitted(
+        7,
+        job_id="j7",
+        media_id=None,
+        job_profile_id=100,
+        encode_status=0,
+        created_at=None,
+        updated_at=None,
+        now=4.0,
+    )
     assert journal.knows_job("j7")  # deferred, not yet committed: still known
     journal.flush()
     assert journal.knows_job("j7")
@@ -69,7 +88,13 @@ def test_rows_by_outcome_in_sql_agree_with_the_report(journal_and_plan):
     """retry picks its rows from the journal alone; the report's outcomes are the reference."""
     journal, plan = journal_and_plan
     report = build_report(plan.frame, journal.to_frame(), plan.extras)
-    for only in (("failed",), ("error",), ("interrupted",), ("rejected", "error"), ("succeeded", "interrupted")):
+    for only in (
+        ("failed",),
+        ("error",),
+        ("interrupted",),
+        ("rejected", "error"),
+        ("succeeded", "interrupted"),
+    ):
         expected = report.filter(pl.col("outcome").is_in(list(only)))["row"].to_list()
         assert journal.rows_with_outcomes(only) == expected, only
     assert journal.rows_with_outcomes(()) == []

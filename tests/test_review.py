@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import polars as pl
-from click.testing import CliRunner
-
 from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
+from click.testing import CliRunner
 
 from .test_faults import FAST, FLAGS, mixed_manifest
 

@@ -7,16 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
-
 from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.report import REPORT_COLUMNS
+from click.testing import CliRunner
 
-FAST = dict(rate_limit=0, queue_s=0.2, encode_s=0.5, jitter=0.5)
+FAST: dict[str, Any] = dict(rate_limit=0, queue_s=0.2, encode_s=0.5, jitter=0.5)
 RUN_FLAGS = ["--poll-min-interval", "0.2", "--poll-max-interval", "0.5", "--rate", "0", "-q"]
 
 
@@ -52,7 +52,9 @@ def mixed_manifest(tmp_path: Path) -> Path:
 def test_mixed_manifest_report_cell_by_cell(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, storage_missing_for=("no-storage",)))
     manifest = mixed_manifest(tmp_path)
-    result = invoke(["run", str(manifest), "--report-dir", str(tmp_path / "run"), *RUN_FLAGS], env=server.env())
+    result = invoke(
+        ["run", str(manifest), "--report-dir", str(tmp_path / "run"), *RUN_FLAGS], env=server.env()
+    )
     assert result.exit_code == 1, result.output
     report_path = Path(result.output.strip().splitlines()[-1])
     assert report_path == tmp_path / "run" / "report.parquet"
@@ -70,9 +72,17 @@ def test_mixed_manifest_report_cell_by_cell(tmp_path, emulator_server):
         (8, "r-8", "url", "100", 100, "rejected", None, None, "INVALID_ROW", None),
     ]
     got = report.select(
-        "row", "ref_id", "source_type", "profile", "job_profile_id", "outcome", "encode_status", "http_status",
-        "error_code", "bytes",
-    ).rows()  # fmt: skip
+        "row",
+        "ref_id",
+        "source_type",
+        "profile",
+        "job_profile_id",
+        "outcome",
+        "encode_status",
+        "http_status",
+        "error_code",
+        "bytes",
+    ).rows()
     assert got == expected
     assert report["collection"].to_list() == [f"c{i}" for i in range(1, 9)]
     assert report["attempts"].to_list() == [1, 1, 1, 1, 1, 1, 0, 0]
@@ -92,8 +102,15 @@ def test_mixed_manifest_report_cell_by_cell(tmp_path, emulator_server):
     assert csv["job_id"].to_list() == report["job_id"].to_list()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["outcomes"] == {
-        "succeeded": 4, "failed": 1, "rejected": 2, "error": 1, "timed_out": 0, "interrupted": 0, "skipped": 0, "held": 0,
-    }  # fmt: skip
+        "succeeded": 4,
+        "failed": 1,
+        "rejected": 2,
+        "error": 1,
+        "timed_out": 0,
+        "interrupted": 0,
+        "skipped": 0,
+        "held": 0,
+    }
     assert summary["exit_code"] == 1
     assert summary["api_requests"] == server.stats()["requests_total"]
     # Each distinct profile is looked up once (100, ref:hd, 102, 4242), not once per row.
@@ -105,7 +122,10 @@ def test_mixed_manifest_report_cell_by_cell(tmp_path, emulator_server):
 def test_all_succeeded_exits_0_and_parquet_manifest(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     pl.DataFrame(
-        {"Source_URL": [f"https://cdn.example.com/{i}.mp4" for i in range(5)], "profile": [100, 101, 102, 100, 101]}
+        {
+            "Source_URL": [f"https://cdn.example.com/{i}.mp4" for i in range(5)],
+            "profile": [100, 101, 102, 100, 101],
+        }
     ).write_parquet(tmp_path / "m.parquet")
     result = invoke(["run", str(tmp_path / "m.parquet"), *RUN_FLAGS], env=server.env())
     assert result.exit_code == 0, result.output
@@ -130,10 +150,21 @@ def test_request_economy_1000_jobs(tmp_path, emulator_server):
     lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/v{i}.mp4,100,v{i}" for i in range(1000)]
     manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
     result = invoke(
-        ["run", str(manifest), "--concurrency", "16", "--rate", "0", "--poll-min-interval", "0.5",
-         "--poll-max-interval", "2", "-q"],
+        [
+            "run",
+            str(manifest),
+            "--concurrency",
+            "16",
+            "--rate",
+            "0",
+            "--poll-min-interval",
+            "0.5",
+            "--poll-max-interval",
+            "2",
+            "-q",
+        ],
         env=server.env(),
-    )  # fmt: skip
+    )
     assert result.exit_code == 0, result.output
     stats = server.stats()
     assert stats["jobs_created"] == 1000 and not stats["duplicate_ref_ids"]
@@ -204,7 +235,9 @@ def test_max_failures_trips(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, storage_missing_for=("no-storage",)))
     rows = ["source,profile"] + [f"https://cdn.example.com/no-storage/{i}.mp4,100" for i in range(10)]
     manifest = write_manifest(tmp_path, "\n".join(rows) + "\n")
-    result = invoke(["run", str(manifest), "--max-failures", "2", "--concurrency", "1", *RUN_FLAGS], env=server.env())
+    result = invoke(
+        ["run", str(manifest), "--max-failures", "2", "--concurrency", "1", *RUN_FLAGS], env=server.env()
+    )
     assert result.exit_code == 3
     report = pl.read_parquet(result.output.strip().splitlines()[-1])
     assert report.height == 10  # every row is in the report, finished or not
@@ -217,10 +250,21 @@ def test_sample_run_as_a_real_process(tmp_path):
     repo = Path(__file__).resolve().parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")}
     result = subprocess.run(
-        [sys.executable, "-m", "batch_ingest", "run", str(repo / "manifests" / "sample.csv"), "--emulator",
-         "--report-dir", str(tmp_path / "sample")],
-        capture_output=True, text=True, timeout=120, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "batch_ingest",
+            "run",
+            str(repo / "manifests" / "sample.csv"),
+            "--emulator",
+            "--report-dir",
+            str(tmp_path / "sample"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert result.returncode == 1, result.stderr  # rows fail on purpose
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "sample" / "report.parquet")
     report = pl.read_parquet(tmp_path / "sample" / "report.parquet")
@@ -249,7 +293,10 @@ def test_validate_prints_plan_and_sends_nothing(tmp_path, emulator_server, fmt):
     assert result.exit_code == 1
     info = json.loads(result.output)
     assert info["rows"] == 12 and info["to_submit"] == 7 and info["rejected"] == 5
-    assert info["profiles_checked"] and info["upload_bytes"] == 2 * (repo / "manifests/media/sample-clip.mp4").stat().st_size
+    assert (
+        info["profiles_checked"]
+        and info["upload_bytes"] == 2 * (repo / "manifests/media/sample-clip.mp4").stat().st_size
+    )
     stats = server.stats()
     assert stats["jobs_created"] == 0 and "POST jobs" not in stats["requests"]
     dry = invoke(["run", str(manifest), "--dry-run"], env=server.env())
@@ -268,7 +315,8 @@ def test_concurrency_bounds_hold(tmp_path, emulator_server):
     rows += [f"https://cdn.example.com/{i}.mp4,100" for i in range(30)]
     manifest = write_manifest(tmp_path, "\n".join(rows) + "\n")
     result = invoke(
-        ["run", str(manifest), "--concurrency", "4", "--upload-concurrency", "1", *RUN_FLAGS], env=server.env()
+        ["run", str(manifest), "--concurrency", "4", "--upload-concurrency", "1", *RUN_FLAGS],
+        env=server.env(),
     )
     assert result.exit_code == 0, result.output
     stats = server.stats()
@@ -293,11 +341,24 @@ def test_ndjson_manifest(tmp_path, emulator_server):
 
 def test_paced_run_against_a_token_bucket_platform(tmp_path, emulator_server):
     """The platform enforces the same rate as a token bucket of capacity 5: an even pace meets no 429."""
-    server = emulator_server(EmulatorConfig(rate_limit=600, bucket_capacity=5, queue_s=0.1, encode_s=0.3, jitter=0.2))
+    server = emulator_server(
+        EmulatorConfig(rate_limit=600, bucket_capacity=5, queue_s=0.1, encode_s=0.3, jitter=0.2)
+    )
     lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/p{i}.mp4,100,p{i}" for i in range(60)]
     manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
-    args = ["run", str(manifest), "--report-dir", str(tmp_path / "run"), "--rate", "600", "--poll-min-interval", "0.2",
-            "--poll-max-interval", "1", "-q"]  # fmt: skip
+    args = [
+        "run",
+        str(manifest),
+        "--report-dir",
+        str(tmp_path / "run"),
+        "--rate",
+        "600",
+        "--poll-min-interval",
+        "0.2",
+        "--poll-max-interval",
+        "1",
+        "-q",
+    ]
     result = invoke(args, env=server.env())
     assert result.exit_code == 0, result.output
     stats = server.stats()
@@ -307,7 +368,9 @@ def test_paced_run_against_a_token_bucket_platform(tmp_path, emulator_server):
 
 def test_max_in_flight_keeps_the_platforms_queue_under_its_cap(tmp_path, emulator_server):
     """The account takes at most 4 jobs queued or encoding (over-cap creates answer 429)."""
-    server = emulator_server(EmulatorConfig(rate_limit=0, max_in_flight=4, queue_s=0.1, encode_s=0.4, jitter=0.2))
+    server = emulator_server(
+        EmulatorConfig(rate_limit=0, max_in_flight=4, queue_s=0.1, encode_s=0.4, jitter=0.2)
+    )
     lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/q{i}.mp4,100,q{i}" for i in range(30)]
     manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
     args = ["run", str(manifest), "--report-dir", str(tmp_path / "run"), "--max-in-flight", "4", *RUN_FLAGS]

@@ -16,15 +16,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
-
 from batch_ingest.api.clock import PlatformClock
 from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.journal import JOURNAL_FILE, Journal
-from batch_ingest.plan import MAX_URL_LENGTH, RESERVED_COLUMNS
 from batch_ingest.manifest import KNOWN_COLUMNS
+from batch_ingest.plan import MAX_URL_LENGTH, RESERVED_COLUMNS
 from batch_ingest.runlock import RunLock
+from click.testing import CliRunner
 
 from .test_faults import FAST, FLAGS, QUICK_DOUBT, check_consistent, mixed_manifest, run_cli
 
@@ -44,8 +43,12 @@ def jump_platform_clock(server, seconds: float) -> None:
     server.store.clock = lambda: base() + seconds
 
 
-def url_manifest(folder: Path, n: int, *, host: str = "cdn.example.com", refs: bool = True, name: str = "m.csv") -> Path:
-    lines = ["source,profile,ref_id"] + [f"https://{host}/v/{i}.mp4,100,{f'r-{i}' if refs else ''}" for i in range(n)]
+def url_manifest(
+    folder: Path, n: int, *, host: str = "cdn.example.com", refs: bool = True, name: str = "m.csv"
+) -> Path:
+    lines = ["source,profile,ref_id"] + [
+        f"https://{host}/v/{i}.mp4,100,{f'r-{i}' if refs else ''}" for i in range(n)
+    ]
     path = folder / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -67,7 +70,10 @@ def test_retry_failed_resends_even_when_the_retried_create_gets_no_answer(tmp_pa
     failed = report_of(first).filter(pl.col("outcome") == "failed")
     assert failed.height == 28  # every URL row: the host is unreachable
     set_knobs(server, unreachable=(), create_error_once=True)  # each retried create: 500 the first time
-    result = run_cli(["retry", str(first), "--only", "failed", "--report-dir", str(second), *FLAGS], {**server.env(), **QUICK_DOUBT})
+    result = run_cli(
+        ["retry", str(first), "--only", "failed", "--report-dir", str(second), *FLAGS],
+        {**server.env(), **QUICK_DOUBT},
+    )
     assert result.exit_code == 0, result.output
     retried = report_of(second)
     assert retried["row"].to_list() == failed["row"].to_list()
@@ -76,7 +82,9 @@ def test_retry_failed_resends_even_when_the_retried_create_gets_no_answer(tmp_pa
     assert (retried["submitted_at"] <= retried["finished_at"]).all()
     assert server.stats()["jobs_created"] == 40 + 28
     summary = json.loads((second / "summary.json").read_text())
-    assert summary["adopted_after_doubt"] == 0 and summary["jobs_submitted"] == 28 and summary["in_doubt"] == 28
+    assert (
+        summary["adopted_after_doubt"] == 0 and summary["jobs_submitted"] == 28 and summary["in_doubt"] == 28
+    )
 
 
 def test_same_manifest_minutes_later_never_adopts_the_first_runs_jobs(tmp_path, emulator_server):
@@ -86,7 +94,9 @@ def test_same_manifest_minutes_later_never_adopts_the_first_runs_jobs(tmp_path, 
     assert run_cli(["run", str(manifest), "--report-dir", str(first), *FLAGS], server.env()).exit_code == 0
     jump_platform_clock(server, 240)  # four minutes later, inside the old 300 s look-up window
     set_knobs(server, create_error_once=True)
-    result = run_cli(["run", str(manifest), "--report-dir", str(second), *FLAGS], {**server.env(), **QUICK_DOUBT})
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(second), *FLAGS], {**server.env(), **QUICK_DOUBT}
+    )
     assert result.exit_code == 0, result.output
     old, new = report_of(first), report_of(second)
     assert set(new["job_id"]).isdisjoint(set(old["job_id"]))
@@ -106,25 +116,32 @@ def test_platform_clock_bounds():
 
 
 def test_retry_timed_out_rechecks_the_job_and_resends_only_what_failed(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(rate_limit=0, queue_s=0.1, encode_s=2.0, jitter=0.2, unreachable=("dead",)))
+    server = emulator_server(
+        EmulatorConfig(rate_limit=0, queue_s=0.1, encode_s=2.0, jitter=0.2, unreachable=("dead",))
+    )
     lines = ["source,profile,ref_id"] + [
         f"https://{'dead' if i < 3 else 'cdn'}.example.com/v/{i}.mp4,100,r-{i}" for i in range(10)
     ]
     manifest = tmp_path / "m.csv"
     manifest.write_text("\n".join(lines) + "\n")
     first, second = tmp_path / "first", tmp_path / "second"
-    result = run_cli(["run", str(manifest), "--report-dir", str(first), "--job-timeout", "0.3", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(first), "--job-timeout", "0.3", *FLAGS], server.env()
+    )
     assert result.exit_code == 1
     timed_out = report_of(first).filter(pl.col("outcome") == "timed_out")
     assert timed_out.height >= 7  # the good ones surely; the dead ones may fail first
     # What `report` suggests for them never re-ingests a video whose job may still succeed.
     review = json.loads(cli(["report", str(first), "--json"]).output)
     assert any(
-        step.startswith(f"batch-ingest retry {first} --only") and "timed_out" in step for step in review["next_steps"]
+        step.startswith(f"batch-ingest retry {first} --only") and "timed_out" in step
+        for step in review["next_steps"]
     )
     set_knobs(server, unreachable=())  # a re-sent row can now succeed
     # No --job-timeout: the retry takes the current default (hours), not the old run's 0.3 s.
-    result = run_cli(["retry", str(first), "--only", "timed_out", "--report-dir", str(second), *FLAGS], server.env())
+    result = run_cli(
+        ["retry", str(first), "--only", "timed_out", "--report-dir", str(second), *FLAGS], server.env()
+    )
     assert result.exit_code == 0, result.output
     retried = report_of(second).join(timed_out.select("row", pl.col("job_id").alias("old_job")), on="row")
     assert (retried["outcome"] == "succeeded").all()
@@ -141,10 +158,19 @@ def test_retry_timed_out_rechecks_the_job_and_resends_only_what_failed(tmp_path,
     assert server.stats()["jobs_created"] == 10 + dead.height
 
 
-def test_a_rechecked_row_whose_job_fails_is_sent_once_even_while_pending_rows_queue(tmp_path, emulator_server):
+def test_a_rechecked_row_whose_job_fails_is_sent_once_even_while_pending_rows_queue(
+    tmp_path, emulator_server
+):
     """The re-sent row must not be queued both by the pending pass and by the resend queue."""
     server = emulator_server(
-        EmulatorConfig(rate_limit=0, queue_s=0.05, encode_s=30, jitter=0.0, storage_missing_for=("gone",), unreachable=("dead",))
+        EmulatorConfig(
+            rate_limit=0,
+            queue_s=0.05,
+            encode_s=30,
+            jitter=0.0,
+            storage_missing_for=("gone",),
+            unreachable=("dead",),
+        )
     )
     n = 120
     lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/gone/{i}.mp4,100,r-{i}" for i in range(n)]
@@ -152,12 +178,17 @@ def test_a_rechecked_row_whose_job_fails_is_sent_once_even_while_pending_rows_qu
     manifest = tmp_path / "m.csv"
     manifest.write_text("\n".join(lines) + "\n")
     first = tmp_path / "first"
-    result = run_cli(["run", str(manifest), "--report-dir", str(first), "--job-timeout", "0.01", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(first), "--job-timeout", "0.01", *FLAGS], server.env()
+    )
     assert result.exit_code == 1
     assert report_of(first).filter(pl.col("ref_id") == "r-last")["outcome"].item() == "timed_out"
     # Its job has failed meanwhile: the re-check finds that while 120 error rows are sent ahead of it.
     set_knobs(server, storage_missing_for=(), latency_s=0.04, encode_s=0.2)
-    result = run_cli(["retry", str(first), "--only", "error,timed_out", "--report-dir", str(tmp_path / "r"), *FLAGS], server.env())
+    result = run_cli(
+        ["retry", str(first), "--only", "error,timed_out", "--report-dir", str(tmp_path / "r"), *FLAGS],
+        server.env(),
+    )
     assert result.exit_code == 1, result.output  # the dead host still fails
     refs = server.stats()["duplicate_ref_ids"]
     assert refs == {"r-last": 2}, refs  # the timed-out job and exactly one new one
@@ -170,14 +201,19 @@ def test_a_rechecked_row_whose_job_fails_is_sent_once_even_while_pending_rows_qu
 def test_skip_existing_second_night_resends_failed_and_follows_encoding(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, unreachable=("dead",)))
     lines = ["source,profile,ref_id"] + [
-        f"https://{'dead' if i < 2 else 'cdn'}.example.com/v/{i}.mp4,100,{f'r-{i}' if i < 8 else ''}" for i in range(10)
+        f"https://{'dead' if i < 2 else 'cdn'}.example.com/v/{i}.mp4,100,{f'r-{i}' if i < 8 else ''}"
+        for i in range(10)
     ]
     manifest = tmp_path / "m.csv"
     manifest.write_text("\n".join(lines) + "\n")
-    assert run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "n1"), *FLAGS], server.env()).exit_code == 1
+    assert (
+        run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "n1"), *FLAGS], server.env()).exit_code
+        == 1
+    )
     # Night 2 with --skip-existing=any: the failed jobs are reported, nothing is sent for them.
     result = run_cli(
-        ["run", str(manifest), "--skip-existing=any", "--report-dir", str(tmp_path / "any"), *FLAGS], server.env()
+        ["run", str(manifest), "--skip-existing=any", "--report-dir", str(tmp_path / "any"), *FLAGS],
+        server.env(),
     )
     assert result.exit_code == 1
     any_report = report_of(tmp_path / "any")
@@ -186,7 +222,9 @@ def test_skip_existing_second_night_resends_failed_and_follows_encoding(tmp_path
     assert server.stats()["jobs_created"] == 10 + 2  # only the two rows without ref_id were sent
     # Night 2 with --skip-existing: the failed ones are sent again and the night goes green.
     set_knobs(server, unreachable=())
-    result = run_cli(["run", str(manifest), "--skip-existing", "--report-dir", str(tmp_path / "n2"), *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--skip-existing", "--report-dir", str(tmp_path / "n2"), *FLAGS], server.env()
+    )
     assert result.exit_code == 0, result.output
     n2 = report_of(tmp_path / "n2")
     assert n2.filter(pl.col("row") <= 2)["outcome"].to_list() == ["succeeded", "succeeded"]
@@ -195,15 +233,23 @@ def test_skip_existing_second_night_resends_failed_and_follows_encoding(tmp_path
     plan = cli(["validate", str(manifest), "--skip-existing"]).output
     assert "--skip-existing: 2 row(s) have no ref_id" in plan and "(rows 9, 10)" in plan
     summary = json.loads((tmp_path / "n2" / "summary.json").read_text())
-    assert summary["skip_existing"] == {"mode": "not-failed", "rows_without_ref_id": 2, "rows_without_ref_id_first": [9, 10]}
+    assert summary["skip_existing"] == {
+        "mode": "not-failed",
+        "rows_without_ref_id": 2,
+        "rows_without_ref_id_first": [9, 10],
+    }
     assert summary["jobs_submitted"] == 4  # two re-sent, two without ref_id; the skipped are not counted
     # A job still encoding is followed to its end, not sent again.
     set_knobs(server, encode_s=1.5, jitter=0.0)
     slow = url_manifest(tmp_path, 3, host="slow.example.com", name="slow.csv")
-    result = run_cli(["run", str(slow), "--report-dir", str(tmp_path / "s1"), "--job-timeout", "0.2", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(slow), "--report-dir", str(tmp_path / "s1"), "--job-timeout", "0.2", *FLAGS], server.env()
+    )
     assert (report_of(tmp_path / "s1")["outcome"] == "timed_out").all()
     created = server.stats()["jobs_created"]
-    result = run_cli(["run", str(slow), "--skip-existing", "--report-dir", str(tmp_path / "s2"), *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(slow), "--skip-existing", "--report-dir", str(tmp_path / "s2"), *FLAGS], server.env()
+    )
     assert result.exit_code == 0, result.output
     s2 = report_of(tmp_path / "s2")
     assert (s2["outcome"] == "skipped").all() and (s2["encode_status"] == 2).all()
@@ -232,16 +278,20 @@ def test_misspelt_columns_stop_validate_and_run_unless_named(tmp_path, emulator_
 def test_over_long_url_and_ref_id_are_rejected_rows(tmp_path):
     long_url = "https://cdn.example.com/" + "a" * MAX_URL_LENGTH
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"source,profile,ref_id\n{long_url},100,r1\nhttps://cdn.example.com/ok.mp4,100,{'x' * 300}\n")
+    manifest.write_text(
+        f"source,profile,ref_id\n{long_url},100,r1\nhttps://cdn.example.com/ok.mp4,100,{'x' * 300}\n"
+    )
     info = json.loads(cli(["validate", str(manifest), "--json"]).output)
     reasons = [r["reason"] for r in info["rejected_rows"]]
     assert info["rejected"] == 2
-    assert f"the longest accepted is {MAX_URL_LENGTH}" in reasons[0] and "ref_id is 300 characters" in reasons[1]
+    assert (
+        f"the longest accepted is {MAX_URL_LENGTH}" in reasons[0] and "ref_id is 300 characters" in reasons[1]
+    )
 
 
 def test_manifest_columns_never_impersonate_the_runs_own(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, unreachable=("dead",)))
-    reserved = sorted(RESERVED_COLUMNS - set(KNOWN_COLUMNS)) + ["_attempt", "error_code_journal"]
+    reserved = [*sorted(RESERVED_COLUMNS - set(KNOWN_COLUMNS)), "_attempt", "error_code_journal"]
     header = ["source", "profile", *reserved]
     rows = [
         ["https://dead.example.com/1.mp4", "100", *["succeeded" for _ in reserved]],
@@ -252,7 +302,9 @@ def test_manifest_columns_never_impersonate_the_runs_own(tmp_path, emulator_serv
     result = cli(["validate", str(manifest)])
     assert result.exit_code == 2 and "'job_profile_id' looks like 'profile'" in result.output
     named = ["--extra-columns", "job_profile_id"]
-    result = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "run"), *named, *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(tmp_path / "run"), *named, *FLAGS], server.env()
+    )
     assert result.exit_code == 1, result.output
     report = report_of(tmp_path / "run")
     assert report["outcome"].to_list() == ["failed", "rejected"]  # from the journal, never the manifest
@@ -263,7 +315,10 @@ def test_manifest_columns_never_impersonate_the_runs_own(tmp_path, emulator_serv
     manifest.write_text("source,profile,row,manifest_row\nhttps://cdn.example.com/1.mp4,100,a,b\n")
     result = cli(["validate", str(manifest)])
     assert result.exit_code == 2
-    assert "columns 'row' and 'manifest_row' would both be carried into the report as 'manifest_row'" in result.output
+    assert (
+        "columns 'row' and 'manifest_row' would both be carried into the report as 'manifest_row'"
+        in result.output
+    )
 
 
 # -- a run's figures are cumulative; a resume with nothing to do writes nothing -----------------
@@ -273,10 +328,14 @@ def test_summary_adds_up_every_segment_and_idle_resume_writes_nothing(tmp_path, 
     server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.03))
     manifest = mixed_manifest(tmp_path, 120)
     run_dir = tmp_path / "run"
-    result = run_cli(["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "2", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "2", *FLAGS], server.env()
+    )
     assert result.exit_code == 3  # the static token expired mid-run
     env = {k: v for k, v in server.env().items() if k != "SMARTSTREAM_TOKEN"}
-    env.update(SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password, **QUICK_DOUBT)
+    env.update(
+        SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password, **QUICK_DOUBT
+    )
     assert run_cli(["resume", str(run_dir), "-q"], env).exit_code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     stats = server.stats()
@@ -288,7 +347,9 @@ def test_summary_adds_up_every_segment_and_idle_resume_writes_nothing(tmp_path, 
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
     result = run_cli(["resume", str(run_dir)], {})  # nothing to do: no credentials needed, no file written
     assert result.exit_code == 0, result.output
-    assert "run " in result.output and result.output.strip().splitlines()[-1] == str(run_dir / "report.parquet")
+    assert "run " in result.output and result.output.strip().splitlines()[-1] == str(
+        run_dir / "report.parquet"
+    )
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
     assert after == before
 
@@ -300,14 +361,20 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")}
     full_env.update(env)
     return subprocess.Popen(
-        [sys.executable, "-m", "batch_ingest", *args], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "batch_ingest", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
 def _interrupted_run(tmp_path: Path, server, n: int = 60) -> Path:
     run_dir = tmp_path / "run"
     manifest = mixed_manifest(tmp_path, n)
-    result = run_cli(["run", str(manifest), "--report-dir", str(run_dir), "--max-failures", "0", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--max-failures", "0", *FLAGS], server.env()
+    )
     assert result.exit_code == 3, result.output
     return run_dir
 
@@ -318,10 +385,16 @@ def test_a_locked_run_folder_is_refused_naming_the_holder(tmp_path, emulator_ser
     lock = RunLock(run_dir).acquire()
     lock.write_pid()
     try:
-        for args in (["resume", str(run_dir)], ["retry", str(run_dir)], ["run", str(tmp_path / "manifest.csv"), "--report-dir", str(run_dir)]):
+        for args in (
+            ["resume", str(run_dir)],
+            ["retry", str(run_dir)],
+            ["run", str(tmp_path / "manifest.csv"), "--report-dir", str(run_dir)],
+        ):
             result = CliRunner().invoke(main, [*args, *FLAGS], env=server.env())
             assert result.exit_code == 2, (args, result.output)
-            assert f"in use by process {os.getpid()}" in result.output or "already holds a run" in result.output
+            assert (
+                f"in use by process {os.getpid()}" in result.output or "already holds a run" in result.output
+            )
     finally:
         lock.release()
 
@@ -351,7 +424,10 @@ def test_resume_refuses_an_api_url_other_than_the_runs_unless_named(tmp_path, em
     for command in (["resume", str(run_dir)], ["retry", str(run_dir)]):
         result = CliRunner().invoke(main, [*command, *FLAGS], env=env)
         assert result.exit_code == 2, result.output
-        assert f"was started against {server.url}" in result.output and f"--api-url {server.url}" in result.output
+        assert (
+            f"was started against {server.url}" in result.output
+            and f"--api-url {server.url}" in result.output
+        )
     assert server.stats()["requests_total"] == requests  # nothing sent anywhere
     result = run_cli(["resume", str(run_dir), "--api-url", server.url, "--max-failures", "1000", *FLAGS], env)
     assert result.exit_code in (0, 1), result.output
@@ -366,8 +442,23 @@ def test_ctrl_c_with_the_rate_limiter_saturated_exits_at_once(tmp_path, emulator
     manifest = url_manifest(tmp_path, 40)
     run_dir = tmp_path / "run"
     # 12 requests a minute: after the first few creates, every row waits for a slot.
-    proc = _spawn(["run", str(manifest), "--report-dir", str(run_dir), "--rate", "12", "--concurrency", "8",
-                   "--poll-min-interval", "0.2", "--poll-max-interval", "0.5"], server.env())  # fmt: skip
+    proc = _spawn(
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(run_dir),
+            "--rate",
+            "12",
+            "--concurrency",
+            "8",
+            "--poll-min-interval",
+            "0.2",
+            "--poll-max-interval",
+            "0.5",
+        ],
+        server.env(),
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         counts = _counts(run_dir)
@@ -377,7 +468,7 @@ def test_ctrl_c_with_the_rate_limiter_saturated_exits_at_once(tmp_path, emulator
     sent_before = server.stats()["jobs_created"]
     stopped_at = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert time.monotonic() - stopped_at < 10, "requests waiting for the rate limiter held up the stop"
     assert proc.returncode == 130, err
     assert "Traceback" not in err
@@ -393,7 +484,7 @@ def test_ctrl_c_with_the_rate_limiter_saturated_exits_at_once(tmp_path, emulator
 def _counts(run_dir: Path) -> dict[str, int]:
     try:
         journal = Journal.open(run_dir / JOURNAL_FILE)
-    except Exception:  # noqa: BLE001 - not created yet
+    except Exception:
         return {}
     try:
         return journal.counts()
@@ -409,7 +500,20 @@ def test_quiet_failed_run_prints_counts_and_json_events_carry_keys(tmp_path, emu
     manifest = url_manifest(tmp_path, 14, host="dead.example.com")
     log = tmp_path / "events.jsonl"
     run_dir = tmp_path / "run"
-    result = cli(["run", str(manifest), "--report-dir", str(run_dir), "--log-file", str(log), "--log-format", "json", *FLAGS], server.env())
+    result = cli(
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(run_dir),
+            "--log-file",
+            str(log),
+            "--log-format",
+            "json",
+            *FLAGS,
+        ],
+        server.env(),
+    )
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert lines == ["run run: failed 14 (exit 1)", str(run_dir / "report.parquet")]
@@ -430,7 +534,14 @@ def test_csv_report_writes_nested_values_as_json(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = tmp_path / "m.ndjson"
     manifest.write_text(
-        json.dumps({"source": "https://cdn.example.com/1.mp4", "profile": "100", "tags": ["a", "b"], "meta": {"k": 1}})
+        json.dumps(
+            {
+                "source": "https://cdn.example.com/1.mp4",
+                "profile": "100",
+                "tags": ["a", "b"],
+                "meta": {"k": 1},
+            }
+        )
         + "\n"
     )
     result = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS], server.env())
@@ -480,18 +591,22 @@ def test_a_version_1_journal_is_migrated_under_the_lock_and_keeps_its_hand_overs
         journal.close()
 
 
-def test_a_retry_that_dies_before_the_hand_over_never_lets_both_runs_send(tmp_path, emulator_server, monkeypatch):
+def test_a_retry_that_dies_before_the_hand_over_never_lets_both_runs_send(
+    tmp_path, emulator_server, monkeypatch
+):
     server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=3))
     run_dir = _interrupted_run(tmp_path, server)
     pending = report_of(run_dir).filter(pl.col("outcome") == "interrupted").height
     assert pending > 0
 
-    def die(self, rows, to_run):  # noqa: ANN001, ANN202 - the process dies between the two journals' commits
+    def die(self, rows, to_run):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Journal, "hand_over", die)
     second = tmp_path / "second"
-    result = CliRunner().invoke(main, ["retry", str(run_dir), "--report-dir", str(second), *FLAGS], env=server.env())
+    result = CliRunner().invoke(
+        main, ["retry", str(run_dir), "--report-dir", str(second), *FLAGS], env=server.env()
+    )
     assert result.exit_code == 130
     monkeypatch.undo()
     result = CliRunner().invoke(main, ["resume", str(second), *FLAGS], env=server.env())
@@ -503,9 +618,13 @@ def test_a_retry_that_dies_before_the_hand_over_never_lets_both_runs_send(tmp_pa
 
 def test_a_429_never_uses_up_a_rows_retries(tmp_path, emulator_server):
     """Bursts of 429s with no retries allowed at all: every row still gets its job, once."""
-    server = emulator_server(EmulatorConfig(**FAST, burst_429_rate=0.2, burst_429_len=3, seed=5, retry_after="none"))
+    server = emulator_server(
+        EmulatorConfig(**FAST, burst_429_rate=0.2, burst_429_len=3, seed=5, retry_after="none")
+    )
     manifest = url_manifest(tmp_path, 40)
-    result = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS, "--retries", "0"], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS, "--retries", "0"], server.env()
+    )
     assert result.exit_code == 0, result.output
     assert server.stats()["faults"].get("429_burst", 0) > 10
     assert (report_of(tmp_path / "run")["outcome"] == "succeeded").all()

@@ -32,10 +32,10 @@ from ..errors import (
     ServerError,
     SourceUnreadable,
 )
+from ..redact import redact_text
 from ..settings import Settings
 from .auth import Auth, expiration_epoch
 from .clock import PlatformClock
-from ..redact import redact_text
 from .models import Job, JobProfile, MalformedRecord, Page
 from .ratelimit import RETRY_AFTER_CEILING_S, ByteRate, RateLimiter, parse_retry_after
 from .retry import call_with_retries
@@ -206,12 +206,18 @@ class SmartStreamClient:
                 path=path,
             ) from exc
         except (httpx.TimeoutException, TimeoutError) as exc:
-            what = "no answer in time" if isinstance(exc, httpx.TimeoutException) else f"no whole answer within {deadline:.0f} s"
+            what = (
+                "no answer in time"
+                if isinstance(exc, httpx.TimeoutException)
+                else f"no whole answer within {deadline:.0f} s"
+            )
             raise ApiConnectionError(
                 f"{what} ({type(exc).__name__})", in_doubt=True, method=method, path=path
             ) from exc
         except httpx.DecodingError as exc:  # a Content-Encoding the body does not have
-            raise MalformedResponse(f"the answer could not be decoded ({type(exc).__name__})", method=method, path=path) from exc
+            raise MalformedResponse(
+                f"the answer could not be decoded ({type(exc).__name__})", method=method, path=path
+            ) from exc
         except httpx.TransportError as exc:
             raise ApiConnectionError(
                 f"connection lost before the answer ({type(exc).__name__})",
@@ -225,10 +231,14 @@ class SmartStreamClient:
             if 200 <= streamed.status_code < 300:
                 raise MalformedResponse(
                     f"the answer is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MiB",
-                    method=method, path=path, status=streamed.status_code,
-                )  # fmt: skip
+                    method=method,
+                    path=path,
+                    status=streamed.status_code,
+                )
             body = b""  # an over-long error body: the status says enough
-        response = httpx.Response(streamed.status_code, headers=streamed.headers, content=body, request=request)
+        response = httpx.Response(
+            streamed.status_code, headers=streamed.headers, content=body, request=request
+        )
         self.platform_clock.observe_date(response.headers.get("Date"), self._clock())
         self._raise_for_status(method, path, response, admitted_at)
         self.limiter.on_success()
@@ -258,7 +268,7 @@ class SmartStreamClient:
             if text:
                 message = text[:200]
         message = redact_text(message)  # a server that echoes a source URL must not leak its credential
-        where = {"method": method, "path": path, "status": status, "code": code}
+        where: dict[str, Any] = {"method": method, "path": path, "status": status, "code": code}
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             pause = self.limiter.on_rate_limited(retry_after, admitted_at)
@@ -267,9 +277,12 @@ class SmartStreamClient:
                 until = time.strftime("%H:%M:%S", time.gmtime(self._announced_until))
                 asked = (
                     f"asked for {retry_after:.0f} s (Retry-After, capped at {RETRY_AFTER_CEILING_S:.0f} s)"
-                    if retry_after is not None else "gave no Retry-After"
-                )  # fmt: skip
-                self.on_notice(f"rate limited (429): the API {asked}; every request waits {pause:.0f} s, until {until} UTC")
+                    if retry_after is not None
+                    else "gave no Retry-After"
+                )
+                self.on_notice(
+                    f"rate limited (429): the API {asked}; every request waits {pause:.0f} s, until {until} UTC"
+                )
             raise RateLimitedError(message, retry_after=retry_after, **where)
         if status >= 500:
             raise ServerError(message, **where)
@@ -282,15 +295,20 @@ class SmartStreamClient:
     async def _fetch_token(self, email: str, password: str) -> tuple[str, float | None]:
         path = f"{self._prefix}/auth-token/"
         response = await self._send_once(
-            "POST", path, headers=self.auth.api_key_header(), json={"mail_address": email, "password": password}
+            "POST",
+            path,
+            headers=self.auth.api_key_header(),
+            json={"mail_address": email, "password": password},
         )
         body = self._json(response, "POST", path)
         token = body.get("token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token or any(not (0x20 < ord(c) < 0x7F) for c in token):
             raise AuthError(
                 "the auth-token answer holds no usable token (missing, or not printable ASCII)",
-                method="POST", path=path, status=response.status_code,
-            )  # fmt: skip
+                method="POST",
+                path=path,
+                status=response.status_code,
+            )
         return token, expiration_epoch(body.get("expiration"))
 
     async def _request(
@@ -316,7 +334,13 @@ class SmartStreamClient:
                 headers.update(extra)
             try:
                 return await self._send_once(
-                    method, path, headers=headers, params=params, json=json, content=content, on_admitted=on_admitted
+                    method,
+                    path,
+                    headers=headers,
+                    params=params,
+                    json=json,
+                    content=content,
+                    on_admitted=on_admitted,
                 )
             except AuthError:
                 if attempt == 1 and await self.auth.renew_after_401(self._fetch_token, token):
@@ -393,7 +417,9 @@ class SmartStreamClient:
         try:
             st = file_path.stat()
         except OSError as exc:
-            raise SourceUnreadable(f"{file_path}: {exc.strerror}: the file changed since validation") from None
+            raise SourceUnreadable(
+                f"{file_path}: {exc.strerror}: the file changed since validation"
+            ) from None
         if not stat.S_ISREG(st.st_mode):
             raise SourceUnreadable(f"{file_path} is no longer a regular file (it changed since validation)")
         size = st.st_size
@@ -416,10 +442,10 @@ class SmartStreamClient:
                     + b"\r\n"
                 )
             head += (
-                f"--{boundary}\r\nContent-Disposition: form-data; name=\"source_file\"; "
+                f'--{boundary}\r\nContent-Disposition: form-data; name="source_file"; '
                 f'filename="{_quote_filename(file_path.name)}"\r\n'
                 "Content-Type: application/octet-stream\r\n\r\n"
-            ).encode("utf-8")
+            ).encode()
             tail = f"\r\n--{boundary}--\r\n".encode()
             headers = {
                 "Content-Type": f"multipart/form-data; boundary={boundary}",
@@ -457,7 +483,9 @@ class SmartStreamClient:
         return _items(body, "jobs", self._prefix), _count(body)
 
     async def _list(self, what: str, limit: int, page: int, sort: str, order: str) -> Any:
-        return await self._get(f"{self._prefix}/{what}", {"limit": limit, "page": page, "sort": sort, "order": order})
+        return await self._get(
+            f"{self._prefix}/{what}", {"limit": limit, "page": page, "sort": sort, "order": order}
+        )
 
     def iter_jobs(
         self, *, limit: int = MAX_PAGE_SIZE, sort: str = "updated_at", order: str = "DESC", page: int = 1
@@ -494,9 +522,11 @@ async def _paginate(list_page: Callable[..., Awaitable[Page[Any]]], *, limit: in
     previous: list[str] | None = None
     while True:
         result = await list_page(limit=limit, page=page, **kw)
-        ids = [getattr(item, "id", None) for item in result.items]
+        ids = [str(getattr(item, "id", "")) for item in result.items]
         if previous is not None and ids and ids == previous:
-            raise EndlessListing(f"page {page} of the listing repeats page {page - 1}: the API pages without end")
+            raise EndlessListing(
+                f"page {page} of the listing repeats page {page - 1}: the API pages without end"
+            )
         for item in result.items:
             yield item
         if len(result.items) < limit:
@@ -517,13 +547,17 @@ def _parse(record: Any, body: Any, method: str, path: str) -> Any:
     try:
         return record.from_api(body)
     except MalformedRecord as exc:
-        raise MalformedResponse(f"malformed {record.__name__.lower()} in the answer: {exc}", method=method, path=path) from None
+        raise MalformedResponse(
+            f"malformed {record.__name__.lower()} in the answer: {exc}", method=method, path=path
+        ) from None
 
 
 def _items(body: Any, key: str, prefix: str) -> list[dict[str, Any]]:
     items = body.get(key) if isinstance(body, dict) else None
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        raise MalformedResponse(f"the answer holds no list of objects under {key!r}", method="GET", path=f"{prefix}/{key}")
+        raise MalformedResponse(
+            f"the answer holds no list of objects under {key!r}", method="GET", path=f"{prefix}/{key}"
+        )
     return items
 
 
@@ -557,7 +591,12 @@ def _open_regular(path: Path) -> int:
 
 
 async def _stream_file(
-    path: Path, size: int, head: bytes, tail: bytes, on_progress: ProgressCallback | None, bandwidth: ByteRate | None
+    path: Path,
+    size: int,
+    head: bytes,
+    tail: bytes,
+    on_progress: ProgressCallback | None,
+    bandwidth: ByteRate | None,
 ) -> AsyncIterator[bytes]:
     """The multipart body: head, the file in chunks read off the event loop, tail; paced by `bandwidth`."""
     yield head
@@ -567,7 +606,9 @@ async def _stream_file(
             while sent < size:
                 chunk = await asyncio.to_thread(f.read, min(UPLOAD_CHUNK, size - sent))
                 if not chunk:
-                    raise SourceUnreadable(f"{path} shrank while it was being uploaded ({sent} of {size} bytes)")
+                    raise SourceUnreadable(
+                        f"{path} shrank while it was being uploaded ({sent} of {size} bytes)"
+                    )
                 sent += len(chunk)
                 if bandwidth is not None:
                     await bandwidth.take(len(chunk))

@@ -165,7 +165,10 @@ class RateLimiter:
             pause = min(retry_after, RETRY_AFTER_CEILING_S)
         self._paused_until = max(self._paused_until, self._clock() + pause)
         # Resume at the pace, not with a burst: the first request after the pause goes alone.
-        self._tat = max(self._tat, self._paused_until + (self.burst - 1 if self.burst else 0) * self._window / max(1, self.budget))
+        self._tat = max(
+            self._tat,
+            self._paused_until + (self.burst - 1 if self.burst else 0) * self._window / max(1, self.budget),
+        )
         self._factor = max(MIN_FACTOR, self._factor * SLOWDOWN_FACTOR)
         return pause
 
@@ -209,7 +212,11 @@ _UNITS = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 def parse_bandwidth(text: str) -> float:
     """Bytes per second from rclone's syntax: `10M` is 10 MiB/s; `0` or `off` means no limit."""
-    value = str(text).strip().upper().removesuffix("/S").removesuffix("IB").removesuffix("B") if str(text).strip() else ""
+    value = (
+        str(text).strip().upper().removesuffix("/S").removesuffix("IB").removesuffix("B")
+        if str(text).strip()
+        else ""
+    )
     if value in ("", "0", "OFF"):
         return 0.0
     number, unit = value[:-1] if value[-1] in _UNITS else value, value[-1] if value[-1] in _UNITS else ""

@@ -22,7 +22,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
@@ -44,7 +44,7 @@ def backoff_s(failures: int, exc: BaseException | None) -> float:
 class _Backoff(wait_base):
     """`backoff_s` for tenacity, counting the failure that happened before tenacity took over."""
 
-    def __call__(self, retry_state) -> float:  # type: ignore[no-untyped-def]
+    def __call__(self, retry_state: RetryCallState) -> float:
         outcome = retry_state.outcome
         return backoff_s(retry_state.attempt_number + 1, outcome.exception() if outcome else None)
 
@@ -57,7 +57,7 @@ class _StopAfterFailures(stop_base):
         self.failures = failures
         self.wait_for_budget = wait_for_budget
 
-    def __call__(self, retry_state) -> bool:  # type: ignore[no-untyped-def]
+    def __call__(self, retry_state: RetryCallState) -> bool:
         outcome = retry_state.outcome
         refused = outcome is not None and isinstance(outcome.exception(), RateLimitedError)
         if not (refused and self.wait_for_budget):

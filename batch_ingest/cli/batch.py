@@ -11,8 +11,17 @@ from typing import Any
 import click
 
 from ..errors import EXIT_ROWS_FAILED, BatchIngestError
-from .common import api_options, check_writable, echo, build_settings, emulator_for_run, handle_errors, log_options, main, progress_for
-
+from .common import (
+    api_options,
+    build_settings,
+    check_writable,
+    echo,
+    emulator_for_run,
+    handle_errors,
+    log_options,
+    main,
+    progress_for,
+)
 
 extra_columns_option = click.option(
     "--extra-columns",
@@ -23,29 +32,38 @@ extra_columns_option = click.option(
 )
 
 
-def subset_options(among: str):  # noqa: ANN201
+def subset_options(among: str):
     """The canary options: which rows a command takes (subset.py); `among` names them in the help
     ("ready rows" for run, "held rows" for resume)."""
 
-    def decorate(fn):  # noqa: ANN001, ANN202
+    def decorate(fn):
         for option in (
-            click.option("--seed", type=int, help="Seed of --sample (default: a random one, printed and recorded)."),
             click.option(
-                "--sample", type=int, metavar="N", help=f"Take N {among} at random (seeded: see --seed); hold the rest."
+                "--seed", type=int, help="Seed of --sample (default: a random one, printed and recorded)."
             ),
             click.option(
-                "--rows", "rows_range", metavar="RANGES",
+                "--sample",
+                type=int,
+                metavar="N",
+                help=f"Take N {among} at random (seeded: see --seed); hold the rest.",
+            ),
+            click.option(
+                "--rows",
+                "rows_range",
+                metavar="RANGES",
                 help=f"Take the {among} with these numbers (as in the report), e.g. 100-200 or 1-10,50; hold the rest.",
             ),
             click.option("--limit", type=int, metavar="N", help=f"Take the first N {among}; hold the rest."),
-        ):  # fmt: skip
+        ):
             fn = option(fn)
         return fn
 
     return decorate
 
 
-def _subset(limit: int | None, rows_range: str | None, sample: int | None, seed: int | None, take_all: bool = False):  # noqa: ANN202
+def _subset(
+    limit: int | None, rows_range: str | None, sample: int | None, seed: int | None, take_all: bool = False
+):
     from ..subset import Subset
 
     return Subset.from_options(limit=limit, rows=rows_range, sample=sample, seed=seed, take_all=take_all)
@@ -55,7 +73,7 @@ def _columns(text: str) -> tuple[str, ...]:
     return tuple(c.strip().lower() for c in text.split(",") if c.strip())
 
 
-def submit_options(fn):  # noqa: ANN001, ANN201
+def submit_options(fn):
     """The options of every command that submits: failure budget, cron skipping, output, API."""
     for option in (
         api_options,
@@ -71,7 +89,9 @@ def submit_options(fn):  # noqa: ANN001, ANN201
             "encoding (followed to its end); a row whose job failed is sent again. "
             "--skip-existing=any never sends such a row and reports the failed job (cron).",
         ),
-        click.option("--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed."),
+        click.option(
+            "--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed."
+        ),
     ):
         fn = option(fn)
     return fn
@@ -79,19 +99,50 @@ def submit_options(fn):  # noqa: ANN001, ANN201
 
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "ndjson"]), help="Manifest format (default: by extension).")
-@click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell (id or ref:<ref_id>).")
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The run's folder [default reports/<run-id>].")
-@click.option("--dry-run", is_flag=True, help="Validate and print the plan; create no job (same as `validate`).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet", "ndjson"]),
+    help="Manifest format (default: by extension).",
+)
+@click.option(
+    "--profile",
+    "default_profile",
+    help="Job profile for rows with an empty profile cell (id or ref:<ref_id>).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The run's folder [default reports/<run-id>].",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Validate and print the plan; create no job (same as `validate`)."
+)
 @click.option("--emulator", is_flag=True, help="Run against the bundled emulator on a free loopback port.")
-@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report.")
+@click.option(
+    "--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report."
+)
 @extra_columns_option
 @subset_options("ready rows")
 @submit_options
 @handle_errors
 def run(
-    manifest: Path, fmt, default_profile, report_dir, max_failures, skip_existing, dry_run, emulator, html, quiet,
-    extra_columns, limit, rows_range, sample, seed, **options: Any,
+    manifest: Path,
+    fmt,
+    default_profile,
+    report_dir,
+    max_failures,
+    skip_existing,
+    dry_run,
+    emulator,
+    html,
+    quiet,
+    extra_columns,
+    limit,
+    rows_range,
+    sample,
+    seed,
+    **options: Any,
 ) -> None:
     """Submit every row of MANIFEST, poll until every job finished, and write the report.
 
@@ -105,9 +156,15 @@ def run(
     if dry_run:
         options.pop("log_file", None), options.pop("log_format", None)
         _validate(
-            manifest, fmt, default_profile, emulator, options, extra_columns=extra_columns, skip_existing=skip_existing,
+            manifest,
+            fmt,
+            default_profile,
+            emulator,
+            options,
+            extra_columns=extra_columns,
+            skip_existing=skip_existing,
             subset=subset,
-        )  # fmt: skip
+        )
         return
     from ..runner import RunOptions, run_manifest
 
@@ -151,9 +208,17 @@ def _finish(result, quiet: bool) -> None:
 
 
 def _validate(
-    manifest: Path, fmt, default_profile, emulator: bool, options: dict[str, Any], as_json: bool = False,
-    extra_columns: str = "", skip_existing: str | None = None, upload_rate: str | None = None, subset=None,
-) -> None:  # fmt: skip
+    manifest: Path,
+    fmt,
+    default_profile,
+    emulator: bool,
+    options: dict[str, Any],
+    as_json: bool = False,
+    extra_columns: str = "",
+    skip_existing: str | None = None,
+    upload_rate: str | None = None,
+    subset=None,
+) -> None:
     from ..api.client import SmartStreamClient
     from ..api.ratelimit import parse_bandwidth
     from ..estimate import estimate_run, format_estimate
@@ -174,7 +239,9 @@ def _validate(
 
     with emulator_for_run(emulator, options):
         settings = build_settings(options)
-        run_options = RunOptions(fmt=fmt, default_profile=default_profile, extra_columns=_columns(extra_columns))
+        run_options = RunOptions(
+            fmt=fmt, default_profile=default_profile, extra_columns=_columns(extra_columns)
+        )
 
         async def go():
             try:
@@ -191,25 +258,42 @@ def _validate(
             plan = canary_plan(plan, subset)
         info = describe_plan(plan, skip_existing=skip_existing)
         estimate = estimate_run(
-            info, rate_per_minute=settings.rate, upload_rate=upload_bps or settings.bwlimit, skip_existing=bool(skip_existing)
+            info,
+            rate_per_minute=settings.rate,
+            upload_rate=upload_bps or settings.bwlimit,
+            skip_existing=bool(skip_existing),
         )
     info["estimate"] = estimate.to_dict()
-    echo(json.dumps(info, indent=2, default=str) if as_json else format_plan(info) + "\n" + format_estimate(estimate))
+    echo(
+        json.dumps(info, indent=2, default=str)
+        if as_json
+        else format_plan(info) + "\n" + format_estimate(estimate)
+    )
     sys.exit(EXIT_ROWS_FAILED if info["rejected"] else 0)
 
 
 @main.command()
 @click.argument("manifest", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "ndjson"]), help="Manifest format (default: by extension).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet", "ndjson"]),
+    help="Manifest format (default: by extension).",
+)
 @click.option("--profile", "default_profile", help="Job profile for rows with an empty profile cell.")
 @click.option("--emulator", is_flag=True, help="Check profiles against the bundled emulator.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option(
-    "--skip-existing", type=click.Choice(["not-failed", "any"]), is_flag=False, flag_value="not-failed", default=None,
+    "--skip-existing",
+    type=click.Choice(["not-failed", "any"]),
+    is_flag=False,
+    flag_value="not-failed",
+    default=None,
     help="Plan for a run with --skip-existing: name the rows that cannot be skipped (no ref_id).",
 )
 @click.option(
-    "--upload-rate", metavar="RATE",
+    "--upload-rate",
+    metavar="RATE",
     help="Your upload bandwidth to the platform (10M = 10 MiB/s, 1G, 500K), so the estimate includes uploads "
     "[default: --bwlimit when set, else uploads are left out of the estimate and it says so].",
 )
@@ -218,9 +302,20 @@ def _validate(
 @api_options
 @handle_errors
 def validate(
-    manifest: Path, fmt, default_profile, emulator, as_json, skip_existing, upload_rate, extra_columns,
-    limit, rows_range, sample, seed, **options: Any,
-) -> None:  # fmt: skip
+    manifest: Path,
+    fmt,
+    default_profile,
+    emulator,
+    as_json,
+    skip_existing,
+    upload_rate,
+    extra_columns,
+    limit,
+    rows_range,
+    sample,
+    seed,
+    **options: Any,
+) -> None:
     """Check MANIFEST, print the plan and how long the run will take; create no job.
     Exit 0 when no row is rejected, 1 otherwise.
 
@@ -228,9 +323,17 @@ def validate(
     the API requests over --rate (about 1.05 per job, measured), and uploads over --upload-rate.
     """
     _validate(
-        manifest, fmt, default_profile, emulator, options, as_json, extra_columns, skip_existing, upload_rate,
+        manifest,
+        fmt,
+        default_profile,
+        emulator,
+        options,
+        as_json,
+        extra_columns,
+        skip_existing,
+        upload_rate,
         subset=_subset(limit, rows_range, sample, seed),
-    )  # fmt: skip
+    )
 
 
 @main.command()
@@ -239,7 +342,18 @@ def validate(
 @subset_options("held rows")
 @submit_options
 @handle_errors
-def resume(run_dir: Path, max_failures, skip_existing, quiet, take_all, limit, rows_range, sample, seed, **options: Any) -> None:
+def resume(
+    run_dir: Path,
+    max_failures,
+    skip_existing,
+    quiet,
+    take_all,
+    limit,
+    rows_range,
+    sample,
+    seed,
+    **options: Any,
+) -> None:
     """Continue the run in RUN_DIR from its journal and rewrite its report.
 
     Finished rows are left alone, submitted jobs are polled, rows whose create was in doubt
@@ -259,7 +373,10 @@ def resume(run_dir: Path, max_failures, skip_existing, quiet, take_all, limit, r
     explicit_url = options.get("api_url") is not None
     settings = build_settings(options, stored_settings(run_dir))
     run_options = RunOptions(
-        max_failures=max_failures, skip_existing=skip_existing, handle_signals=True, allow_api_url_change=explicit_url,
+        max_failures=max_failures,
+        skip_existing=skip_existing,
+        handle_signals=True,
+        allow_api_url_change=explicit_url,
         subset=subset,
     )
     _finish(resume_run(run_dir, settings, run_options, progress=progress), quiet)
@@ -294,9 +411,12 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     settings = build_settings(options)
     outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
     run_options = RunOptions(
-        run_dir=report_dir, max_failures=max_failures, skip_existing=skip_existing, handle_signals=True,
+        run_dir=report_dir,
+        max_failures=max_failures,
+        skip_existing=skip_existing,
+        handle_signals=True,
         allow_api_url_change=explicit_url,
-    )  # fmt: skip
+    )
     try:
         result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
     except NothingToRetry as exc:
@@ -309,8 +429,14 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--failed", is_flag=True, help="List only the rows that did not succeed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, for scripts.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the merged (or --failed) report: .parquet or .csv.")
-@click.option("--html", type=click.Path(dir_okay=False, path_type=Path), help="Write a self-contained HTML report.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the merged (or --failed) report: .parquet or .csv.",
+)
+@click.option(
+    "--html", type=click.Path(dir_okay=False, path_type=Path), help="Write a self-contained HTML report."
+)
 @handle_errors
 def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | None, html: Path | None) -> None:
     """Summarise one or more runs (run folders or report files), merged: the latest attempt per row wins.
@@ -333,12 +459,14 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
     if as_json:
         echo(json.dumps(info, indent=2, default=str))
     elif failed:
-        cols = [c for c in ("row", "ref_id", "source", "outcome", "error_code", "error_message") if c in shown.columns]
+        cols = [
+            c
+            for c in ("row", "ref_id", "source", "outcome", "error_code", "error_message")
+            if c in shown.columns
+        ]
         for rec in shown.select(cols).iter_rows(named=True):
             echo("\t".join("" if rec[c] is None else str(rec[c]) for c in cols))
     else:
         echo(format_review(info))
     if out is not None and not as_json:
         echo(f"wrote {out}", err=True)
-
-

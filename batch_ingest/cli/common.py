@@ -104,33 +104,77 @@ def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
 def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options that say how to reach the API and pace requests; each also reads SMARTSTREAM_*."""
     options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
-                     help="TOML config file (default: ./batch-ingest.toml when present)."),
-        click.option("--api-url", help="API base URL [env SMARTSTREAM_API_URL; default the SmartSTREAM API]."),
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML config file (default: ./batch-ingest.toml when present).",
+        ),
+        click.option(
+            "--api-url", help="API base URL [env SMARTSTREAM_API_URL; default the SmartSTREAM API]."
+        ),
         click.option("--merchant-id", help="Merchant id [env SMARTSTREAM_MERCHANT_ID]."),
-        click.option("--allow-http", is_flag=True, default=None,
-                     help="Allow a plain http:// API URL to a host other than this machine (the key and token "
-                          "then cross the network unencrypted) [env SMARTSTREAM_ALLOW_HTTP]."),
-        click.option("--api-key", help="API key [env SMARTSTREAM_API_KEY]. Flags show in `ps` to every user "
-                                       "of the machine: prefer the environment variable."),
-        click.option("--token", help="Bearer token as is [env SMARTSTREAM_TOKEN]. Flags show in `ps`: prefer "
-                                     "the environment variable."),
+        click.option(
+            "--allow-http",
+            is_flag=True,
+            default=None,
+            help="Allow a plain http:// API URL to a host other than this machine (the key and token "
+            "then cross the network unencrypted) [env SMARTSTREAM_ALLOW_HTTP].",
+        ),
+        click.option(
+            "--api-key",
+            help="API key [env SMARTSTREAM_API_KEY]. Flags show in `ps` to every user "
+            "of the machine: prefer the environment variable.",
+        ),
+        click.option(
+            "--token",
+            help="Bearer token as is [env SMARTSTREAM_TOKEN]. Flags show in `ps`: prefer "
+            "the environment variable.",
+        ),
         click.option("--email", help="Email for the auth-token endpoint [env SMARTSTREAM_EMAIL]."),
-        click.option("--password", help="Password for the auth-token endpoint [env SMARTSTREAM_PASSWORD]. Flags "
-                                        "show in `ps`: prefer the environment variable."),
-        click.option("--rate", type=float, help="Requests per minute for everything the run sends [default 50; 0: no limit]."),
-        click.option("--burst", type=int, help="Requests that may leave at once before the even pace of --rate "
-                                                "applies [default 3; 0: no pacing, a minute's budget at once]."),
-        click.option("--concurrency", type=int, help="Submissions in flight at most [default 8; at most 256]."),
-        click.option("--max-in-flight", type=int, help="Jobs of this run queued or encoding on the platform at "
-                                                       "once at most; submission waits for room [default 0: no cap]."),
-        click.option("--bwlimit", help="Upload bandwidth for all uploads of the run together, e.g. 10M (MiB/s), "
-                                       "500K, 1G [default: no limit]."),
-        click.option("--upload-concurrency", type=int, help="Uploads in flight at most [default 2; at most 64]."),
+        click.option(
+            "--password",
+            help="Password for the auth-token endpoint [env SMARTSTREAM_PASSWORD]. Flags "
+            "show in `ps`: prefer the environment variable.",
+        ),
+        click.option(
+            "--rate",
+            type=float,
+            help="Requests per minute for everything the run sends [default 50; 0: no limit].",
+        ),
+        click.option(
+            "--burst",
+            type=int,
+            help="Requests that may leave at once before the even pace of --rate "
+            "applies [default 3; 0: no pacing, a minute's budget at once].",
+        ),
+        click.option(
+            "--concurrency", type=int, help="Submissions in flight at most [default 8; at most 256]."
+        ),
+        click.option(
+            "--max-in-flight",
+            type=int,
+            help="Jobs of this run queued or encoding on the platform at "
+            "once at most; submission waits for room [default 0: no cap].",
+        ),
+        click.option(
+            "--bwlimit",
+            help="Upload bandwidth for all uploads of the run together, e.g. 10M (MiB/s), "
+            "500K, 1G [default: no limit].",
+        ),
+        click.option(
+            "--upload-concurrency", type=int, help="Uploads in flight at most [default 2; at most 64]."
+        ),
         click.option("--retries", type=int, help="Retries of a transient failure [default 5]."),
-        click.option("--job-timeout", type=float, help="Seconds a job may take after submission [default 21600]."),
-        click.option("--poll-min-interval", type=float, help="Shortest pause between polls, seconds [default 2]."),
-        click.option("--poll-max-interval", type=float, help="Longest pause between polls, seconds [default 30]."),
+        click.option(
+            "--job-timeout", type=float, help="Seconds a job may take after submission [default 21600]."
+        ),
+        click.option(
+            "--poll-min-interval", type=float, help="Shortest pause between polls, seconds [default 2]."
+        ),
+        click.option(
+            "--poll-max-interval", type=float, help="Longest pause between polls, seconds [default 30]."
+        ),
         click.option("--encode-status-map", help="Terminal encode statuses, e.g. 'succeeded=2;failed=3,4'."),
     ]
     for option in reversed(options):
@@ -141,13 +185,17 @@ def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--log-file and --log-format: an event log for cron (submissions, state changes, errors)."""
     fn = click.option(
-        "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
         help="Format of --log-file lines.",
-    )(fn)  # fmt: skip
+    )(fn)
     return click.option(
-        "--log-file", type=click.Path(dir_okay=False, path_type=Path),
+        "--log-file",
+        type=click.Path(dir_okay=False, path_type=Path),
         help="Append one event per submission, state change and error to this file.",
-    )(fn)  # fmt: skip
+    )(fn)
 
 
 def progress_for(quiet: bool, options: dict[str, Any]):  # -> Progress
@@ -166,10 +214,25 @@ def progress_for(quiet: bool, options: dict[str, Any]):  # -> Progress
 
 
 _SETTING_FLAGS = (
-    "api_url", "merchant_id", "api_key", "token", "email", "password", "rate", "concurrency",
-    "upload_concurrency", "retries", "job_timeout", "poll_min_interval", "poll_max_interval", "encode_status_map",
-    "allow_http", "burst", "max_in_flight", "bwlimit",
-)  # fmt: skip
+    "api_url",
+    "merchant_id",
+    "api_key",
+    "token",
+    "email",
+    "password",
+    "rate",
+    "concurrency",
+    "upload_concurrency",
+    "retries",
+    "job_timeout",
+    "poll_min_interval",
+    "poll_max_interval",
+    "encode_status_map",
+    "allow_http",
+    "burst",
+    "max_in_flight",
+    "bwlimit",
+)
 
 
 def build_settings(options: dict[str, Any], stored: dict[str, Any] | None = None):  # -> Settings
@@ -191,7 +254,9 @@ def emulator_for_run(enabled: bool, options: dict[str, Any]) -> Iterator[None]:
 
     with EmulatorServer(RUN_CONFIG) as server:
         config = server.config
-        options.update(api_url=server.url, merchant_id=config.merchant_id, api_key=config.api_key, token=config.token)
+        options.update(
+            api_url=server.url, merchant_id=config.merchant_id, api_key=config.api_key, token=config.token
+        )
         options.update(email=None, password=None)
         if options.get("poll_min_interval") is None:
             options["poll_min_interval"] = 0.5
@@ -206,5 +271,3 @@ def main() -> None:
     """Move video libraries into SmartSTREAM in bulk: submit, poll, report."""
     # Run folders, reports, logs and HTML files are their user's alone, whatever the umask.
     os.umask(0o077)
-
-

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .common import echo, _SETTING_FLAGS, api_options, build_settings, emulator_for_run, handle_errors, main
+from .common import _SETTING_FLAGS, api_options, build_settings, echo, emulator_for_run, handle_errors, main
 
 
 @main.command()
@@ -20,11 +20,18 @@ from .common import echo, _SETTING_FLAGS, api_options, build_settings, emulator_
 @click.option("--merchant-id", default="demo", show_default=True, help="Merchant id the emulator accepts.")
 @click.option("--api-key", default="emulator-api-key", show_default=True, help="API key it accepts.")
 @click.option("--token", default="emulator-token", show_default=True, help="Static bearer token it accepts.")
-@click.option("--email", default="ops@example.com", show_default=True, help="Email its auth-token endpoint accepts.")
-@click.option("--password", default="emulator-password", show_default=True, help="Password for that email.")
-@click.option("--rate-limit", type=int, default=50, show_default=True, help="Requests per rolling minute (0: off).")
 @click.option(
-    "--bucket-capacity", type=int, default=0, show_default=True,
+    "--email", default="ops@example.com", show_default=True, help="Email its auth-token endpoint accepts."
+)
+@click.option("--password", default="emulator-password", show_default=True, help="Password for that email.")
+@click.option(
+    "--rate-limit", type=int, default=50, show_default=True, help="Requests per rolling minute (0: off)."
+)
+@click.option(
+    "--bucket-capacity",
+    type=int,
+    default=0,
+    show_default=True,
     help="Enforce --rate-limit as a token bucket of this capacity instead of a rolling minute (0: rolling minute).",
 )
 @click.option(
@@ -35,21 +42,40 @@ from .common import echo, _SETTING_FLAGS, api_options, build_settings, emulator_
     help="Form of Retry-After on a 429.",
 )
 @click.option(
-    "--max-in-flight", type=int, default=0, show_default=True,
+    "--max-in-flight",
+    type=int,
+    default=0,
+    show_default=True,
     help="Jobs queued or encoding at once on the account; a create over the cap answers 429 (0: no cap).",
 )
-@click.option("--queue-seconds", type=float, default=1.0, show_default=True, help="Time a job waits before encoding.")
+@click.option(
+    "--queue-seconds", type=float, default=1.0, show_default=True, help="Time a job waits before encoding."
+)
 @click.option("--encode-seconds", type=float, default=5.0, show_default=True, help="Time an encode takes.")
-@click.option("--jitter", type=float, default=0.5, show_default=True, help="+/- share of randomness on durations.")
-@click.option("--failure-rate", type=float, default=0.0, show_default=True, help="Share of encodes that fail.")
+@click.option(
+    "--jitter", type=float, default=0.5, show_default=True, help="+/- share of randomness on durations."
+)
+@click.option(
+    "--failure-rate", type=float, default=0.0, show_default=True, help="Share of encodes that fail."
+)
 @click.option(
     "--unreachable", multiple=True, help="Source URLs containing this text cannot be fetched (repeatable)."
 )
-@click.option("--token-ttl", type=float, default=3600.0, show_default=True, help="Lifetime of issued tokens (s).")
-@click.option("--static-token-ttl", type=float, default=None, help="Fault: the static token expires after this (s).")
-@click.option("--latency", type=float, default=0.0, show_default=True, help="Fault: seconds added to every answer.")
-@click.option("--error-rate", type=float, default=0.0, show_default=True, help="Fault: share of requests answered 500.")
-@click.option("--burst-429-rate", type=float, default=0.0, show_default=True, help="Fault: chance a 429 burst starts.")
+@click.option(
+    "--token-ttl", type=float, default=3600.0, show_default=True, help="Lifetime of issued tokens (s)."
+)
+@click.option(
+    "--static-token-ttl", type=float, default=None, help="Fault: the static token expires after this (s)."
+)
+@click.option(
+    "--latency", type=float, default=0.0, show_default=True, help="Fault: seconds added to every answer."
+)
+@click.option(
+    "--error-rate", type=float, default=0.0, show_default=True, help="Fault: share of requests answered 500."
+)
+@click.option(
+    "--burst-429-rate", type=float, default=0.0, show_default=True, help="Fault: chance a 429 burst starts."
+)
 @click.option(
     "--drop-after-create-rate",
     type=float,
@@ -57,15 +83,23 @@ from .common import echo, _SETTING_FLAGS, api_options, build_settings, emulator_
     show_default=True,
     help="Fault: share of creates that create the job, then drop the connection.",
 )
-@click.option("--hang-rate", type=float, default=0.0, show_default=True, help="Fault: share of requests that hang.")
+@click.option(
+    "--hang-rate", type=float, default=0.0, show_default=True, help="Fault: share of requests that hang."
+)
 @click.option("--storage-missing", is_flag=True, help="Fault: every create answers STORAGE_NOT_FOUND.")
 @click.option(
-    "--storage-missing-for", metavar="TEXT", multiple=True,
+    "--storage-missing-for",
+    metavar="TEXT",
+    multiple=True,
     help="Fault: creates whose source contains this text answer STORAGE_NOT_FOUND (repeatable; "
     "`run --emulator` uses 'no-storage', as manifests/sample.csv expects).",
-)  # fmt: skip
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for durations, failures and faults.")
-@click.option("--time-scale", type=float, default=1.0, show_default=True, help="Emulator seconds per real second.")
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed for durations, failures and faults."
+)
+@click.option(
+    "--time-scale", type=float, default=1.0, show_default=True, help="Emulator seconds per real second."
+)
 @handle_errors
 def emulator(**options: Any) -> None:
     """Serve the bundled SmartSTREAM API emulator and print the settings that point at it."""
@@ -76,7 +110,9 @@ def emulator(**options: Any) -> None:
     try:
         sock = bind(host, port)
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}: pick another --port or --host") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror}: pick another --port or --host"
+        ) from None
     port = sock.getsockname()[1]
     renames = {
         "queue_seconds": "queue_s",
@@ -103,13 +139,12 @@ def emulator(**options: Any) -> None:
         pass
 
 
-
-def _client_call(options: dict[str, Any], call):  # noqa: ANN001, ANN202
+def _client_call(options: dict[str, Any], call):
     from ..api.client import SmartStreamClient
 
     settings = build_settings(options)
 
-    async def go():  # noqa: ANN202
+    async def go():
         async with SmartStreamClient.from_settings(settings) as client:
             return await call(client)
 
@@ -124,7 +159,7 @@ def _client_call(options: dict[str, Any], call):  # noqa: ANN001, ANN202
 def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
     """List the account's job profiles (id, ref_id, name): the values a manifest's profile column takes."""
 
-    async def call(client):  # noqa: ANN001, ANN202
+    async def call(client):
         return [p async for p in client.iter_job_profiles(sort="id", order="ASC")]
 
     with emulator_for_run(emulator, options):
@@ -138,7 +173,9 @@ def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
 
 @main.command()
 @click.argument("job", required=False)
-@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="How many of the newest jobs.")
+@click.option(
+    "--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="How many of the newest jobs."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @api_options
 @handle_errors
@@ -146,7 +183,7 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
     """Show one job (JOB is an id or ref:<ref_id>), or the newest jobs."""
     from dataclasses import asdict, replace
 
-    async def call(client):  # noqa: ANN001, ANN202
+    async def call(client):
         if job:
             return [await client.get_job(job)]
         return (await client.list_jobs(limit=limit, sort="created_at", order="DESC")).items
@@ -154,7 +191,10 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
     from ..redact import redact_url
 
     # A job's source URL may carry a credential (a presigned URL): shown redacted, like everywhere else.
-    found = [replace(j, source_url=redact_url(j.source_url)) if j.source_url else j for j in _client_call(options, call)]
+    found = [
+        replace(j, source_url=redact_url(j.source_url)) if j.source_url else j
+        for j in _client_call(options, call)
+    ]
     if as_json:
         data = [asdict(j) for j in found]
         echo(json.dumps(data[0] if job else data, indent=2))
@@ -164,7 +204,9 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
             for key, value in asdict(j).items():
                 echo(f"{key:>15}: {'' if value is None else value}")
         else:
-            echo(f"{j.id}  status {j.encode_status}  {j.updated_at}  ref:{j.ref_id or '-'}  {j.source_url or ''}")
+            echo(
+                f"{j.id}  status {j.encode_status}  {j.updated_at}  ref:{j.ref_id or '-'}  {j.source_url or ''}"
+            )
 
 
 @main.command()
@@ -175,9 +217,10 @@ def config(**options: Any) -> None:
     from ..settings import load_config_file, resolve_settings
 
     flags = {name: options.pop(name, None) for name in _SETTING_FLAGS}
-    file_config, path = load_config_file(options.pop("config_file", None), warn=lambda m: echo(f"warning: {m}", err=True))
+    file_config, path = load_config_file(
+        options.pop("config_file", None), warn=lambda m: echo(f"warning: {m}", err=True)
+    )
     settings = resolve_settings(flags, config=file_config)
     echo(f"# config file: {path or '(none)'}")
     for key, value in settings.masked().items():
         echo(f"{key} = {'' if value is None else value}")
-

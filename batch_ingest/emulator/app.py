@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 from urllib.parse import urlsplit
 
 from python_multipart.exceptions import MultipartParseError
@@ -29,6 +29,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..api.models import format_api_date
 from .faults import DropConnectionResponse, burst_429, chance, retry_after_headers
 from .store import JOB_FIELDS, PROFILE_FIELDS, EmulatorConfig, Store
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 BAD_REQUEST_CREATE = "Request parameter is invalid"  # remote asset ingest's wording
 BAD_REQUEST = "Invalid request parameters"  # every other endpoint's wording
@@ -150,7 +153,7 @@ async def _json_body(request: Request) -> Any:
         return None
 
 
-def _is_http_url(value: Any) -> bool:
+def _is_http_url(value: Any) -> TypeGuard[str]:
     if not isinstance(value, str) or value != value.strip():
         return False
     try:
@@ -182,7 +185,7 @@ async def create_job(request: Request, store: Store) -> Response:
         return error(400, "BAD_REQUEST", BAD_REQUEST_CREATE)
     if not isinstance(profile_id, int) or isinstance(profile_id, bool):
         return error(400, "BAD_REQUEST", BAD_REQUEST_CREATE)
-    extras = {}
+    extras: dict[str, Any] = {}
     for key in ("ref_id", "name", "description"):
         ok, value = _optional_text(body, key)
         if not ok:
@@ -197,7 +200,9 @@ async def create_job(request: Request, store: Store) -> Response:
             return error(500, "SERVER_ERROR", SERVER_ERROR)
         if store.queue_full():
             return error(429, "TOO_MANY_REQUESTS", "Too many requests", {"Retry-After": "1"})
-        job = store.create_job(source_type="url", source_url=source_url, job_profile_id=str(profile_id), **extras)
+        job = store.create_job(
+            source_type="url", source_url=source_url, job_profile_id=str(profile_id), **extras
+        )
         view = job.view(store.config.merchant_id)
     return JSONResponse(view, status_code=201)
 
@@ -247,7 +252,9 @@ class _UploadSink:
         self._name = name.decode("utf-8", "replace") if name is not None else None
         if self._name == "source_file":
             filename = options.get(b"filename")
-            self.file_name = _whatwg_unescape(filename.decode("utf-8", "replace")) if filename is not None else None
+            self.file_name = (
+                _whatwg_unescape(filename.decode("utf-8", "replace")) if filename is not None else None
+            )
             self.file_seen = True
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -275,7 +282,7 @@ async def _upload_job(request: Request, store: Store, content_type: str) -> Resp
     if not boundary:
         return error(400, "BAD_REQUEST", BAD_REQUEST)
     sink = _UploadSink()
-    parser = MultipartParser(boundary, sink.callbacks())
+    parser = MultipartParser(boundary, cast("MultipartCallbacks", sink.callbacks()))
     try:
         async for chunk in request.stream():
             parser.write(chunk)

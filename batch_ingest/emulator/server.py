@@ -65,7 +65,6 @@ class EmulatorServer:
         self.host = host
         self.port = port or free_port(host)
         self._server = uvicorn.Server(_uvicorn_config(self.app, self.host, self.port, log_level))
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread: threading.Thread | None = None
 
     @property
@@ -148,4 +147,6 @@ def serve_forever(config: EmulatorConfig, sock: socket.socket, log_level: str = 
 
 # The emulator behind `run --emulator`: the platform's default rate limit, quick encodes, and
 # sources that fail on purpose so a rehearsal shows every kind of outcome.
-RUN_CONFIG = EmulatorConfig(queue_s=0.5, encode_s=2.0, jitter=0.5, rate_limit=50, storage_missing_for=("no-storage",))
+RUN_CONFIG = EmulatorConfig(
+    queue_s=0.5, encode_s=2.0, jitter=0.5, rate_limit=50, storage_missing_for=("no-storage",)
+)

@@ -22,9 +22,19 @@ from ..api.models import format_api_date
 
 QUEUED, ENCODING, COMPLETED, FAILED, CANCELLED = 0, 1, 2, 3, 4  # NOTES.md working assumption
 JOB_FIELDS = (
-    "id", "ref_id", "name", "merchant_id", "job_profile_id", "media_id", "description",
-    "encode_status", "source_type", "source_url", "created_at", "updated_at",
-)  # fmt: skip
+    "id",
+    "ref_id",
+    "name",
+    "merchant_id",
+    "job_profile_id",
+    "media_id",
+    "description",
+    "encode_status",
+    "source_type",
+    "source_url",
+    "created_at",
+    "updated_at",
+)
 PROFILE_FIELDS = ("merchant_id", "id", "ref_id", "name", "description", "created_at", "updated_at")
 DEFAULT_PROFILES = (
     ("100", "default", "Default (adaptive HLS)"),
@@ -53,7 +63,9 @@ class EmulatorConfig:
     encode_s: float = 5.0  # time an encode takes
     jitter: float = 0.5  # +/- share of randomness on both durations
     failure_rate: float = 0.0  # share of encodes that fail
-    unreachable: tuple[str, ...] = ()  # substrings of source URLs that cannot be fetched (hosts *.invalid never can)
+    unreachable: tuple[
+        str, ...
+    ] = ()  # substrings of source URLs that cannot be fetched (hosts *.invalid never can)
     default_profile_id: str = "100"
     profiles: tuple[tuple[str, str, str], ...] = DEFAULT_PROFILES
     seed: int = 0
@@ -148,8 +160,8 @@ class Store:
         self.bucket: tuple[float, float] | None = None  # (tokens, when) in token-bucket mode
         self.burst_left = 0
         self.failed_once: set[str] = set()  # sources whose create already failed once (create_error_once)
-        self.in_progress = Counter()  # requests being handled now, by kind ("api", "upload")
-        self.max_in_progress = Counter()
+        self.in_progress: Counter[str] = Counter()  # requests being handled now, by kind ("api", "upload")
+        self.max_in_progress: Counter[str] = Counter()
         created = format_api_date(self.started)
         self.profiles = {
             pid: {
