@@ -97,10 +97,13 @@ class Poller:
         self._watermark: float | None = None  # platform time up to which every change was seen
         self._wake = asyncio.Event()
         self.interval = min_interval
-        # Once nothing is left to submit: TAIL_INTERVAL_S apart, but never more than half the budget
-        # (one request a poll when little changes), so that others on the account keep theirs.
+        # Once nothing is left to submit: TAIL_INTERVAL_S apart (or the configured maximum, when that is
+        # shorter: no wait is ever longer than it), but never more than half the budget (one request a
+        # poll when little changes), so that others on the account keep theirs.
         self.tail_interval = max(
-            min_interval, TAIL_INTERVAL_S, 120.0 / rate_per_minute if rate_per_minute > 0 else 0.0
+            min_interval,
+            min(TAIL_INTERVAL_S, max_interval),
+            120.0 / rate_per_minute if rate_per_minute > 0 else 0.0,
         )
         self.slack = slack  # the share of the rate budget left unused lately (RateLimiter.slack)
         self.polls = 0
