@@ -6,7 +6,6 @@
     ├── UsageError              bad option or setting             exit 2
     │   └── ConfigError         missing/invalid configuration     exit 2
     ├── ManifestError           manifest unreadable or malformed  exit 2
-    ├── RunAborted              the run stopped itself            exit 3
     ├── SourceUnreadable        a row's local file vanished or changed (a row outcome, SOURCE_UNREADABLE)
     └── ApiError                anything the SmartSTREAM API did (method, path, status, code, message)
         ├── TransientApiError   worth retrying
@@ -35,14 +34,15 @@ import time
 import traceback
 from pathlib import Path
 
+from .runfiles import ERROR_LOG
+
 # Exit codes, documented in the README. Mapped from exceptions in one place: ``exit_code_for``.
-EXIT_OK = 0
+# 0: every row succeeded (or was skipped, or is held back by a canary run).
 EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
 EXIT_INTERNAL = 4  # an error we did not foresee (a bug, or the machine failing): traceback in error.log
 EXIT_INTERRUPTED = 130
-ERROR_LOG = "error.log"
 # The run folder of the command under way, where an internal error's traceback goes.
 error_log_folder: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "error_log_folder", default=None
@@ -69,12 +69,6 @@ class ManifestError(BatchIngestError):
     """The manifest as a whole cannot be used (unreadable, no header, no source column...)."""
 
     exit_code = EXIT_USAGE
-
-
-class RunAborted(BatchIngestError):
-    """The run stopped before finishing: authentication failed, API unreachable, too many failures."""
-
-    exit_code = EXIT_ABORTED
 
 
 class SourceUnreadable(BatchIngestError):

@@ -10,7 +10,10 @@ estimate says it leaves uploads out. Encode time on the platform comes on top of
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plan import PlanInfo
 
 REQUESTS_PER_JOB = 1.05  # measured: bench scenario 1 (creates, plus polls shared by every job in flight)
 
@@ -38,15 +41,15 @@ class Estimate:
 
 
 def estimate_run(
-    info: dict[str, Any], *, rate_per_minute: float, upload_rate: float = 0.0, skip_existing: bool = False
+    info: PlanInfo, *, rate_per_minute: float, upload_rate: float = 0.0, skip_existing: bool = False
 ) -> Estimate:
     """The estimate for a plan as `describe_plan` gives it."""
-    jobs = int(info["to_submit"])
-    requests = round(jobs * REQUESTS_PER_JOB) + len(info.get("per_profile") or {})
+    jobs = info.to_submit
+    requests = round(jobs * REQUESTS_PER_JOB) + len(info.per_profile)
     if skip_existing:
-        requests += int(info.get("with_ref_id", jobs))
+        requests += info.with_ref_id
     request_s = requests / rate_per_minute * 60 if rate_per_minute > 0 else None
-    upload_bytes = int(info.get("upload_bytes") or 0)
+    upload_bytes = info.upload_bytes
     upload_s = upload_bytes / upload_rate if upload_rate > 0 and upload_bytes else None
     return Estimate(jobs, requests, rate_per_minute, request_s, upload_bytes, upload_rate, upload_s)
 

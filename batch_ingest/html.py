@@ -15,17 +15,18 @@ from typing import Any
 import polars as pl
 
 from .errors import UsageError
-from .report import NOT_FAILED_OUTCOMES, OUTCOMES, write_atomically
+from .report import write_atomically
+from .vocabulary import OUTCOMES, Outcome, did_not_succeed
 
-COLORS = {
-    "succeeded": "#2e7d32",
-    "failed": "#c62828",
-    "rejected": "#6d4c41",
-    "error": "#ef6c00",
-    "timed_out": "#8e24aa",
-    "interrupted": "#546e7a",
-    "skipped": "#1565c0",
-    "held": "#9e9d24",
+COLORS: dict[str, str] = {
+    Outcome.SUCCEEDED: "#2e7d32",
+    Outcome.FAILED: "#c62828",
+    Outcome.REJECTED: "#6d4c41",
+    Outcome.ERROR: "#ef6c00",
+    Outcome.TIMED_OUT: "#8e24aa",
+    Outcome.INTERRUPTED: "#546e7a",
+    Outcome.SKIPPED: "#1565c0",
+    Outcome.HELD: "#9e9d24",
 }
 MAX_TABLE_ROWS = 5000
 
@@ -157,9 +158,7 @@ def _epochs(frame: pl.DataFrame, column: str) -> list[float]:
 
 def render_html(merged: pl.DataFrame, info: dict[str, Any]) -> str:
     """The report as one HTML document."""
-    failures = merged.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES)).head(
-        MAX_TABLE_ROWS
-    )  # as review.not_succeeded
+    failures = merged.filter(did_not_succeed()).head(MAX_TABLE_ROWS)
     cols = [
         c
         for c in ("row", "ref_id", "source", "outcome", "error_code", "http_status", "error_message")

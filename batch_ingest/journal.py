@@ -43,23 +43,9 @@ from typing import Any
 import polars as pl
 
 from .errors import UsageError
+from .vocabulary import INTERRUPTED_STATES, UNFINISHED_STATES, Follow, Outcome, PlanStatus, RowState
 
 SCHEMA_VERSION = 2
-PENDING, SENDING, SUBMITTED = "pending", "sending", "submitted"
-SUCCEEDED, FAILED, TIMED_OUT = "succeeded", "failed", "timed_out"
-REJECTED, ERROR, SKIPPED = "rejected", "error", "skipped"
-HANDED_OVER = "handed_over"  # unfinished, and taken over by a retry run: this run leaves it alone
-HELD = "held"  # ready, outside a canary run's subset (subset.py): never sent until a resume takes it
-FINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, REJECTED, ERROR, SKIPPED})
-UNFINISHED_STATES = (PENDING, SENDING, SUBMITTED)
-# What a row follows instead of a job it created (see the module docstring).
-RECHECK, EXISTING, EXISTING_ANY = "recheck", "existing", "existing-any"
-RESEND_ON_FAILURE = frozenset({RECHECK, EXISTING})
-JOURNAL_FILE = "journal.sqlite"
-EXISTING_MESSAGE = "a job with this ref_id already exists on the platform (--skip-existing)"
-EXISTING_FAILED_MESSAGE = (
-    "the job with this ref_id on the platform failed; not sent again (--skip-existing=any)"
-)
 DEFER_MAX = 256  # deferred state changes held before a commit is forced
 FRAME_CHUNK_ROWS = 50_000  # rows read into the report frame at a time
 
@@ -185,6 +171,19 @@ class InFlight:
     follow: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """What a poll learnt of one row's job: its encode status, and its final state once it has one."""
+
+    row: int
+    encode_status: int | None
+    updated_at: str | None
+    final: RowState | None  # None: still in progress
+    now: float
+    code: str | None = None  # the report's error code and message for a final state
+    message: str | None = None
+
+
 @dataclass(frozen=True)
 class CarriedRow:
     """An unfinished (or re-checked) row a retry run takes over from the run it retries."""
@@ -233,7 +232,9 @@ class Journal:
 
         `held`: (ready rows outside a canary subset, the reason shown for them): they start `held`."""
         if path.exists():
-            raise UsageError(f"{path} already exists: resume that run, or choose another --report-dir")
+            raise UsageError(
+                f"{path} already exists: a run folder holds one journal; resume that run instead"
+            )
         # Created private first: SQLite gives the -wal and -shm files the database file's mode.
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         conn = cls._connect(path)
@@ -251,11 +252,11 @@ class Journal:
             "name",
             "description",
             "bytes",
-            pl.when(pl.col("status") != "ready")
-            .then(pl.lit(REJECTED))
+            pl.when(pl.col("status") != PlanStatus.READY)
+            .then(pl.lit(RowState.REJECTED))
             .when(is_held)
-            .then(pl.lit(HELD))
-            .otherwise(pl.lit(PENDING))
+            .then(pl.lit(RowState.HELD))
+            .otherwise(pl.lit(RowState.PENDING))
             .alias("state"),
             "error_code",
             pl.when(is_held)
@@ -285,7 +286,7 @@ class Journal:
         date unless `migrate` is False (then only reads that every version supports are allowed:
         `meta`, `counts`, `has_unfinished`); call `migrate()` under the run's lock."""
         if not path.exists():
-            raise UsageError(f"{path} does not exist: give the run folder that holds {JOURNAL_FILE}")
+            raise UsageError(f"{path} does not exist: give the run folder that holds {path.name}")
         conn = cls._connect(path)
         try:
             version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -429,7 +430,7 @@ class Journal:
         cur = self._conn.execute(
             "SELECT row, key, ref_id, job_id, submitted_at, job_updated_at, follow FROM rows WHERE state = ? "
             "ORDER BY row",
-            (SUBMITTED,),
+            (RowState.SUBMITTED,),
         )
         return [InFlight(*r) for r in cur.fetchall()]
 
@@ -486,19 +487,20 @@ class Journal:
             return pl.DataFrame(schema=FRAME_SCHEMA)
         return pl.concat(chunks, rechunk=True) if len(chunks) > 1 else chunks[0]
 
-    # -- state changes (each commits before returning) ------------------------------------------
+    # -- state changes: committed before returning where `_write(..., durable=True)` or `_write_many`
+    # -- says so; the others are deferred to the next commit (group commit, see `_write`) ----------
 
     def mark_sending(self, rows: list[int], now: float) -> None:
         """Rows about to be sent: committed before any of them leaves."""
         with self._tx():
             self._conn.executemany(
                 "UPDATE rows SET state = ?, attempts = attempts + 1, sent_at = ? WHERE row = ?",
-                [(SENDING, now, r) for r in rows],
+                [(RowState.SENDING, now, r) for r in rows],
             )
 
     def mark_pending(self, row: int) -> None:
         """The request surely never reached the server (or the look-up found nothing): send again."""
-        self._write("UPDATE rows SET state = ? WHERE row = ?", (PENDING, row))
+        self._write("UPDATE rows SET state = ? WHERE row = ?", (RowState.PENDING, row))
 
     def mark_submitted(
         self,
@@ -512,16 +514,17 @@ class Journal:
         updated_at: str | None,
         now: float,
         follow: str | None = None,
+        message: str | None = None,
     ) -> None:
-        """The platform holds a job for the row (created, adopted after a look-up, or followed)."""
-        message = EXISTING_MESSAGE if follow in (EXISTING, EXISTING_ANY) else None
+        """The platform holds a job for the row (created, adopted after a look-up, or followed);
+        `message` is what the report says of it meanwhile (why a found job is followed)."""
         self._deferred_jobs.add(job_id)
         self._write(
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, job_profile_id = coalesce(?, job_profile_id), "
             "encode_status = ?, job_created_at = ?, job_updated_at = ?, submitted_at = coalesce(submitted_at, ?), "
             "follow = ?, http_status = NULL, error_code = NULL, error_message = ? WHERE row = ?",
             (
-                SUBMITTED,
+                RowState.SUBMITTED,
                 job_id,
                 media_id,
                 job_profile_id,
@@ -547,9 +550,11 @@ class Journal:
         created_at: str | None,
         updated_at: str | None,
         now: float,
+        message: str,
     ) -> None:
-        """--skip-existing found a final job with the row's ref_id: `skipped` (it succeeded) or `failed`."""
-        code = "ENCODE_FAILED" if state == FAILED else None
+        """--skip-existing found a final job with the row's ref_id: `skipped` (it succeeded) or `failed`;
+        `message` says so in the report."""
+        code = "ENCODE_FAILED" if state == RowState.FAILED else None
         self._deferred_jobs.add(job_id)
         self._write(
             "UPDATE rows SET state = ?, job_id = ?, media_id = ?, encode_status = ?, "
@@ -565,7 +570,7 @@ class Journal:
                 updated_at,
                 now,
                 code,
-                EXISTING_MESSAGE if state == SKIPPED else EXISTING_FAILED_MESSAGE,
+                message,
                 row,
             ),
         )
@@ -605,7 +610,7 @@ class Journal:
                 (
                     to_run,
                     *UNFINISHED_STATES,
-                    HANDED_OVER,
+                    RowState.HANDED_OVER,
                     *UNFINISHED_STATES,
                     f"continued by the retry run in {to_run}",
                     r,
@@ -621,7 +626,7 @@ class Journal:
             self._conn.execute(
                 "SELECT row, coalesce(handed_to, 'an earlier retry run') FROM rows WHERE handed_to IS NOT NULL "
                 "OR state = ?",
-                (HANDED_OVER,),
+                (RowState.HANDED_OVER,),
             ).fetchall()
         )
 
@@ -633,16 +638,20 @@ class Journal:
         cur = self._conn.execute(
             "SELECT row, state, job_id, sent_at, submitted_at, job_updated_at, follow, media_id, encode_status, "
             "job_created_at, job_profile_id FROM rows WHERE state IN (?, ?, ?, ?) ORDER BY row",
-            (*UNFINISHED_STATES, TIMED_OUT),
+            (*UNFINISHED_STATES, RowState.TIMED_OUT),
         )
         out = []
         for row, state, job_id, sent_at, submitted_at, updated_at, follow, *job in cur.fetchall():
             if row not in wanted:
                 continue
-            if state == TIMED_OUT:
+            if state == RowState.TIMED_OUT:
                 if job_id is None:
                     continue
-                out.append(CarriedRow(row, SUBMITTED, job_id, sent_at, None, updated_at, RECHECK, *job))
+                out.append(
+                    CarriedRow(
+                        row, RowState.SUBMITTED, job_id, sent_at, None, updated_at, Follow.RECHECK, *job
+                    )
+                )
             else:
                 out.append(CarriedRow(row, state, job_id, sent_at, submitted_at, updated_at, follow, *job))
         return out
@@ -654,7 +663,7 @@ class Journal:
             r
             for (r,) in self._conn.execute(
                 "SELECT row FROM rows WHERE ref_id IS NULL AND state IN (?, ?) ORDER BY row",
-                (PENDING, SENDING),
+                (RowState.PENDING, RowState.SENDING),
             )
         ]
 
@@ -667,7 +676,8 @@ class Journal:
         """Bytes of the local files still to upload (rows pending or in doubt)."""
         self.flush()
         found = self._conn.execute(
-            "SELECT sum(bytes) FROM rows WHERE source_type = 'file' AND state IN (?, ?)", (PENDING, SENDING)
+            "SELECT sum(bytes) FROM rows WHERE source_type = 'file' AND state IN (?, ?)",
+            (RowState.PENDING, RowState.SENDING),
         ).fetchone()
         return int(found[0] or 0)
 
@@ -677,7 +687,7 @@ class Journal:
         return {
             r
             for (r,) in self._conn.execute(
-                "SELECT ref_id FROM rows WHERE state = ? AND ref_id IS NOT NULL", (PENDING,)
+                "SELECT ref_id FROM rows WHERE state = ? AND ref_id IS NOT NULL", (RowState.PENDING,)
             )
         }
 
@@ -686,9 +696,9 @@ class Journal:
         but an unfinished row (pending, sending, submitted, handed over) is `interrupted`, as the report has it."""
         self.flush()
         outcomes = tuple(outcomes)
-        states = {o for o in outcomes if o != "interrupted"}
-        if "interrupted" in outcomes:
-            states |= {*UNFINISHED_STATES, HANDED_OVER}
+        states = {str(o) for o in outcomes if o != Outcome.INTERRUPTED}
+        if Outcome.INTERRUPTED in outcomes:
+            states |= set(INTERRUPTED_STATES)
         if not states:
             return []
         return [
@@ -703,14 +713,17 @@ class Journal:
         """Rows a canary run holds back, in manifest order."""
         self.flush()
         return [
-            r for (r,) in self._conn.execute("SELECT row FROM rows WHERE state = ? ORDER BY row", (HELD,))
+            r
+            for (r,) in self._conn.execute(
+                "SELECT row FROM rows WHERE state = ? ORDER BY row", (RowState.HELD,)
+            )
         ]
 
     def take(self, rows: list[int]) -> None:
         """Held rows a resume takes into the run: they become `pending`, to be sent."""
         self._write_many(
             "UPDATE rows SET state = ?, error_message = NULL WHERE row = ? AND state = ?",
-            [(PENDING, r, HELD) for r in rows],
+            [(RowState.PENDING, r, RowState.HELD) for r in rows],
         )
 
     def has_unfinished(self) -> bool:
@@ -730,7 +743,7 @@ class Journal:
         self._write(
             "UPDATE rows SET state = ?, job_id = NULL, media_id = NULL, encode_status = NULL, job_created_at = NULL, "
             "job_updated_at = NULL, submitted_at = NULL, follow = NULL, error_message = ? WHERE row = ?",
-            (PENDING, reason, row),
+            (RowState.PENDING, reason, row),
         )
 
     def mark_error(
@@ -740,7 +753,7 @@ class Journal:
         self._write(
             "UPDATE rows SET state = ?, http_status = ?, error_code = ?, error_message = ?, finished_at = ? "
             "WHERE row = ?",
-            (ERROR, http_status, code, message, now, row),
+            (RowState.ERROR, http_status, code, message, now, row),
         )
 
     def note_error(self, row: int, *, http_status: int | None, code: str | None, message: str) -> None:
@@ -750,34 +763,20 @@ class Journal:
             (http_status, code, message, row),
         )
 
-    def record_progress(
-        self, updates: list[tuple[int, int | None, str | None, str | None, float | None]]
-    ) -> None:
-        """Poll results in one transaction: (row, encode_status, updated_at, final state or None, now)."""
-        updates = [u for u in updates if u is not None]  # None: a followed job's row sent again instead
+    def record_progress(self, updates: list[JobUpdate]) -> None:
+        """Poll results in one transaction: encode statuses, and final states with their code and message."""
         if not updates:
             return
         with self._tx():
-            for row, status, updated_at, final, now in updates:
-                if final is None:
+            for u in updates:
+                if u.final is None:
                     self._conn.execute(
                         "UPDATE rows SET encode_status = ?, job_updated_at = ? WHERE row = ?",
-                        (status, updated_at, row),
-                    )
-                elif final == SKIPPED:  # a followed existing job succeeded: this run sent nothing
-                    self._conn.execute(
-                        "UPDATE rows SET state = ?, encode_status = ?, job_updated_at = coalesce(?, job_updated_at), "
-                        "finished_at = ?, error_code = NULL, error_message = ? WHERE row = ?",
-                        (SKIPPED, status, updated_at, now, EXISTING_MESSAGE, row),
+                        (u.encode_status, u.updated_at, u.row),
                     )
                 else:
-                    code, message = (None, None)
-                    if final == FAILED:
-                        code, message = "ENCODE_FAILED", f"the encode ended with encode_status {status}"
-                    elif final == TIMED_OUT:
-                        code, message = "JOB_TIMEOUT", "the job did not finish within --job-timeout"
                     self._conn.execute(
                         "UPDATE rows SET state = ?, encode_status = ?, job_updated_at = coalesce(?, job_updated_at), "
                         "finished_at = ?, error_code = ?, error_message = ? WHERE row = ?",
-                        (final, status, updated_at, now, code, message, row),
+                        (u.final, u.encode_status, u.updated_at, u.now, u.code, u.message, u.row),
                     )

@@ -13,8 +13,9 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from polars.expr.whenthen import ChainedThen, Then
@@ -25,8 +26,8 @@ from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
 from .redact import redact_url
 from .report import REPORT_COLUMNS
 from .text import first_few
+from .vocabulary import PlanStatus, SourceType
 
-READY, REJECTED = "ready", "rejected"
 INVALID_ROW = "INVALID_ROW"
 DUPLICATE_KEY = "DUPLICATE_KEY"
 PROFILE_NOT_FOUND = "JOB_PROFILE_NOT_FOUND"
@@ -160,12 +161,12 @@ class Plan:
     @property
     def ready(self) -> pl.DataFrame:
         """Rows that will be submitted."""
-        return self.frame.filter(pl.col("status") == READY)
+        return self.frame.filter(pl.col("status") == PlanStatus.READY)
 
     @property
     def rejected(self) -> pl.DataFrame:
         """Rows that will not, with their reasons."""
-        return self.frame.filter(pl.col("status") == REJECTED)
+        return self.frame.filter(pl.col("status") == PlanStatus.REJECTED)
 
 
 def _text(columns: Collection[str], name: str) -> pl.Expr:
@@ -221,11 +222,43 @@ def build_plan(
     default_profile: str | None = None,
     extra_columns: tuple[str, ...] = (),
 ) -> Plan:
-    """Validate every row; rejected rows keep their number and reason. Never drops a row silently."""
-    base = manifest.resolve().parent
+    """Validate every row; rejected rows keep their number and reason. Never drops a row silently.
+
+    Each step below is one concern, in the order a row meets them: blank lines out, cells trimmed,
+    sources and profiles classified, local files looked at, rules applied, credentials redacted,
+    keys derived and duplicates found, statuses set."""
     extras, renamed = account_for_columns(manifest, frame.columns, extra_columns)
-    # Blank lines (every cell empty) are not rows; count them so the plan can say so.
     schema = frame.schema  # read once: each read of it costs a walk of every column
+    frame, blank_rows = _without_blank_lines(frame, schema)
+    # Extras stay out of the working frame (each step over a wide frame costs a walk of every column)
+    # and join it again, row for row, at the end; so no extra can ever meet a working column either.
+    carried = frame.select(extras)
+    work = _working_frame(frame, set(schema), manifest)
+    del frame  # the working copy has what is needed; the caller passes the manifest's frame on, not keeps it
+    work = _classify(work, default_profile)
+    work = _look_at_files(work, manifest.resolve().parent)
+    work = _apply_rules(work)
+    work, secrets = _redact_credentials(work)
+    work = _keys_and_statuses(work)
+    out = _plan_columns(work, secrets)
+    out = pl.concat([out, carried.rename(renamed)], how="horizontal") if extras else out
+    notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
+    if extras:
+        carried_names = [c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras]
+        notes.append(f"columns carried into the report unchanged, not used: {first_few(carried_names)}")
+    return Plan(
+        manifest=manifest,
+        frame=out,
+        extras=[renamed[c] for c in extras],
+        blank_rows=blank_rows,
+        notes=notes,
+        secrets=secrets,
+    )
+
+
+def _without_blank_lines(frame: pl.DataFrame, schema: pl.Schema) -> tuple[pl.DataFrame, int]:
+    """The frame without its blank lines (every cell empty: they are not rows), and how many there were."""
+    # Blank lines (every cell empty) are not rows; count them so the plan can say so.
     texts = [c for c, t in schema.items() if t in (pl.String, pl.Null) and c != RAGGED]
     others = [c for c, t in schema.items() if t not in (pl.String, pl.Null) and c != RAGGED]
     # One expression per kind of column, not one per column: linear in the width of the manifest.
@@ -248,10 +281,11 @@ def build_plan(
     blank_rows = len(blank_at)
     if blank_rows:
         frame = frame.filter(~pl.int_range(pl.len(), dtype=pl.UInt32).is_in(blank_at.to_list()))
-    # Extras stay out of the working frame (each step over a wide frame costs a walk of every column)
-    # and join it again, row for row, at the end; so no extra can ever meet a working column either.
-    carried = frame.select(extras)
-    present_columns = set(schema)
+    return frame, blank_rows
+
+
+def _working_frame(frame: pl.DataFrame, present_columns: set[str], manifest: Path) -> pl.DataFrame:
+    """The known columns, trimmed (`_<name>`), with the row number; ManifestError when there are no rows."""
     # A cell is trimmed, and empty means missing; a column that needs neither is taken as it is
     # (shared with the manifest's frame, not copied: a million-row copy is a hundred MB).
     needs_work = (
@@ -272,9 +306,13 @@ def build_plan(
         raise ManifestError(
             f"{manifest}: no rows: the manifest has a header ({', '.join(frame.columns)}) but no data rows"
         )
-    del frame  # the working copy has what is needed; the caller passes the manifest's frame on, not keeps it
     work = work.with_row_index("row", offset=1).with_columns(pl.col("row").cast(pl.Int64))
 
+    return work
+
+
+def _classify(work: pl.DataFrame, default_profile: str | None) -> pl.DataFrame:
+    """The row's one source, its type (URL or file), its profile and the profile's kind (id, ref, bad)."""
     present = [pl.col(f"_{c}").is_not_null().cast(pl.Int8) for c in SOURCE_COLUMNS]
     n_sources = pl.sum_horizontal(present)
     source = pl.coalesce([pl.col(f"_{c}") for c in SOURCE_COLUMNS])
@@ -284,14 +322,12 @@ def build_plan(
     work = work.with_columns(source.alias("source"), n_sources.alias("_n_sources"), profile.alias("profile"))
 
     has_scheme = pl.col("source").str.contains(_SCHEME) & ~pl.col("source").str.contains(_DRIVE)
-    is_http = pl.col("source").str.contains(_HTTP)
-    scheme = pl.col("source").str.extract(r"^([A-Za-z][A-Za-z0-9+.\-]*):", 1).str.to_lowercase()
     work = work.with_columns(
         pl.when(pl.col("source").is_null())
         .then(None)
         .when(has_scheme)
-        .then(pl.lit("url"))
-        .otherwise(pl.lit("file"))
+        .then(pl.lit(SourceType.URL.value))
+        .otherwise(pl.lit(SourceType.FILE.value))
         .alias("source_type"),
     )
     profile_kind = (
@@ -305,10 +341,15 @@ def build_plan(
     )
     work = work.with_columns(profile_kind.alias("profile_kind"))
 
+    return work
+
+
+def _look_at_files(work: pl.DataFrame, base: Path) -> pl.DataFrame:
+    """Local files resolved against the manifest's folder, with their size or what is wrong with them."""
     # Files: resolve against the manifest's folder, then one stat per distinct path.
     raw_path = pl.col("source").str.replace(r"^~", str(Path.home()))
     work = work.with_columns(
-        pl.when(pl.col("source_type") == "file")
+        pl.when(pl.col("source_type") == SourceType.FILE)
         .then(
             pl.when(raw_path.str.starts_with("/"))
             .then(raw_path)
@@ -316,7 +357,9 @@ def build_plan(
         )
         .alias("source_path")
     )
-    paths = work.filter(pl.col("source_type") == "file")["source_path"].unique().drop_nulls().to_list()
+    paths = (
+        work.filter(pl.col("source_type") == SourceType.FILE)["source_path"].unique().drop_nulls().to_list()
+    )
     normalised = {p: os.path.normpath(p) for p in paths}
     checks = _file_checks(list(set(normalised.values())))
     # Looked up in place (no join, no re-sort): a manifest of URLs alone pays nothing here.
@@ -342,25 +385,32 @@ def build_plan(
         )
     )
 
+    return work
+
+
+def _apply_rules(work: pl.DataFrame) -> pl.DataFrame:
+    """The first rule a row breaks, as its `reason` (null: the row is valid so far)."""
+    is_http = pl.col("source").str.contains(_HTTP)
+    scheme = pl.col("source").str.extract(r"^([A-Za-z][A-Za-z0-9+.\-]*):", 1).str.to_lowercase()
     ragged = pl.col(RAGGED) if RAGGED in work.columns else pl.lit(None, pl.String)
     rules = [
         _reject(ragged.is_not_null(), ragged),
         _reject(pl.col("_n_sources") == 0, "empty source: give an http(s) URL or a local file path"),
         _reject(pl.col("_n_sources") > 1, "more than one source (source, source_url, source_file): keep one"),
         _reject(
-            pl.col("source").str.contains(r"\s") & (pl.col("source_type") == "url"),
+            pl.col("source").str.contains(r"\s") & (pl.col("source_type") == SourceType.URL),
             "the URL contains white space: percent-encode it",
         ),
         _reject(
-            (pl.col("source_type") == "url") & ~scheme.is_in(["http", "https"]),
+            (pl.col("source_type") == SourceType.URL) & ~scheme.is_in(["http", "https"]),
             pl.format("unsupported source scheme '{}:': use an http(s) URL or a local file path", scheme),
         ),
         _reject(
-            (pl.col("source_type") == "url") & ~is_http,
+            (pl.col("source_type") == SourceType.URL) & ~is_http,
             "malformed URL: it needs a host, as in https://host/path",
         ),
         _reject(
-            (pl.col("source_type") == "url") & (pl.col("source").str.len_chars() > MAX_URL_LENGTH),
+            (pl.col("source_type") == SourceType.URL) & (pl.col("source").str.len_chars() > MAX_URL_LENGTH),
             pl.format(
                 f"the URL is {{}} characters long; the longest accepted is {MAX_URL_LENGTH}",
                 pl.col("source").str.len_chars(),
@@ -381,7 +431,7 @@ def build_plan(
             ),
         ),
         _reject(
-            (pl.col("source_type") == "url") & pl.col("profile").is_null(),
+            (pl.col("source_type") == SourceType.URL) & pl.col("profile").is_null(),
             "a remote URL needs a job profile: fill the profile column or pass --profile",
         ),
     ]
@@ -390,9 +440,14 @@ def build_plan(
         reason = reason.when(cond).then(why)
     work = work.with_columns(reason.otherwise(None).alias("reason"))
 
+    return work
+
+
+def _redact_credentials(work: pl.DataFrame) -> tuple[pl.DataFrame, dict[int, str]]:
+    """Sources with a credential replaced by their redacted form, and the real URLs by row (kept in memory)."""
     # A URL with a credential in it (user:password@, a signature) is kept in memory only: the plan,
     # the journal and the key see its redacted form (the same object signed twice is the same video).
-    suspects = work.filter((pl.col("source_type") == "url") & pl.col("source").str.contains("[@?]"))
+    suspects = work.filter((pl.col("source_type") == SourceType.URL) & pl.col("source").str.contains("[@?]"))
     secrets: dict[int, str] = {}
     redacted: dict[int, str] = {}
     for row, url in suspects.select("row", "source").iter_rows():
@@ -405,11 +460,17 @@ def build_plan(
             .replace_strict(redacted, default=pl.col("source"), return_dtype=pl.String)
             .alias("source")
         )
-    secret_flag = pl.col("row").is_in(list(secrets)) if secrets else pl.lit(False)
 
+    return work, secrets
+
+
+def _keys_and_statuses(work: pl.DataFrame) -> pl.DataFrame:
+    """Row keys (ref_id, or derived from source and profile), duplicates rejected, statuses and profile ids."""
     # Row keys: ref_id, or derived from source and profile. Later duplicates are rejected.
     key_source = (
-        pl.when(pl.col("source_type") == "file").then(pl.col("source_path")).otherwise(pl.col("source"))
+        pl.when(pl.col("source_type") == SourceType.FILE)
+        .then(pl.col("source_path"))
+        .otherwise(pl.col("source"))
     )
     work = work.with_columns(key_source.alias("_key_source"))
     # Derived keys (a sha256 each) only for the rows without a ref_id, in one pass over plain strings;
@@ -464,7 +525,10 @@ def build_plan(
     # A duplicate-row rejection must not hide the first row's key from a later row: keys stay unique
     # among ready rows only, and a rejected row's key gets its row number so the journal can hold it.
     work = work.with_columns(
-        pl.when(pl.col("reason").is_null()).then(pl.lit(READY)).otherwise(pl.lit(REJECTED)).alias("status"),
+        pl.when(pl.col("reason").is_null())
+        .then(pl.lit(PlanStatus.READY))
+        .otherwise(pl.lit(PlanStatus.REJECTED))
+        .alias("status"),
         pl.when(pl.col("reason").is_null())
         .then(pl.col("key"))
         .otherwise(pl.format("rejected:{}", pl.col("row")))
@@ -480,6 +544,12 @@ def build_plan(
         .otherwise(None)
         .alias("profile_value"),
     )
+    return work
+
+
+def _plan_columns(work: pl.DataFrame, secrets: dict[int, str]) -> pl.DataFrame:
+    """The plan's own columns, in order."""
+    secret_flag = pl.col("row").is_in(list(secrets)) if secrets else pl.lit(False)
     out = work.select(
         pl.col("row"),
         pl.col("key"),
@@ -499,19 +569,7 @@ def build_plan(
         pl.col("reason"),
         secret_flag.alias("source_secret"),
     )
-    out = pl.concat([out, carried.rename(renamed)], how="horizontal") if extras else out
-    notes = [f"{blank_rows} blank line(s) skipped: they are not rows"] if blank_rows else []
-    if extras:
-        carried_names = [c if renamed[c] == c else f"{c} (as {renamed[c]})" for c in extras]
-        notes.append(f"columns carried into the report unchanged, not used: {first_few(carried_names)}")
-    return Plan(
-        manifest=manifest,
-        frame=out,
-        extras=[renamed[c] for c in extras],
-        blank_rows=blank_rows,
-        notes=notes,
-        secrets=secrets,
-    )
+    return out
 
 
 def plan_manifest(
@@ -549,14 +607,16 @@ async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamCl
     )
     frame = plan.frame.join(mapping, on=["profile_kind", "profile_value"], how="left", maintain_order="left")
     unknown = (
-        (pl.col("status") == READY) & pl.col("profile_kind").is_not_null() & pl.col("_resolved").is_null()
+        (pl.col("status") == PlanStatus.READY)
+        & pl.col("profile_kind").is_not_null()
+        & pl.col("_resolved").is_null()
     )
     frame = frame.with_columns(
-        pl.when(pl.col("status") == READY)
+        pl.when(pl.col("status") == PlanStatus.READY)
         .then(pl.col("_resolved"))
         .otherwise(pl.col("job_profile_id"))
         .alias("job_profile_id"),
-        pl.when(unknown).then(pl.lit(REJECTED)).otherwise(pl.col("status")).alias("status"),
+        pl.when(unknown).then(pl.lit(PlanStatus.REJECTED)).otherwise(pl.col("status")).alias("status"),
         pl.when(unknown).then(pl.lit(PROFILE_NOT_FOUND)).otherwise(pl.col("error_code")).alias("error_code"),
         pl.when(unknown)
         .then(
@@ -572,7 +632,29 @@ async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamCl
     return Plan(plan.manifest, frame, plan.extras, plan.blank_rows, True, plan.notes, plan.secrets)
 
 
-def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | None = None) -> dict:
+@dataclass(frozen=True)
+class PlanInfo:
+    """The plan in numbers, as `validate` prints it (and `--json` writes it, key for key)."""
+
+    manifest: str
+    rows: int
+    to_submit: int
+    urls: int
+    files: int
+    upload_bytes: int
+    with_ref_id: int
+    per_profile: dict[str, int]
+    rejected: int
+    rejected_rows: list[dict[str, Any]]  # the first few: row, source, error_code, reason
+    profiles_checked: bool
+    notes: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The description as JSON-ready values, in the order `validate --json` has always written them."""
+        return asdict(self)
+
+
+def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | None = None) -> PlanInfo:
     """The plan in numbers: rows to submit, rejected rows with reasons, counts per profile, bytes."""
     ready, rejected = plan.ready, plan.rejected
     notes = list(plan.notes)
@@ -590,38 +672,36 @@ def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | N
         .sort("profile")
         .iter_rows()
     )
-    return {
-        "manifest": str(plan.manifest),
-        "rows": plan.frame.height,
-        "to_submit": ready.height,
-        "urls": int((ready["source_type"] == "url").sum()),
-        "files": int((ready["source_type"] == "file").sum()),
-        "upload_bytes": int(ready["bytes"].fill_null(0).sum()),
-        "with_ref_id": int(ready["ref_id"].is_not_null().sum()),
-        "per_profile": dict(per_profile),
-        "rejected": rejected.height,
-        "rejected_rows": rejected.head(max_rejected)
-        .select("row", "source", "error_code", "reason")
-        .to_dicts(),
-        "profiles_checked": plan.profiles_checked,
-        "notes": notes,
-    }
+    return PlanInfo(
+        manifest=str(plan.manifest),
+        rows=plan.frame.height,
+        to_submit=ready.height,
+        urls=int((ready["source_type"] == SourceType.URL).sum()),
+        files=int((ready["source_type"] == SourceType.FILE).sum()),
+        upload_bytes=int(ready["bytes"].fill_null(0).sum()),
+        with_ref_id=int(ready["ref_id"].is_not_null().sum()),
+        per_profile=dict(per_profile),
+        rejected=rejected.height,
+        rejected_rows=rejected.head(max_rejected).select("row", "source", "error_code", "reason").to_dicts(),
+        profiles_checked=plan.profiles_checked,
+        notes=notes,
+    )
 
 
-def format_plan(info: dict) -> str:
+def format_plan(info: PlanInfo) -> str:
     """The plan as text for a person."""
     lines = [
-        f"{info['manifest']}: {info['rows']} rows, {info['to_submit']} to submit "
-        f"({info['urls']} URLs, {info['files']} files, {info['upload_bytes']} bytes to upload), "
-        f"{info['rejected']} rejected",
+        f"{info.manifest}: {info.rows} rows, {info.to_submit} to submit "
+        f"({info.urls} URLs, {info.files} files, {info.upload_bytes} bytes to upload), "
+        f"{info.rejected} rejected",
     ]
-    if info["per_profile"]:
-        lines.append("per profile: " + ", ".join(f"{k} {v}" for k, v in info["per_profile"].items()))
-    for r in info["rejected_rows"]:
+    if info.per_profile:
+        lines.append("per profile: " + ", ".join(f"{k} {v}" for k, v in info.per_profile.items()))
+    for r in info.rejected_rows:
         lines.append(f"  row {r['row']} rejected [{r['error_code']}]: {r['reason']} ({r['source']})")
-    if info["rejected"] > len(info["rejected_rows"]):
-        lines.append(f"  ... and {info['rejected'] - len(info['rejected_rows'])} more rejected rows")
-    if not info["profiles_checked"]:
+    if info.rejected > len(info.rejected_rows):
+        lines.append(f"  ... and {info.rejected - len(info.rejected_rows)} more rejected rows")
+    if not info.profiles_checked:
         lines.append("profiles were not checked against the platform: no API settings (see --help)")
-    lines.extend(info["notes"])
+    lines.extend(info.notes)
     return "\n".join(lines)

@@ -26,10 +26,9 @@ from .aio import unless_stopped, wait_any
 from .api.client import MAX_PAGE_SIZE, MAX_POLL_PAGES, SmartStreamClient
 from .api.models import FAILED, SUCCEEDED, EncodeStatusMap, Job, MalformedRecord, parse_api_date
 from .errors import EndlessListing, MalformedResponse, NotFoundError, TransientApiError
-from .journal import EXISTING, EXISTING_ANY, RESEND_ON_FAILURE, SKIPPED, TIMED_OUT, Journal, RowTask
-from .journal import FAILED as J_FAILED
-from .journal import SUCCEEDED as J_SUCCEEDED
+from .journal import JobUpdate, Journal, RowTask
 from .progress import Progress
+from .vocabulary import EXISTING_MESSAGE, RESEND_ON_FAILURE, TIMED_OUT_MESSAGE, Follow, RowState
 
 OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's commit lag
 TARGET_CHANGES_PER_POLL = 3 * MAX_PAGE_SIZE  # three full pages of changes per poll
@@ -95,6 +94,9 @@ class Poller:
         self._deadlines: list[tuple[float, str]] = []  # heap of (deadline, job id); stale entries skipped
         self._ready: list[str] = []  # jobs final on arrival
         self._watermark: float | None = None  # platform time up to which every change was seen
+        # Changes (job id, updated_at) of any job seen within the overlap of the watermark: a late commit is
+        # a change not among them, whoever's job it is (see `poll_once`).
+        self._recent: dict[tuple[str, str], float] = {}
         self._wake = asyncio.Event()
         self.interval = min_interval
         # Once nothing is left to submit: TAIL_INTERVAL_S apart (or the configured maximum, when that is
@@ -222,23 +224,23 @@ class Poller:
     def _finish_ready(self) -> None:
         """Record jobs already final (from a create answer) and jobs past their timeout, for free."""
         now = self._clock()
-        updates = []
+        updates: list[JobUpdate] = []
         ready, self._ready = self._ready, []
         for job_id in ready:
             job = self._jobs.get(job_id)
             if job is not None:
-                updates.append(self._final(job, job.status, None, self.status_map.classify(job.status), now))
+                self._final(job, job.status, None, self.status_map.classify(job.status), now, updates)
         updates.extend(self._expire(now))
         self.journal.record_progress(updates)
 
-    def _expire(self, now: float) -> list:
+    def _expire(self, now: float) -> list[JobUpdate]:
         """Final updates for every job past its deadline."""
-        updates = []
+        updates: list[JobUpdate] = []
         while self._deadlines and self._deadlines[0][0] <= now:
             _, job_id = heapq.heappop(self._deadlines)
             job = self._jobs.get(job_id)
             if job is not None and job.deadline <= now:
-                updates.append(self._final(job, job.status, None, "timed_out", now))
+                self._final(job, job.status, None, "timed_out", now, updates)
         return updates
 
     def _untrack(self, job: Tracked) -> None:
@@ -249,19 +251,34 @@ class Poller:
             self.following -= 1
             self.on_follow_end()
 
-    def _final(self, job: Tracked, status: int | None, updated_at: str | None, verdict: str, now: float):
-        state = {SUCCEEDED: J_SUCCEEDED, FAILED: J_FAILED}.get(verdict, TIMED_OUT)
-        if state == J_SUCCEEDED and job.follow in (EXISTING, EXISTING_ANY):
-            state = SKIPPED  # the platform's own job succeeded: this run sent nothing
+    def _final(
+        self,
+        job: Tracked,
+        status: int | None,
+        updated_at: str | None,
+        verdict: str,
+        now: float,
+        updates: list[JobUpdate],
+    ) -> None:
+        """Untrack a job that reached its end, and add its row's final state to `updates` (unless a
+        followed job failed: its row is sent again instead)."""
+        state = {SUCCEEDED: RowState.SUCCEEDED, FAILED: RowState.FAILED}.get(verdict, RowState.TIMED_OUT)
+        if state == RowState.SUCCEEDED and job.follow in (Follow.EXISTING, Follow.EXISTING_ANY):
+            state = RowState.SKIPPED  # the platform's own job succeeded: this run sent nothing
         self._untrack(job)
-        if state == J_FAILED and job.follow in RESEND_ON_FAILURE:
+        if state == RowState.FAILED and job.follow in RESEND_ON_FAILURE:
             self._resend(job, f"job {job.job_id} ended with encode_status {status}: sent again")
-            return None
+            return
         self.progress.row_finished(
             state, row=job.row, key=job.key, ref_id=job.ref_id, job_id=job.job_id, encode_status=status
         )
         self.on_final(state)
-        return (job.row, status, updated_at, state, now)
+        code, message = {
+            RowState.FAILED: ("ENCODE_FAILED", f"the encode ended with encode_status {status}"),
+            RowState.TIMED_OUT: ("JOB_TIMEOUT", TIMED_OUT_MESSAGE),
+            RowState.SKIPPED: (None, EXISTING_MESSAGE),  # a followed existing job succeeded
+        }.get(state, (None, None))
+        updates.append(JobUpdate(job.row, status, updated_at, state, now, code, message))
 
     def _resend(self, job: Tracked, reason: str) -> None:
         """A followed job failed or vanished: the row goes back to `pending` and to the submitter."""
@@ -273,11 +290,12 @@ class Poller:
         """One poll: the changed jobs, newest first, back to the watermark; then the fallback reads."""
         self.polls += 1
         now = self._clock()
-        updates: list = []
+        updates: list[JobUpdate] = []
         changes = 0
         newest: float | None = None
         page = 1
         previous: list[Any] | None = None
+        seen: dict[tuple[str, str], float] = {}
         try:
             while True:
                 items, count = await self.client.list_jobs_raw(
@@ -297,28 +315,32 @@ class Poller:
                         f"page {page} of the jobs list repeats page {page - 1}: the API pages without end"
                     )
                 previous = ids
-                news = 0
+                news = 0  # changes this poll had not seen before, of any job
                 for item in items:
-                    updated = (
-                        parse_api_date(item.get("updated_at"))
-                        if isinstance(item.get("updated_at"), str)
-                        else None
-                    )
-                    if updated is not None and (newest is None or updated.timestamp() > newest):
-                        newest = updated.timestamp()
+                    stamp = item.get("updated_at")
+                    updated = parse_api_date(stamp) if isinstance(stamp, str) else None
+                    if updated is not None:
+                        if newest is None or updated.timestamp() > newest:
+                            newest = updated.timestamp()
+                        change = (str(item.get("id")), str(stamp))
+                        if change not in self._recent:
+                            news += 1
+                        seen[change] = updated.timestamp()
                     # Build a Job only for our own jobs: the list also holds everyone else's.
                     if (
                         isinstance(item.get("id"), str)
                         and item["id"] in self._jobs
                         and self._observe(_job(item), now, updates)
                     ):
-                        news += 1
-                changes += news
+                        changes += 1
                 last = parse_api_date(items[-1].get("updated_at")) if items else None
                 if len(items) < MAX_PAGE_SIZE or last is None:
                     break
-                # Past the last change seen: read on through the overlap while pages bring news (a
-                # late commit may sit on the next page, behind others' jobs).
+                # Past the last change seen: read on through the overlap while pages bring changes not
+                # seen before, ours or others' (a late commit of ours may sit on the next page, behind
+                # others' late commits). A page of nothing new inside the overlap ends the poll: a late
+                # commit behind a whole page of changes already seen (over 50 changes a second) waits
+                # for the fallback read.
                 if (
                     self._watermark is not None
                     and last.timestamp() < self._watermark
@@ -346,6 +368,9 @@ class Poller:
             updates = []
         if newest is not None:
             self._watermark = newest if self._watermark is None else max(self._watermark, newest)
+        if self._watermark is not None:
+            floor = self._watermark - OVERLAP_S
+            self._recent = {c: t for c, t in (self._recent | seen).items() if t >= floor}
         try:
             await self._fallback(now, updates)
         except TransientApiError as exc:
@@ -354,7 +379,7 @@ class Poller:
             self.journal.record_progress(updates)
         self._adapt(changes, now)
 
-    def _observe(self, job: Job, now: float, updates: list) -> bool:
+    def _observe(self, job: Job, now: float, updates: list[JobUpdate]) -> bool:
         tracked = self._jobs.get(job.id)
         if tracked is None:
             return False
@@ -363,12 +388,12 @@ class Poller:
         tracked.status = job.encode_status
         verdict = self.status_map.classify(job.encode_status)
         if verdict != "in_progress":
-            updates.append(self._final(tracked, job.encode_status, job.updated_at, verdict, now))
+            self._final(tracked, job.encode_status, job.updated_at, verdict, now, updates)
         elif changed:
-            updates.append((tracked.row, job.encode_status, job.updated_at, None, now))
+            updates.append(JobUpdate(tracked.row, job.encode_status, job.updated_at, None, now))
         return changed
 
-    async def _fallback(self, now: float, updates: list) -> None:
+    async def _fallback(self, now: float, updates: list[JobUpdate]) -> None:
         stale = sorted(
             (j for j in self._jobs.values() if now - j.last_seen >= self.fallback_after),
             key=lambda j: j.last_seen,

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from .estimate import format_duration
 from .text import safe_text
+from .vocabulary import Outcome
 
 
 class Progress:
@@ -139,14 +140,11 @@ class EventLog(Progress):
     """
 
     def __init__(self, path: Path, fmt: str = "text") -> None:
-        self.logger = logging.getLogger(f"batch_ingest.events.{id(self)}")
-        self.logger.propagate = False
-        self.logger.setLevel(logging.INFO)
-        self.handler = logging.FileHandler(path, encoding="utf-8")
+        # A file of its own, line-buffered: not a logger in the global registry (one per instance would
+        # pile up there, and a library must not configure the application's logging).
+        self._file = path.open("a", encoding="utf-8", buffering=1)
         self.fmt = fmt
         self.run_id: str | None = None
-        self.handler.setFormatter(logging.Formatter("%(message)s"))
-        self.logger.addHandler(self.handler)
 
     def _emit(self, event: str, level: int = logging.INFO, **fields: Any) -> None:
         fields = {"run_id": self.run_id, **{k: v for k, v in fields.items() if v is not None}}
@@ -160,7 +158,7 @@ class EventLog(Progress):
             line = f"{stamp} {logging.getLevelName(level)} {event} " + " ".join(
                 f"{k}={_one_line(v)}" for k, v in fields.items()
             )
-        self.logger.log(level, line)
+        self._file.write(line + "\n")
 
     def start(self, *, rows: int, to_submit: int, upload_bytes: int, run_id: str | None = None) -> None:
         self.run_id = run_id
@@ -170,7 +168,7 @@ class EventLog(Progress):
         self._emit("submitted", row=row, **details)
 
     def row_finished(self, outcome: str, *, row: int | None = None, **details: Any) -> None:
-        level = logging.INFO if outcome in ("succeeded", "skipped") else logging.WARNING
+        level = logging.INFO if outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED) else logging.WARNING
         self._emit("finished", level, row=row, outcome=outcome, **details)
 
     def retrying(self, *, row: int, error: str, **details: Any) -> None:
@@ -191,8 +189,7 @@ class EventLog(Progress):
         )
 
     def close(self) -> None:
-        self.handler.close()
-        self.logger.removeHandler(self.handler)
+        self._file.close()
 
 
 def _one_line(value: Any) -> str:

@@ -15,11 +15,10 @@ from typing import Any, cast
 
 import polars as pl
 
-from .journal import HANDED_OVER, PENDING, SENDING, SUBMITTED, Journal
+from .journal import Journal
+from .runfiles import REPORT_CSV, REPORT_PARQUET, SUMMARY_JSON
+from .vocabulary import INTERRUPTED_STATES, OUTCOMES, Outcome, RowState, did_not_succeed
 
-REPORT_PARQUET, REPORT_CSV, SUMMARY_JSON = "report.parquet", "report.csv", "summary.json"
-PLAN_PARQUET = "plan.parquet"
-OUTCOMES = ("succeeded", "failed", "rejected", "error", "timed_out", "interrupted", "skipped", "held")
 REPORT_COLUMNS = (
     "row",
     "ref_id",
@@ -42,9 +41,6 @@ REPORT_COLUMNS = (
     "encode_s",
     "key",
 )
-# Outcomes that are not a failure: the exit code, "not succeeded" lists and retries leave them out.
-# `held`: a canary run's row outside its subset, not yet sent (subset.py).
-NOT_FAILED_OUTCOMES = ("succeeded", "skipped", "held")
 FIRST_FAILURES = 10
 REPORT_CHUNK_ROWS = 100_000  # report rows built and written at a time (about 50 MB each)
 
@@ -59,15 +55,18 @@ def _api_time(name: str) -> pl.Expr:
 
 def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
     """Join plan and journal into the report frame, in manifest order."""
-    unfinished = pl.col("state").is_in([PENDING, SENDING, SUBMITTED, HANDED_OVER])
+    unfinished = pl.col("state").is_in([s.value for s in INTERRUPTED_STATES])
     frame = plan.join(journal, on="row", how="left", suffix="_journal", maintain_order="left")
     frame = frame.with_columns(
-        pl.when(unfinished).then(pl.lit("interrupted")).otherwise(pl.col("state")).alias("outcome"),
+        pl.when(unfinished)
+        .then(pl.lit(Outcome.INTERRUPTED.value))
+        .otherwise(pl.col("state"))
+        .alias("outcome"),
         pl.coalesce(pl.col("journal_profile_id"), pl.col("job_profile_id")).alias("job_profile_id"),
         pl.coalesce(pl.col("error_code_journal"), pl.col("error_code")).alias("error_code"),
         pl.when(unfinished & pl.col("error_message").is_null())
         .then(
-            pl.when(pl.col("state") == SENDING)
+            pl.when(pl.col("state") == RowState.SENDING)
             .then(
                 pl.lit(
                     "the run stopped while the create was in doubt: resume looks it up before sending again"
@@ -84,7 +83,7 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
         .otherwise(None)
         .alias("duration_s"),
         # The platform's own time from job creation to its final state (queueing included).
-        pl.when(pl.col("state").is_in(["succeeded", "failed"]))
+        pl.when(pl.col("state").is_in([RowState.SUCCEEDED.value, RowState.FAILED.value]))
         .then((_api_time("job_updated_at") - _api_time("job_created_at")).dt.total_milliseconds() / 1000.0)
         .otherwise(None)
         .alias("encode_s"),
@@ -102,7 +101,7 @@ class ReportFacts:
     rows: int = 0
     outcomes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     first_failures: list[dict[str, Any]] = field(default_factory=list)
-    failures: int = 0  # rows whose outcome is a failure (not in NOT_FAILED_OUTCOMES)
+    failures: int = 0  # rows whose outcome counts as not succeeded (vocabulary.is_failure)
     without_ref_id: int = 0  # sent (or to send) rows with no ref_id: --skip-existing cannot ask about them
     without_ref_id_first: list[int] = field(default_factory=list)
 
@@ -110,11 +109,11 @@ class ReportFacts:
         self.rows += chunk.height
         for outcome, n in outcome_counts(chunk).items():
             self.outcomes[outcome] += n
-        failed = chunk.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES))
+        failed = chunk.filter(did_not_succeed())
         self.failures += failed.height
         if len(self.first_failures) < FIRST_FAILURES:
             self.first_failures += first_failures(failed, FIRST_FAILURES - len(self.first_failures))
-        no_ref = chunk.filter(pl.col("ref_id").is_null() & (pl.col("outcome") != "rejected"))["row"]
+        no_ref = chunk.filter(pl.col("ref_id").is_null() & (pl.col("outcome") != Outcome.REJECTED))["row"]
         self.without_ref_id += no_ref.len()
         self.without_ref_id_first += no_ref.head(20 - len(self.without_ref_id_first)).to_list()
 
@@ -240,7 +239,7 @@ def outcome_counts(report: pl.DataFrame) -> dict[str, int]:
 
 def first_failures(report: pl.DataFrame, n: int = FIRST_FAILURES) -> list[dict[str, Any]]:
     """The first `n` rows that did not succeed, with their reasons."""
-    rows = report.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES)).head(n)
+    rows = report.filter(did_not_succeed()).head(n)
     return rows.select("row", "ref_id", "source", "outcome", "error_code", "error_message").to_dicts()
 
 
@@ -273,7 +272,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if summary.get("abort_reason"):
         lines.append(f"aborted: {summary['abort_reason']}")
-    if counts.get("held"):
+    if counts.get(Outcome.HELD):
         steps = ", then ".join(
             f"{s['kind']} {s['selection']} took {s['taken']}" for s in summary.get("subsets") or []
         )

@@ -11,15 +11,13 @@ import polars as pl
 
 from .errors import UsageError
 from .report import (
-    NOT_FAILED_OUTCOMES,
-    OUTCOMES,
-    REPORT_PARQUET,
-    SUMMARY_JSON,
     csv_safe,
     flat_for_csv,
     outcome_counts,
     read_report,
 )
+from .runfiles import JOURNAL_FILE, REPORT_PARQUET, SUMMARY_JSON
+from .vocabulary import OUTCOMES, Outcome, did_not_succeed
 
 EXAMPLES_PER_CODE = 3
 PERCENTILES = (0.5, 0.9, 0.99)
@@ -40,7 +38,7 @@ class LoadedRun:
     @property
     def run_dir(self) -> Path | None:
         folder = self.path if self.path.is_dir() else self.path.parent
-        return folder if (folder / "journal.sqlite").exists() else None
+        return folder if (folder / JOURNAL_FILE).exists() else None
 
 
 def load_run(path: Path) -> LoadedRun:
@@ -90,7 +88,7 @@ def merge_runs(runs: list[LoadedRun]) -> pl.DataFrame:
 
 def not_succeeded(frame: pl.DataFrame) -> pl.DataFrame:
     """The rows whose outcome is a failure (not succeeded, skipped or held)."""
-    return frame.filter(~pl.col("outcome").is_in(NOT_FAILED_OUTCOMES))
+    return frame.filter(did_not_succeed())
 
 
 def write_html_report(paths: list[Path], out: Path) -> None:
@@ -155,9 +153,11 @@ def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
         # Only rows whose latest attempt is this run: a later retry may already have redone the rest.
         mine = merged.filter(pl.col("_run") == (run.summary.get("run_dir") or str(run.path)))
         counts = outcome_counts(mine)
-        if counts["interrupted"] or counts["held"]:
-            next_steps.append(f"batch-ingest resume {run.run_dir}" + (" --all" if counts["held"] else ""))
-        retryable = [o for o in ("failed", "error", "timed_out") if counts[o]]
+        if counts[Outcome.INTERRUPTED] or counts[Outcome.HELD]:
+            next_steps.append(
+                f"batch-ingest resume {run.run_dir}" + (" --all" if counts[Outcome.HELD] else "")
+            )
+        retryable = [o for o in (Outcome.FAILED, Outcome.ERROR, Outcome.TIMED_OUT) if counts[o]]
         if retryable:
             next_steps.append(f"batch-ingest retry {run.run_dir} --only {','.join(retryable)}")
     return {

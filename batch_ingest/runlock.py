@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import UsageError
-
-LOCK_FILE = "run.lock"
+from .runfiles import LOCK_FILE
 
 
 class RunLock:

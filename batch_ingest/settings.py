@@ -1,4 +1,12 @@
-"""`Settings`, the value object every command runs on, and the one function that resolves it.
+"""`Settings`, the value object every command runs on: each setting declared once, resolved in one function.
+
+Each setting is one field of `Settings`: ``field(default=..., metadata=setting(kind, help, ...))``. The
+field gives its name (also its config-file key; its flag is ``--name-with-dashes``, its environment variable
+``SMARTSTREAM_NAME``), its type and its default; the `Kind` converts and checks a raw value (flag text,
+environment text, TOML value) and sets the flag's click type and its range. Everything else is generated
+from `SETTINGS`: the click options (`cli/common.py`), the conversion and checks (`resolve_settings`),
+the config file's known keys, what is secret, `config`'s output and ``summary.json``'s settings
+(`Settings.masked`), and the README's settings table (tests/test_settings.py compares it).
 
 Precedence, highest first: command-line flag, environment variable (``SMARTSTREAM_*``),
 config file (``batch-ingest.toml`` in the working folder, or ``--config FILE``), default.
@@ -14,183 +22,368 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+from .api import defaults as api_defaults
 from .api.models import EncodeStatusMap
+from .api.secret import Secret
 from .errors import ConfigError
 from .redact import redact_url
 
+if TYPE_CHECKING:
+    import httpx
+
+    from .api.client import SmartStreamClient
+    from .api.ratelimit import RateLimiter
+
+__all__ = [
+    "DEFAULT_API_URL",
+    "DEFAULT_CONFIG_FILE",
+    "ENV_PREFIX",
+    "PRIVATE_FIELDS",
+    "SECRET_FIELDS",
+    "SETTINGS",
+    "Secret",
+    "Setting",
+    "Settings",
+    "is_loopback",
+    "load_config_file",
+    "resolve_settings",
+]
+
 DEFAULT_API_URL = "https://ovp-s-api.smartstream.ne.jp"
-DEFAULT_RATE_PER_MINUTE = 50.0  # the platform's default account limit
-DEFAULT_CONCURRENCY = 8
-DEFAULT_UPLOAD_CONCURRENCY = 2
-DEFAULT_RETRIES = 5
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_READ_TIMEOUT = 60.0
-DEFAULT_JOB_TIMEOUT = 6 * 3600.0  # a long encode is hours, not days
 DEFAULT_CONFIG_FILE = "batch-ingest.toml"
-MAX_CONCURRENCY = 256  # submissions in flight; far past what any account's rate limit can use
-MAX_UPLOAD_CONCURRENCY = 64
 ENV_PREFIX = "SMARTSTREAM_"
 
 
-class Secret:
-    """A string that never shows itself in repr, str, logs or reports."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def get(self) -> str:
-        """The secret value, for the one place that sends it."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
+# -- kinds: how a raw value becomes a setting's value ------------------------------------------
 
 
-def _float(name: str, value: Any, minimum: float = 0.0) -> float:
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(result):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    if result < minimum:
-        raise ConfigError(f"{name} must be at least {minimum:g}, got {value!r}")
-    return result
+class Kind:
+    """Converts and checks one setting's raw value; `source` names where it came from for errors."""
+
+    click_type: ClassVar[Any] = None  # the flag's click type (None: text)
+    is_flag: ClassVar[bool] = False  # an on/off flag without a value
+
+    def __call__(self, source: str, value: Any, secret: bool) -> Any:
+        raise NotImplementedError
+
+    def limits(self) -> str:
+        """The range of accepted values, when the docs should name it ('1 to 256'), else ''."""
+        return ""
 
 
-def _int(name: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
-    try:
-        result = int(str(value).strip())
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
-    if result < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value!r}")
-    if maximum is not None and result > maximum:
-        raise ConfigError(f"{name} must be at most {maximum}, got {value!r}")
-    return result
+class Text(Kind):
+    def __call__(self, source: str, value: Any, secret: bool) -> str:
+        return str(value)
 
 
-def _header_value(name: str, value: Any, secret: bool = False) -> str:
+class HeaderText(Kind):
     """A value sent in an HTTP header: printable ASCII only (else httpx could not send it)."""
-    text = str(value)
-    if not text or any(not (0x20 < ord(c) < 0x7F) for c in text):
-        shown = "" if secret else f" (got {text!r})"
-        raise ConfigError(
-            f"{name} must be printable ASCII without spaces{shown}: check for a stray character"
-        )
-    return text
+
+    def __call__(self, source: str, value: Any, secret: bool) -> str:
+        text = str(value)
+        if not text or any(not (0x20 < ord(c) < 0x7F) for c in text):
+            shown = "" if secret else f" (got {text!r})"
+            raise ConfigError(
+                f"{source} must be printable ASCII without spaces{shown}: check for a stray character"
+            )
+        return text
 
 
-def _api_url(name: str, value: Any) -> str:
+class ApiUrl(Kind):
     """An http(s) base URL without credentials in it."""
-    text = str(value).strip().rstrip("/")
-    try:
-        parts = urlsplit(text)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        raise ConfigError(
-            f"{name} is not a valid URL (got {redact_url(text)!r}): use e.g. {DEFAULT_API_URL}"
-        ) from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigError(
-            f"{name} must be an http(s) URL such as {DEFAULT_API_URL}, got {redact_url(text)!r}"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError(
-            f"{name} holds credentials (user:password@): remove them; the API key and token are given "
-            "with SMARTSTREAM_API_KEY and SMARTSTREAM_TOKEN (or email and password)"
-        )
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{name} must be a base URL without ?query or #fragment")
-    return text
+
+    def __call__(self, source: str, value: Any, secret: bool) -> str:
+        text = str(value).strip().rstrip("/")
+        try:
+            parts = urlsplit(text)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            raise ConfigError(
+                f"{source} is not a valid URL (got {redact_url(text)!r}): use e.g. {DEFAULT_API_URL}"
+            ) from None
+        if parts.scheme not in ("http", "https") or not host:
+            raise ConfigError(
+                f"{source} must be an http(s) URL such as {DEFAULT_API_URL}, got {redact_url(text)!r}"
+            )
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                f"{source} holds credentials (user:password@): remove them; the API key and token are given "
+                "with SMARTSTREAM_API_KEY and SMARTSTREAM_TOKEN (or email and password)"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{source} must be a base URL without ?query or #fragment")
+        return text
 
 
-def is_loopback(url: str) -> bool:
-    """True when `url`'s host is this machine (localhost, 127.0.0.0/8, ::1)."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+@dataclass(frozen=True)
+class Number(Kind):
+    """A finite number, at least `minimum`."""
+
+    minimum: float = 0.0
+    click_type: ClassVar[Any] = float
+
+    def __call__(self, source: str, value: Any, secret: bool) -> float:
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source} must be a number, got {value!r}") from None
+        if not math.isfinite(result):
+            raise ConfigError(f"{source} must be a finite number, got {value!r}")
+        if result < self.minimum:
+            raise ConfigError(f"{source} must be at least {self.minimum:g}, got {value!r}")
+        return result
 
 
-def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off", ""}:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {value!r}")
+@dataclass(frozen=True)
+class Whole(Kind):
+    """A whole number from `minimum` to `maximum` (None: no upper bound)."""
+
+    minimum: int = 0
+    maximum: int | None = None
+    click_type: ClassVar[Any] = int
+
+    def __call__(self, source: str, value: Any, secret: bool) -> int:
+        try:
+            result = int(str(value).strip())
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source} must be a whole number, got {value!r}") from None
+        if result < self.minimum:
+            raise ConfigError(f"{source} must be at least {self.minimum}, got {value!r}")
+        if self.maximum is not None and result > self.maximum:
+            raise ConfigError(f"{source} must be at most {self.maximum}, got {value!r}")
+        return result
+
+    def limits(self) -> str:
+        return "" if self.maximum is None else f"{self.minimum} to {self.maximum}"
 
 
-def _bandwidth(name: str, value: Any) -> float:
-    from .api.ratelimit import parse_bandwidth
+class Flag(Kind):
+    """On or off: a flag without a value; `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` elsewhere."""
 
-    try:
-        return parse_bandwidth(str(value))
-    except (ValueError, IndexError):
-        raise ConfigError(
-            f"{name} must be a bandwidth such as 10M (MiB/s), 500K or 1G, got {value!r}"
-        ) from None
+    is_flag: ClassVar[bool] = True
+
+    def __call__(self, source: str, value: Any, secret: bool) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off", ""}:
+            return False
+        raise ConfigError(f"{source} must be true or false, got {value!r}")
 
 
-def _status_map(name: str, value: Any) -> EncodeStatusMap:
-    if isinstance(value, EncodeStatusMap):
-        return value
-    if isinstance(value, Mapping):  # from TOML: {succeeded = [2], failed = [3, 4]}
-        value = ";".join(f"{k}={','.join(str(v) for v in vs)}" for k, vs in value.items())
-    try:
-        return EncodeStatusMap.parse(str(value))
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+class Bandwidth(Kind):
+    """Bytes per second in rclone's syntax (`10M` is 10 MiB/s); 0 or `off`: no limit."""
+
+    def __call__(self, source: str, value: Any, secret: bool) -> float:
+        from .api.ratelimit import parse_bandwidth  # asyncio comes with it: only when the setting is set
+
+        try:
+            return parse_bandwidth(str(value))
+        except (ValueError, IndexError):
+            raise ConfigError(
+                f"{source} must be a bandwidth such as 10M (MiB/s), 500K or 1G, got {value!r}"
+            ) from None
+
+
+class StatusMap(Kind):
+    """`succeeded=2;failed=3,4`, or from TOML a table `{succeeded = [2], failed = [3, 4]}`."""
+
+    def __call__(self, source: str, value: Any, secret: bool) -> EncodeStatusMap:
+        if isinstance(value, EncodeStatusMap):
+            return value
+        if isinstance(value, Mapping):
+            value = ";".join(f"{k}={','.join(str(v) for v in vs)}" for k, vs in value.items())
+        try:
+            return EncodeStatusMap.parse(str(value))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+# -- the declaration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting as declared on its `Settings` field (the name and default come from the field)."""
+
+    kind: Kind
+    help: str  # what it means, lower case, no final period: the flag's help and the README's meaning
+    flag: bool = True  # False: environment variable and config file only
+    secret: bool = False  # held as a `Secret`; never stored; a warning when found in a config file
+    private: bool = False  # not a secret, but masked wherever settings are shown or stored
+    required: bool = False  # needed to reach the API (see `Settings.require_api`)
+    default_text: str | None = None  # the default as the docs show it, when the value does not speak
+    name: str = ""
+    default: Any = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def meaning(self) -> str:
+        """The help with the accepted range, as the README's table and the flag's help say it."""
+        limits = self.kind.limits()
+        if not limits:
+            return self.help
+        if self.help.endswith(")"):  # "... (0: no pacing)" -> "... (0 to 1000; 0: no pacing)"
+            head, _, tail = self.help.rpartition("(")
+            return f"{head}({limits}; {tail}"
+        return f"{self.help} ({limits})"
+
+    def shown_default(self, code: Callable[[str], str] = str) -> str:
+        """The default for people ('' when there is none); `code` marks literal text (backticks)."""
+        if self.required:
+            return "(required)"
+        if self.default_text is not None:
+            return self.default_text
+        value = self.default
+        if value is None:
+            return ""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, int | float):
+            return f"{value:g}"
+        return code(str(value))
+
+    def parse(self, source: str, value: Any) -> Any:
+        """The setting's value from a raw one; ConfigError (naming `source`) when it is not valid."""
+        result = self.kind(source, value, self.secret)
+        return Secret(result) if self.secret else result
+
+
+def setting(kind: Kind, help: str, **more: Any) -> dict[str, Setting]:
+    """The metadata of a `Settings` field that declares one setting (see `Setting` for `more`)."""
+    return {"setting": Setting(kind, help, **more)}
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a command needs to talk to the API and pace a run. Secrets are `Secret`s."""
+    """Everything a command needs to talk to the API and pace a run. Secrets are `Secret`s.
 
-    api_url: str = DEFAULT_API_URL
-    merchant_id: str | None = None
-    api_key: Secret | None = None
-    token: Secret | None = None
-    email: str | None = None
-    password: Secret | None = None
-    rate: float = DEFAULT_RATE_PER_MINUTE
-    concurrency: int = DEFAULT_CONCURRENCY
-    upload_concurrency: int = DEFAULT_UPLOAD_CONCURRENCY
-    retries: int = DEFAULT_RETRIES
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    job_timeout: float = DEFAULT_JOB_TIMEOUT
-    poll_min_interval: float = 2.0
-    poll_max_interval: float = 30.0
-    in_doubt_delay: float = 2.0  # pause before looking up a create that got no answer
-    encode_status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
-    allow_http: bool = False  # plain http:// to a host other than this machine
-    burst: int = 3  # requests that may leave at once before the even pace applies (0: no pacing)
-    max_in_flight: int = 0  # jobs of this run queued or encoding on the platform at once (0: no cap)
-    bwlimit: float = 0.0  # bytes per second for all uploads of the run together (0: no limit)
+    The order of the fields is the order `config` prints them in and ``summary.json`` records them.
+    """
+
+    api_url: str = field(default=DEFAULT_API_URL, metadata=setting(ApiUrl(), "API base URL"))
+    merchant_id: str | None = field(
+        default=None, metadata=setting(HeaderText(), "merchant id", required=True)
+    )
+    api_key: Secret | None = field(
+        default=None, metadata=setting(HeaderText(), "API key", secret=True, required=True)
+    )
+    token: Secret | None = field(
+        default=None,
+        metadata=setting(
+            HeaderText(), "bearer token as is (the run stops with exit 3 when it expires)", secret=True
+        ),
+    )
+    email: str | None = field(
+        default=None,
+        metadata=setting(
+            Text(),
+            "email for the auth-token endpoint: with `--password`, tokens are obtained there and renewed "
+            "before expiry and after an unexpected 401",
+            private=True,
+        ),
+    )
+    password: Secret | None = field(
+        default=None,
+        metadata=setting(Text(), "password for the auth-token endpoint (see `--email`)", secret=True),
+    )
+    rate: float = field(
+        default=50.0,  # the platform's default account limit
+        metadata=setting(Number(0.0), "requests per minute, everything included (0: no limit)"),
+    )
+    concurrency: int = field(
+        default=8,
+        metadata=setting(Whole(1, 256), "submissions in flight"),  # 256: past any account's rate limit
+    )
+    upload_concurrency: int = field(
+        default=2, metadata=setting(Whole(1, 64), "uploads in flight, part of `--concurrency`")
+    )
+    retries: int = field(
+        default=api_defaults.GET_RETRIES, metadata=setting(Whole(0), "retries of a transient failure")
+    )
+    connect_timeout: float = field(
+        default=api_defaults.CONNECT_TIMEOUT_S,
+        metadata=setting(Number(0.001), "seconds to wait for a connection to the API", flag=False),
+    )
+    read_timeout: float = field(
+        default=api_defaults.READ_TIMEOUT_S,
+        metadata=setting(
+            Number(0.001),
+            "seconds to wait for each read of an answer; a whole answer must come within the connect "
+            "timeout plus twice this",
+            flag=False,
+        ),
+    )
+    job_timeout: float = field(
+        default=6 * 3600.0,  # a long encode is hours, not days
+        metadata=setting(Number(0.001), "seconds a job may take after submission"),
+    )
+    poll_min_interval: float = field(
+        default=2.0, metadata=setting(Number(0.0), "shortest pause between polls (s)")
+    )
+    poll_max_interval: float = field(
+        default=30.0, metadata=setting(Number(0.0), "longest pause between polls (s)")
+    )
+    in_doubt_delay: float = field(
+        default=2.0,
+        metadata=setting(
+            Number(0.0), "seconds to wait before looking up a create that got no answer", flag=False
+        ),
+    )
+    encode_status_map: EncodeStatusMap = field(
+        default=EncodeStatusMap(),
+        metadata=setting(
+            StatusMap(), "which `encode_status` values are final, e.g. `succeeded=2;failed=3,4,9`"
+        ),
+    )
+    allow_http: bool = field(
+        default=False,
+        metadata=setting(
+            Flag(),
+            "allow a plain `http://` API URL to a host other than this machine (key and token then cross "
+            "the network unencrypted); without it such a URL is refused",
+        ),
+    )
+    burst: int = field(
+        default=api_defaults.BURST,
+        metadata=setting(
+            Whole(0, 1000),
+            "requests that may leave at once; after them requests are paced one every 60/`--rate` s "
+            "(0: no pacing, a minute's budget at once)",
+        ),
+    )
+    max_in_flight: int = field(
+        default=0,
+        metadata=setting(
+            Whole(0),
+            "jobs of this run queued or encoding on the platform at once; submission waits for room while "
+            "polling goes on (video platforms cap concurrent jobs; the emulator's `--max-in-flight` "
+            "answers over-cap creates with 429)",
+            default_text="0 (no cap)",
+        ),
+    )
+    bwlimit: float = field(
+        default=0.0,
+        metadata=setting(
+            Bandwidth(),
+            "upload bandwidth for all uploads of the run together, rclone's syntax: `10M` is 10 MiB/s, "
+            "also `500K`, `1G`",
+            default_text="no limit",
+        ),
+    )
 
     def require_api(self) -> Settings:
         """Self, or ConfigError naming the flag and the variable of the first missing setting."""
@@ -215,48 +408,70 @@ class Settings:
         return self
 
     def masked(self) -> dict[str, Any]:
-        """The settings as plain values with every secret masked, for display."""
+        """The settings as plain values with every secret (and the private email) masked, for display."""
         out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Secret) or f.name in PRIVATE_FIELDS:
+        for spec in SETTINGS:
+            value = getattr(self, spec.name)
+            if spec.secret or spec.private:
                 value = "********" if value else ""
             elif isinstance(value, EncodeStatusMap):
                 value = str(value)
-            out[f.name] = value
+            out[spec.name] = value
         return out
 
-    def with_changes(self, **changes: Any) -> Settings:
-        """A copy with some fields replaced."""
-        return replace(self, **changes)
+    def make_client(
+        self,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> SmartStreamClient:
+        """A new API client configured from these settings (which must name merchant, key and auth)."""
+        # Imported here: the command line imports this module to build its options, and starts
+        # without loading httpx.
+        from .api.auth import Auth
+        from .api.client import SmartStreamClient
+        from .api.ratelimit import RateLimiter
+
+        self.require_api()
+        assert self.merchant_id and self.api_key
+        return SmartStreamClient(
+            base_url=self.api_url,
+            merchant_id=self.merchant_id,
+            auth=Auth(self.api_key, token=self.token, email=self.email, password=self.password),
+            limiter=limiter or RateLimiter(self.rate, burst=self.burst or None),
+            transport=transport,
+            max_connections=max_connections or self.concurrency + 1,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            get_retries=self.retries,
+            bwlimit=self.bwlimit,
+        )
 
 
-# name -> converter; the environment variable is SMARTSTREAM_<NAME>.
-_CONVERTERS: dict[str, Any] = {
-    "api_url": _api_url,
-    "merchant_id": lambda n, v: _header_value(n, v),
-    "api_key": lambda n, v: Secret(_header_value(n, v, secret=True)),
-    "token": lambda n, v: Secret(_header_value(n, v, secret=True)),
-    "email": lambda n, v: str(v),
-    "password": lambda n, v: Secret(str(v)),
-    "rate": lambda n, v: _float(n, v, 0.0),
-    "concurrency": lambda n, v: _int(n, v, 1, MAX_CONCURRENCY),
-    "upload_concurrency": lambda n, v: _int(n, v, 1, MAX_UPLOAD_CONCURRENCY),
-    "retries": lambda n, v: _int(n, v, 0),
-    "connect_timeout": lambda n, v: _float(n, v, 0.001),
-    "read_timeout": lambda n, v: _float(n, v, 0.001),
-    "job_timeout": lambda n, v: _float(n, v, 0.001),
-    "poll_min_interval": lambda n, v: _float(n, v, 0.0),
-    "poll_max_interval": lambda n, v: _float(n, v, 0.0),
-    "in_doubt_delay": lambda n, v: _float(n, v, 0.0),
-    "encode_status_map": _status_map,
-    "allow_http": _bool,
-    "burst": lambda n, v: _int(n, v, 0, 1000),
-    "max_in_flight": lambda n, v: _int(n, v, 0),
-    "bwlimit": _bandwidth,
-}
-SECRET_FIELDS = frozenset({"api_key", "token", "password"})
-PRIVATE_FIELDS = frozenset({"email"})  # not a secret, but private: never stored or printed
+def _declared() -> tuple[Setting, ...]:
+    out = []
+    for f in fields(Settings):
+        out.append(replace(f.metadata["setting"], name=f.name, default=f.default))
+    return tuple(out)
+
+
+SETTINGS: tuple[Setting, ...] = _declared()
+"""Every setting, in the order of `Settings`' fields."""
+SECRET_FIELDS = frozenset(s.name for s in SETTINGS if s.secret)
+PRIVATE_FIELDS = frozenset(s.name for s in SETTINGS if s.private)  # never stored or printed
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def is_loopback(url: str) -> bool:
+    """True when `url`'s host is this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_config_file(
@@ -277,11 +492,10 @@ def load_config_file(
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     table = data.get("batch-ingest", data)
-    unknown = sorted(k for k in table if k.replace("-", "_") not in _CONVERTERS)
+    unknown = sorted(k for k in table if k.replace("-", "_") not in _BY_NAME)
     if unknown:
         raise ConfigError(
-            f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(_CONVERTERS))}"
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_BY_NAME))}"
         )
     values = {k.replace("-", "_"): v for k, v in table.items()}
     secrets_found = sorted(SECRET_FIELDS & set(values))
@@ -308,17 +522,17 @@ def resolve_settings(
     env = os.environ if env is None else env
     config = config or {}
     values: dict[str, Any] = {}
-    for name, convert in _CONVERTERS.items():
-        env_name = ENV_PREFIX + name.upper()
+    for spec in SETTINGS:
+        name = spec.name
         if flags.get(name) is not None:
-            source, raw = "--" + name.replace("_", "-"), flags[name]
-        elif env.get(env_name, "") != "":
-            source, raw = env_name, env[env_name]
+            source, raw = spec.option, flags[name]
+        elif env.get(spec.env, "") != "":
+            source, raw = spec.env, env[spec.env]
         elif config.get(name) is not None:
             source, raw = f"config setting {name}", config[name]
         else:
             continue
-        values[name] = convert(source, raw)
+        values[name] = spec.parse(source, raw)
     settings = Settings(**values)
     if settings.poll_max_interval < settings.poll_min_interval:
         raise ConfigError("poll_max_interval must not be smaller than poll_min_interval")

@@ -39,11 +39,11 @@ from .errors import (
     SourceUnreadable,
     TransientApiError,
 )
-from .journal import EXISTING, EXISTING_ANY, FAILED, PENDING, SENDING, SKIPPED, Journal, RowTask
+from .journal import Journal, RowTask
 from .progress import Progress
 from .redact import redact_url
+from .vocabulary import EXISTING_FAILED_MESSAGE, EXISTING_MESSAGE, Follow, RowState, SkipExisting, SourceType
 
-SKIP_NOT_FAILED, SKIP_ANY = "not-failed", "any"  # --skip-existing modes
 LOOKUP_PAGES = 5  # newest-jobs pages searched for an in-doubt row without ref_id
 
 
@@ -54,12 +54,8 @@ class SubmitStats:
     created: int = 0
     adopted: int = 0
     in_doubt: int = 0
-    errors: int = 0
     abort_reason: str | None = None
     failures: int = 0
-    skipped: int = 0
-    followed_existing: int = 0
-    resent_after_existing_failed: int = 0
 
 
 class Submitter:
@@ -97,7 +93,7 @@ class Submitter:
         self.stop = stop
         self.in_doubt_delay = in_doubt_delay
         self.max_failures = max_failures
-        self.skip_existing = skip_existing  # None, SKIP_NOT_FAILED or SKIP_ANY
+        self.skip_existing = skip_existing  # None, SkipExisting.NOT_FAILED or SkipExisting.ANY
         self.status_map = status_map or EncodeStatusMap()
         self.follow = follow  # hand a job found by --skip-existing, still encoding, to the poller
         self.following = following  # followed jobs still in flight: any may send its row again
@@ -168,7 +164,7 @@ class Submitter:
             await queue.put(task)
 
         async def rows() -> None:
-            for states in ((SENDING,), (PENDING,)):
+            for states in ((RowState.SENDING,), (RowState.PENDING,)):
                 after = 0
                 while not self.stop.is_set():
                     batch = self.journal.tasks(states, after_row=after, limit=500)
@@ -189,7 +185,7 @@ class Submitter:
                         deferred.append(row)  # a worker still has it: look again once it lets go
                         continue
                     resent = self.journal.task(row)
-                    if resent is not None and resent.state == PENDING:
+                    if resent is not None and resent.state == RowState.PENDING:
                         await put(resent)
                 self._resend.extend(deferred)
                 if not (self._resend or busy[0] or not queue.empty() or self.following()):
@@ -298,15 +294,14 @@ class Submitter:
         verdict = self.status_map.classify(job.encode_status)
         profile_id = _profile_id(job.job_profile_id)
         now = self._clock()
-        if verdict == VERDICT_FAILED and self.skip_existing != SKIP_ANY:
+        if verdict == VERDICT_FAILED and self.skip_existing != SkipExisting.ANY:
             # Sent again; the failed job is never this row's to adopt in a look-up.
             self.journal.add_known_jobs([job.id], f"failed job of row {task.row} found by --skip-existing")
-            self.stats.resent_after_existing_failed += 1
             return False
         # Claimed by the row's journal entry written next (mark_existing or mark_submitted), with no
         # await in between: no other row's look-up can see the job unclaimed.
         if verdict in (VERDICT_SUCCEEDED, VERDICT_FAILED):
-            state = SKIPPED if verdict == VERDICT_SUCCEEDED else FAILED
+            state = RowState.SKIPPED if verdict == VERDICT_SUCCEEDED else RowState.FAILED
             self.journal.mark_existing(
                 task.row,
                 state=state,
@@ -317,14 +312,13 @@ class Submitter:
                 created_at=job.created_at,
                 updated_at=job.updated_at,
                 now=now,
+                message=EXISTING_MESSAGE if state == RowState.SKIPPED else EXISTING_FAILED_MESSAGE,
             )
-            if state == SKIPPED:
-                self.stats.skipped += 1
-            else:
+            if state == RowState.FAILED:
                 self.count_failure()
             self.progress.row_finished(state, row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
             return True
-        follow = EXISTING_ANY if self.skip_existing == SKIP_ANY else EXISTING
+        follow = Follow.EXISTING_ANY if self.skip_existing == SkipExisting.ANY else Follow.EXISTING
         self.journal.mark_submitted(
             task.row,
             job_id=job.id,
@@ -335,8 +329,8 @@ class Submitter:
             updated_at=job.updated_at,
             now=now,
             follow=follow,
+            message=EXISTING_MESSAGE,
         )
-        self.stats.followed_existing += 1
         if self.follow is not None:
             self.follow(task.row, job, now, task, follow)
         return True
@@ -361,14 +355,13 @@ class Submitter:
             self.journal.mark_error(
                 task.row, http_status=None, code=exc.code, message=str(exc), now=self._clock()
             )
-            self.stats.errors += 1
             self.progress.row_finished(
-                "error", row=task.row, key=task.key, ref_id=task.ref_id, error=f"{exc.code}: {exc}"
+                RowState.ERROR, row=task.row, key=task.key, ref_id=task.ref_id, error=f"{exc.code}: {exc}"
             )
             self.count_failure()
 
     async def _submit_row_or_raise(self, task: RowTask) -> None:
-        if self.skip_existing and task.ref_id and task.state == PENDING:
+        if self.skip_existing and task.ref_id and task.state == RowState.PENDING:
             try:
                 if await self._skip_if_exists(task):
                     return
@@ -399,7 +392,7 @@ class Submitter:
 
     async def _send(self, task: RowTask) -> None:
         """Create the row's job (looking up first when in doubt), with retries; record the outcome."""
-        in_doubt = task.state == SENDING
+        in_doubt = task.state == RowState.SENDING
         sent_at = task.sent_at
 
         async def admitted() -> None:
@@ -500,9 +493,8 @@ class Submitter:
         self.journal.mark_error(
             task.row, http_status=exc.status, code=exc.code, message=exc.message, now=self._clock()
         )
-        self.stats.errors += 1
         self.progress.row_finished(
-            "error",
+            RowState.ERROR,
             row=task.row,
             key=task.key,
             ref_id=task.ref_id,
@@ -511,7 +503,7 @@ class Submitter:
         self.count_failure()
 
     async def _create(self, task: RowTask, admitted: Callable[[], Awaitable[None]]) -> Job:
-        if task.source_type == "url":
+        if task.source_type == SourceType.URL:
             assert task.job_profile_id is not None
             return await self.client.create_job(
                 self._source(task),
@@ -567,7 +559,7 @@ class Submitter:
         created = parse_api_date(job.created_at)
         if created is not None and created.timestamp() < earliest:
             return False
-        if task.source_type == "url":
+        if task.source_type == SourceType.URL:
             real = self.secret_sources.get(task.row) if task.source_secret else task.source
             if job.source_url is not None and (
                 job.source_url != real if real is not None else redact_url(job.source_url) != task.source

@@ -13,9 +13,16 @@ from __future__ import annotations
 import random
 import re
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
 
 from .errors import UsageError
+from .plan import Plan
+from .vocabulary import PlanStatus
 
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -108,3 +115,53 @@ class Subset:
         if self.sample is not None:
             parts.append(f"--sample {self.sample} --seed {self.seed}")
         return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A subset's choice: the ready rows taken now and those held back."""
+
+    taken: list[int]
+    held: list[int]
+
+
+def choose_subset(plan: Plan, subset: Subset | None) -> Taken | None:
+    """The rows a canary run takes (None: every row); UsageError when the subset takes none."""
+    if subset is None:
+        return None
+    ready = plan.ready["row"].to_list()
+    taken = subset.choose(ready)
+    if not taken:
+        raise UsageError(
+            f"{subset.describe()} takes none of the manifest's {len(ready)} ready rows"
+            + (f" (rows {ready[0]} to {ready[-1]})" if ready else "")
+            + ": choose rows the manifest has"
+        )
+    chosen = set(taken)
+    return Taken(taken, [r for r in ready if r not in chosen])
+
+
+def canary_plan(plan: Plan, subset: Subset) -> Plan:
+    """The plan as a canary would work it (validate, --dry-run): ready rows outside the subset are
+    marked held, so the plan's counts and the estimate cover only the rows it takes."""
+    taken = choose_subset(plan, subset)
+    assert taken is not None
+    not_taken = (pl.col("status") == PlanStatus.READY) & ~pl.col("row").is_in(taken.taken)
+    frame = plan.frame.with_columns(
+        pl.when(not_taken).then(pl.lit(PlanStatus.HELD.value)).otherwise(pl.col("status")).alias("status")
+    )
+    note = (
+        f"canary ({subset.describe()}): the plan and estimate cover the rows it takes; "
+        f"{len(taken.held)} ready rows would be held back"
+    )
+    return replace(plan, frame=frame, notes=[*plan.notes, note])
+
+
+def held_message(run_dir: Path, subset: Subset) -> str:
+    """What the report says of a held row."""
+    return f"held back by a canary run ({subset.describe()}): `batch-ingest resume {run_dir} --all` sends it"
+
+
+def subset_record(kind: str, subset: Subset, taken: int) -> dict[str, Any]:
+    """A subset as the run's meta records it: which command took how many rows, chosen how."""
+    return {"kind": kind, "selection": subset.describe(), "taken": taken, "at": time.time()}

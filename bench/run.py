@@ -14,28 +14,24 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import polars as pl
+from batch_ingest import RunOptions, Settings, plan_manifest, resolve_settings, run_manifest_async
+from batch_ingest.emulator import EmulatorConfig, EmulatorProcess, create_app
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from batch_ingest.emulator import EmulatorConfig, create_app, free_port  # noqa: E402
-from batch_ingest.runner import RunOptions, run_manifest_async  # noqa: E402
-from batch_ingest.settings import Secret, Settings  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
 CFG = EmulatorConfig()
 HEADERS = {"X-Streaks-Api-Key": CFG.api_key, "Authorization": f"Bearer {CFG.token}"}
 PREFIX = f"/v1/merchants/{CFG.merchant_id}"
@@ -45,42 +41,11 @@ FINAL = (2, 3, 4)
 # -- helpers ------------------------------------------------------------------------------------
 
 
-EMULATOR_PIDS: list[int] = []
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU seconds a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextmanager
-def emulator_process(*args: str):
-    """The emulator in its own process (its CPU is not ours), on a free loopback port."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batch_ingest", "emulator", "--port", str(port), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                errors = proc.stderr.read().decode()[-500:] if proc.stderr else ""
-                raise RuntimeError("emulator did not start: " + errors) from None
-            time.sleep(0.05)
-    EMULATOR_PIDS.append(proc.pid)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        EMULATOR_PIDS.pop()
-        proc.terminate()
-        proc.wait(timeout=10)
+def emulator_process(*args: str) -> Iterator[str]:
+    """The emulator in its own process (its CPU is not ours), on a free loopback port: its URL."""
+    with EmulatorProcess(*args, stdout=subprocess.DEVNULL, cwd=ROOT) as emulator:
+        yield emulator.url
 
 
 def stats(url: str) -> dict[str, Any]:
@@ -88,10 +53,11 @@ def stats(url: str) -> dict[str, Any]:
 
 
 def settings_for(url: str, **kw: Any) -> Settings:
-    base = dict(
-        api_url=url, merchant_id=CFG.merchant_id, api_key=Secret(CFG.api_key), token=Secret(CFG.token)
+    """Settings for the emulator at `url` with `kw` on top (no environment, no config file)."""
+    flags = dict(
+        api_url=url, merchant_id=CFG.merchant_id, api_key=CFG.api_key, token=CFG.token, allow_http=True
     )
-    return Settings(**{**base, **kw})
+    return resolve_settings({**flags, **kw}, env={}, config={})
 
 
 def url_manifest(folder: Path, n: int, name: str = "m.csv") -> Path:
@@ -114,17 +80,9 @@ def run_batch_ingest(manifest: Path, settings: Settings, run_dir: Path, transpor
 
 
 def measured_child(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, float, float, str]:
-    """Run a command through a fresh wrapper: (exit code, wall seconds, peak RSS MB of the command, stdout)."""
-    wrapper = (
-        "import resource, subprocess, sys, time, json\n"
-        "t = time.perf_counter()\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "print(json.dumps({'rc': p.returncode, 's': time.perf_counter() - t, "
-        "'mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 'out': p.stdout[-2000:], "
-        "'err': p.stderr[-2000:]}))\n"
-    )
+    """Run a command through bench/measure.py: (exit code, wall seconds, peak RSS MB of the command, stdout)."""
     out = subprocess.run(
-        [sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, env=env, cwd=ROOT
+        [sys.executable, str(BENCH / "measure.py"), *cmd], capture_output=True, text=True, env=env, cwd=ROOT
     )
     data = json.loads(out.stdout)
     if data["rc"] not in (0, 1):
@@ -373,7 +331,7 @@ def scenario_latency(tmp: Path, quick: bool) -> dict[str, Any]:
 def scenario_overhead(tmp: Path, quick: bool) -> dict[str, Any]:
     """Instant encodes, in-process through httpx.ASGITransport: CPU per job, batch-ingest vs a bare loop."""
     n = 2000 if quick else 10000
-    cfg = EmulatorConfig(rate_limit=0, queue_s=0, encode_s=0)
+    cfg = EmulatorConfig(rate_limit=0, queue_seconds=0, encode_seconds=0)
     app = create_app(cfg)
     transport = httpx.ASGITransport(app=app)
     s = settings_for(
@@ -399,30 +357,6 @@ def scenario_overhead(tmp: Path, quick: bool) -> dict[str, Any]:
         "met": ratio <= 1.5,
         "note": "both include the in-process emulator's own CPU",
     }
-
-
-BARE_UPLOAD = """
-import asyncio, sys, time, httpx, os, json
-url, path = sys.argv[1], sys.argv[2]
-size = os.path.getsize(path)
-async def body():
-    b = b"--x\\r\\nContent-Disposition: form-data; name=\\"source_file\\"; filename=\\"big.mp4\\"\\r\\n\\r\\n"
-    yield b
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            yield chunk
-    yield TAIL
-TAIL = b"\\r\\n--x--\\r\\n"
-head = len(b"--x\\r\\nContent-Disposition: form-data; name=\\"source_file\\"; filename=\\"big.mp4\\"\\r\\n\\r\\n")
-headers = {"X-Streaks-Api-Key": "emulator-api-key", "Authorization": "Bearer emulator-token",
-           "Content-Type": "multipart/form-data; boundary=x", "Content-Length": str(head + size + len(TAIL))}
-async def main():
-    async with httpx.AsyncClient(timeout=600, trust_env=False) as c:
-        t = time.perf_counter()
-        r = await c.post(url + "/v1/merchants/demo/jobs", content=body(), headers=headers)
-        print(json.dumps({"status": r.status_code, "s": time.perf_counter() - t}))
-asyncio.run(main())
-"""
 
 
 def scenario_upload(tmp: Path, quick: bool) -> dict[str, Any]:
@@ -458,7 +392,7 @@ def scenario_upload(tmp: Path, quick: bool) -> dict[str, Any]:
             con.close()
             ours = max(ours, size / (submitted - sent))
             bare_out = subprocess.run(
-                [sys.executable, "-c", BARE_UPLOAD, url, str(big)], capture_output=True, text=True
+                [sys.executable, str(BENCH / "bare_upload.py"), url, str(big)], capture_output=True, text=True
             )
             bare = max(bare, size / json.loads(bare_out.stdout)["s"])
     big.unlink()
@@ -536,8 +470,6 @@ NOTES = """## Reading the misses
 
 def scenario_wide_manifest(tmp: Path, quick: bool) -> dict[str, Any]:
     """validate of a manifest 10,000 columns wide, against polars reading the same file (same process)."""
-    from batch_ingest.plan import plan_manifest
-
     width, rows = 10_000, 100
     names = [f"c{i}" for i in range(width)]
     wide = tmp / "wide.csv"

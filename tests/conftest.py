@@ -1,20 +1,20 @@
-"""Shared fixtures: hermetic environment, the emulator in-process and on a loopback socket."""
+"""Shared fixtures: hermetic environment, the emulator in-process, on a loopback socket or in a process.
+
+Plain helpers (quick emulator settings, manifests, running the CLI, consistency checks) are in
+tests/helpers.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import pytest
-from batch_ingest.api import Auth, SmartStreamClient
-from batch_ingest.emulator import EmulatorConfig, EmulatorServer, Store, create_app
-from batch_ingest.settings import Secret
+from batch_ingest.emulator import EmulatorConfig, EmulatorProcess, EmulatorServer
+
+from .helpers import Api, FakeClock, asgi_api, client_for
 
 
 @pytest.fixture(autouse=True)
@@ -26,62 +26,9 @@ def hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-class FakeClock:
-    """A clock that only moves when someone sleeps on it: time passes without waiting."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
-
-
-@dataclass
-class Api:
-    """An emulator and a way to build clients for it, in-process or over a socket."""
-
-    mode: str
-    store: Store
-    make_client: Callable[..., SmartStreamClient]
-    url: str
-
-
-def client_for(
-    url: str,
-    config: EmulatorConfig,
-    *,
-    transport: httpx.AsyncBaseTransport | None = None,
-    static_token: bool = True,
-    **kwargs: Any,
-) -> SmartStreamClient:
-    """A client with the emulator's credentials (static token, or email and password)."""
-    clock = kwargs.pop("auth_clock", None) or time.time
-    if static_token:
-        auth = Auth(Secret(config.api_key), token=Secret(config.token), clock=clock)
-    else:
-        auth = Auth(Secret(config.api_key), email=config.email, password=Secret(config.password), clock=clock)
-    kwargs.setdefault("get_retries", 0)
-    return SmartStreamClient(
-        base_url=url, merchant_id=config.merchant_id, auth=auth, transport=transport, **kwargs
-    )
-
-
-@asynccontextmanager
-async def asgi_api(config: EmulatorConfig, clock: Callable[[], float] | None = None) -> AsyncIterator[Api]:
-    """The emulator in-process through httpx.ASGITransport."""
-    app = create_app(config, clock=clock) if clock else create_app(config)
-    transport = httpx.ASGITransport(app=app)
-    url = "http://emulator.test"
-    yield Api("asgi", app.state.store, lambda **kw: client_for(url, config, transport=transport, **kw), url)
 
 
 @pytest.fixture
@@ -98,6 +45,21 @@ def emulator_server() -> Iterator[Callable[..., EmulatorServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[Callable[..., EmulatorProcess]]:
+    """Factory for `batch-ingest emulator ARGS...` processes on a free loopback port; all end with the test."""
+    started: list[EmulatorProcess] = []
+
+    def start(*args: str) -> EmulatorProcess:
+        process = EmulatorProcess(*args)
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture(params=["socket", "asgi"])

@@ -4,30 +4,15 @@ and a later `resume --all` (or a full run with --skip-existing) sends them witho
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.errors import UsageError
 from batch_ingest.subset import Subset, parse_rows
-from click.testing import CliRunner
 
-from .test_faults import FAST, FLAGS, check_consistent, mixed_manifest
-
-
-def cli(args: list[str], env: dict[str, str] | None = None):
-    return CliRunner().invoke(main, args, env=env or {}, catch_exceptions=False)
-
-
-def report_of(run_dir: Path) -> pl.DataFrame:
-    return pl.read_parquet(run_dir / "report.parquet", glob=False)
-
-
-def summary_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
+from .helpers import FAST, FLAGS, check_consistent, mixed_manifest, report_of, run_cli, summary_of
 
 
 def rows_with(report: pl.DataFrame, outcome: str) -> list[int]:
@@ -84,7 +69,9 @@ def test_limit_then_resume_all_sends_every_row_exactly_once(tmp_path, emulator_s
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 40)
     run_dir = tmp_path / "run"
-    result = cli(["run", str(manifest), "--report-dir", str(run_dir), "--limit", "5", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--limit", "5", *FLAGS], server.env()
+    )
     assert result.exit_code == 0, result.output  # held rows are not failures
     report = report_of(run_dir)
     assert report.height == 40  # every manifest row has its row in the report
@@ -99,16 +86,16 @@ def test_limit_then_resume_all_sends_every_row_exactly_once(tmp_path, emulator_s
     assert summary["subsets"] == [{"kind": "run", "selection": "--limit 5", "taken": 5}]
 
     # A plain resume leaves held rows held and sends nothing.
-    again = cli(["resume", str(run_dir), *FLAGS], server.env())
+    again = run_cli(["resume", str(run_dir), *FLAGS], server.env())
     assert again.exit_code == 0, again.output
     assert server.stats()["jobs_created"] == 5
     assert rows_with(report_of(run_dir), "held") == list(range(6, 41))
 
     # `report` names the command that sends the rest.
-    review = cli(["report", str(run_dir)])
+    review = run_cli(["report", str(run_dir)])
     assert f"batch-ingest resume {run_dir} --all" in review.output
 
-    wide = cli(["resume", str(run_dir), "--all", *FLAGS], server.env())
+    wide = run_cli(["resume", str(run_dir), "--all", *FLAGS], server.env())
     assert wide.exit_code == 0, wide.output
     report = check_consistent(run_dir, server, 40)
     assert (report["outcome"] == "succeeded").all()
@@ -117,7 +104,7 @@ def test_limit_then_resume_all_sends_every_row_exactly_once(tmp_path, emulator_s
 
     # The same command again (a cron re-run): nothing held, nothing sent, nothing changed.
     before = (run_dir / "report.parquet").read_bytes()
-    last = cli(["resume", str(run_dir), "--all", *FLAGS], server.env())
+    last = run_cli(["resume", str(run_dir), "--all", *FLAGS], server.env())
     assert last.exit_code == 0, last.output
     assert server.stats()["jobs_created"] == 40
     assert (run_dir / "report.parquet").read_bytes() == before
@@ -132,7 +119,7 @@ def test_widening_a_run_folder_another_process_holds_is_refused_and_takes_nothin
     manifest = mixed_manifest(tmp_path, 12)
     run_dir = tmp_path / "run"
     assert (
-        cli(
+        run_cli(
             ["run", str(manifest), "--report-dir", str(run_dir), "--limit", "3", *FLAGS], server.env()
         ).exit_code
         == 0
@@ -140,7 +127,7 @@ def test_widening_a_run_folder_another_process_holds_is_refused_and_takes_nothin
     lock = RunLock(run_dir).acquire()
     lock.write_pid()
     try:
-        busy = cli(["resume", str(run_dir), "--all", *FLAGS], server.env())
+        busy = run_cli(["resume", str(run_dir), "--all", *FLAGS], server.env())
         assert busy.exit_code == 2 and f"in use by process {os.getpid()}" in busy.output, busy.output
     finally:
         lock.release()
@@ -151,7 +138,7 @@ def test_widening_a_run_folder_another_process_holds_is_refused_and_takes_nothin
         assert journal.held_rows() == list(range(4, 13))  # the journal, not only the report: nothing taken
     finally:
         journal.close()
-    assert cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
+    assert run_cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
     assert server.stats()["jobs_created"] == 12
 
 
@@ -159,16 +146,19 @@ def test_rows_then_widening_step_by_step(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 30)
     run_dir = tmp_path / "run"
-    first = cli(
+    first = run_cli(
         ["run", str(manifest), "--report-dir", str(run_dir), "--rows", "10-12,20", *FLAGS], server.env()
     )
     assert first.exit_code == 0, first.output
     assert rows_with(report_of(run_dir), "succeeded") == [10, 11, 12, 20]
 
     # --limit on resume takes the first held rows; --sample a seeded sample of the held ones.
-    assert cli(["resume", str(run_dir), "--limit", "3", *FLAGS], server.env()).exit_code == 0
+    assert run_cli(["resume", str(run_dir), "--limit", "3", *FLAGS], server.env()).exit_code == 0
     assert rows_with(report_of(run_dir), "succeeded") == [1, 2, 3, 10, 11, 12, 20]
-    assert cli(["resume", str(run_dir), "--sample", "4", "--seed", "11", *FLAGS], server.env()).exit_code == 0
+    assert (
+        run_cli(["resume", str(run_dir), "--sample", "4", "--seed", "11", *FLAGS], server.env()).exit_code
+        == 0
+    )
     after_sample = rows_with(report_of(run_dir), "succeeded")
     held_before = [r for r in range(1, 31) if r not in (1, 2, 3, 10, 11, 12, 20)]
     expected = sorted(Subset(sample=4, seed=11).choose(held_before))
@@ -176,11 +166,11 @@ def test_rows_then_widening_step_by_step(tmp_path, emulator_server):
     assert server.stats()["jobs_created"] == 11
 
     # Rows outside what is held: refused with the rows it does hold, nothing changes.
-    refused = cli(["resume", str(run_dir), "--rows", "10-12", *FLAGS], server.env())
+    refused = run_cli(["resume", str(run_dir), "--rows", "10-12", *FLAGS], server.env())
     assert refused.exit_code == 2 and "takes none of the" in refused.output
     assert server.stats()["jobs_created"] == 11
 
-    assert cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
+    assert run_cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
     report = check_consistent(run_dir, server, 30)
     assert (report["outcome"] == "succeeded").all() and server.stats()["jobs_created"] == 30
     selections = [s["selection"] for s in summary_of(run_dir)["subsets"]]
@@ -192,7 +182,7 @@ def test_a_sample_is_reproducible_from_its_recorded_seed(tmp_path, emulator_serv
     manifest = mixed_manifest(tmp_path, 50)
     first, second = tmp_path / "first", tmp_path / "second"
     assert (
-        cli(
+        run_cli(
             ["run", str(manifest), "--report-dir", str(first), "--sample", "6", *FLAGS], server.env()
         ).exit_code
         == 0
@@ -204,7 +194,7 @@ def test_a_sample_is_reproducible_from_its_recorded_seed(tmp_path, emulator_serv
     # The recorded seed on another emulator (the same videos may go to another account) takes the same rows.
     other = emulator_server(EmulatorConfig(**FAST))
     args = ["run", str(manifest), "--report-dir", str(second), "--sample", "6", "--seed", str(seed), *FLAGS]
-    assert cli(args, other.env()).exit_code == 0
+    assert run_cli(args, other.env()).exit_code == 0
     assert rows_with(report_of(second), "succeeded") == taken
 
 
@@ -216,12 +206,14 @@ def test_a_full_run_with_skip_existing_after_a_canary_sends_only_the_rest(tmp_pa
     )
     canary, full = tmp_path / "canary", tmp_path / "full"
     assert (
-        cli(
+        run_cli(
             ["run", str(manifest), "--report-dir", str(canary), "--limit", "4", *FLAGS], server.env()
         ).exit_code
         == 0
     )
-    result = cli(["run", str(manifest), "--report-dir", str(full), "--skip-existing", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(full), "--skip-existing", *FLAGS], server.env()
+    )
     assert result.exit_code == 0, result.output
     report = report_of(full)
     assert rows_with(report, "skipped") == [1, 2, 3, 4]
@@ -241,7 +233,7 @@ def test_bad_subsets_stop_before_anything_is_created(tmp_path, emulator_server):
         (["--rows", ""], "--rows ''"),  # an empty variable in a script must not mean "every row"
     ):
         run_dir = tmp_path / f"r{args[1] or 'empty'}"
-        result = cli(["run", str(manifest), "--report-dir", str(run_dir), *args, *FLAGS], server.env())
+        result = run_cli(["run", str(manifest), "--report-dir", str(run_dir), *args, *FLAGS], server.env())
         assert result.exit_code == 2, (args, result.output)
         assert fragment in result.output, (args, result.output)
         assert not (run_dir / "journal.sqlite").exists()
@@ -259,15 +251,17 @@ def test_held_rows_are_not_retried_and_rejected_rows_are_reported_whatever_the_s
         + "ftp://old.example.com/x.mp4,100,bad\n"
     )
     run_dir = tmp_path / "run"
-    result = cli(["run", str(manifest), "--report-dir", str(run_dir), "--limit", "2", *FLAGS], server.env())
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--limit", "2", *FLAGS], server.env()
+    )
     assert result.exit_code == 1  # the rejected row is a failure, canary or not
     report = report_of(run_dir)
     assert rows_with(report, "succeeded") == [1, 2]
     assert rows_with(report, "held") == [3, 4, 5, 6]
     assert rows_with(report, "rejected") == [7]
-    retried = cli(["retry", str(run_dir), "--only", "held", *FLAGS], server.env())
+    retried = run_cli(["retry", str(run_dir), "--only", "held", *FLAGS], server.env())
     assert retried.exit_code == 2 and f"resume {run_dir} --all" in retried.output
-    nothing = cli(["retry", str(run_dir), *FLAGS], server.env())
+    nothing = run_cli(["retry", str(run_dir), *FLAGS], server.env())
     assert nothing.exit_code == 0 and "nothing to retry" in nothing.output  # held rows are not failures
     assert server.stats()["jobs_created"] == 2
 
@@ -280,10 +274,10 @@ def test_validate_estimates_a_100000_row_manifest_at_the_default_rate(tmp_path):
     manifest.write_text(
         "source,profile\n" + "".join(f"https://cdn.example.com/{i}.mp4,100\n" for i in range(100_000))
     )
-    result = cli(["validate", str(manifest)])
+    result = run_cli(["validate", str(manifest)])
     assert result.exit_code == 0, result.output
     assert "estimate: about 35 h 0 min for 105,001 API requests at 50 per minute" in result.output
-    as_json = json.loads(cli(["validate", str(manifest), "--json", "--rate", "120"]).output)
+    as_json = json.loads(run_cli(["validate", str(manifest), "--json", "--rate", "120"]).output)
     assert round(as_json["estimate"]["request_s"]) == round(105_001 / 120 * 60)
 
 
@@ -295,18 +289,18 @@ def test_validate_estimates_uploads_only_with_a_rate_and_says_so_otherwise(tmp_p
             f.truncate(200 * 2**20)  # sparse: 600 MiB to upload in all
     manifest = tmp_path / "m.csv"
     manifest.write_text("source,ref_id\n" + "".join(f"media/{i}.mp4,v{i}\n" for i in range(3)))
-    without = cli(["validate", str(manifest)])
+    without = run_cli(["validate", str(manifest)])
     assert "uploads: 600.0 MiB, not in the estimate: pass --upload-rate" in without.output
-    with_rate = cli(["validate", str(manifest), "--upload-rate", "10M"])
+    with_rate = run_cli(["validate", str(manifest), "--upload-rate", "10M"])
     assert "uploads: 600.0 MiB at 10.0 MiB/s: about 1 min" in with_rate.output
     assert (
-        json.loads(cli(["validate", str(manifest), "--json", "--upload-rate", "10M"]).output)["estimate"][
+        json.loads(run_cli(["validate", str(manifest), "--json", "--upload-rate", "10M"]).output)["estimate"][
             "total_s"
         ]
         == 60
     )
     for nonsense in ("fast", "0", "off", "1e-320"):
-        bad = cli(["validate", str(manifest), "--upload-rate", nonsense])
+        bad = run_cli(["validate", str(manifest), "--upload-rate", nonsense])
         assert bad.exit_code == 2 and "--upload-rate" in bad.output, (nonsense, bad.output)
 
 
@@ -318,7 +312,7 @@ def test_validate_and_dry_run_plan_a_canary(tmp_path):
         + "ftp://x/y,100\n"
     )
     for command in (["validate"], ["run", "--dry-run"]):
-        result = cli(
+        result = run_cli(
             [*command, str(manifest), "--limit", "10", "--json"]
             if command == ["validate"]
             else [*command, str(manifest), "--limit", "10"]
@@ -341,15 +335,15 @@ def test_a_run_folder_whose_name_looks_like_a_pattern(tmp_path, emulator_server)
     manifest = mixed_manifest(tmp_path, 6)
     run_dir = tmp_path / "batch[1]*?"
     assert (
-        cli(
+        run_cli(
             ["run", str(manifest), "--report-dir", str(run_dir), "--limit", "2", *FLAGS], server.env()
         ).exit_code
         == 0
     )
     assert rows_with(report_of(run_dir), "held") == [3, 4, 5, 6]
-    assert cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
+    assert run_cli(["resume", str(run_dir), "--all", *FLAGS], server.env()).exit_code == 0
     assert (report_of(run_dir)["outcome"] == "succeeded").all() and server.stats()["jobs_created"] == 6
-    review = cli(["report", str(run_dir)])
+    review = run_cli(["report", str(run_dir)])
     assert review.exit_code == 0 and "6 rows" in review.output
 
 

@@ -7,22 +7,16 @@ import os
 from pathlib import Path
 
 import pytest
-from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.errors import ConfigError
 from batch_ingest.settings import load_config_file, resolve_settings
-from click.testing import CliRunner
 
-from .test_faults import FAST, FLAGS, mixed_manifest
-
-
-def cli(args, env=None):
-    return CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+from .helpers import FAST, FLAGS, mixed_manifest, run_cli
 
 
 def test_profiles_and_jobs(emulator_server, tmp_path):
     server = emulator_server(EmulatorConfig(**FAST))
-    result = cli(["profiles", "--json"], env=server.env())
+    result = run_cli(["profiles", "--json"], server.env())
     assert result.exit_code == 0
     profiles = [json.loads(line) for line in result.output.splitlines()]
     assert [(p["id"], p["ref_id"]) for p in profiles] == [
@@ -33,14 +27,14 @@ def test_profiles_and_jobs(emulator_server, tmp_path):
     ]
 
     manifest = mixed_manifest(tmp_path, 5)
-    assert cli(["run", str(manifest), *FLAGS], env=server.env()).exit_code == 0
-    newest = json.loads(cli(["jobs", "--limit", "3", "--json"], env=server.env()).output)
+    assert run_cli(["run", str(manifest), *FLAGS], server.env()).exit_code == 0
+    newest = json.loads(run_cli(["jobs", "--limit", "3", "--json"], server.env()).output)
     assert len(newest) == 3
-    one = json.loads(cli(["jobs", "ref:ref-0", "--json"], env=server.env()).output)
+    one = json.loads(run_cli(["jobs", "ref:ref-0", "--json"], server.env()).output)
     assert one["ref_id"] == "ref-0" and one["encode_status"] == 2
-    text = cli(["jobs", one["id"]], env=server.env()).output
+    text = run_cli(["jobs", one["id"]], server.env()).output
     assert f"id: {one['id']}" in text
-    missing = CliRunner().invoke(main, ["jobs", "ref:nope"], env=server.env())
+    missing = run_cli(["jobs", "ref:nope"], server.env())
     assert missing.exit_code == 3 and "JOB_NOT_FOUND" in missing.output
 
 
@@ -63,27 +57,27 @@ def test_config_command_masks_secrets_and_warns_about_them(tmp_path):
     cfg = tmp_path / "bi.toml"
     cfg.write_text('merchant_id = "m"\napi_key = "very-secret-key"\n')
     os.chmod(cfg, 0o644)
-    result = CliRunner().invoke(main, ["config", "--config", str(cfg), "--token", "tok-secret"])
+    result = run_cli(["config", "--config", str(cfg), "--token", "tok-secret"])
     assert result.exit_code == 0
     assert "very-secret-key" not in result.output and "tok-secret" not in result.output
     assert "api_key = ********" in result.stdout and "merchant_id = m" in result.stdout
     assert "readable by other users: chmod 600" in result.stderr
     os.chmod(cfg, 0o600)
-    result = CliRunner().invoke(main, ["config", "--config", str(cfg)])
+    result = run_cli(["config", "--config", str(cfg)])
     assert "holds api_key" in result.stderr and "readable by other" not in result.stderr
 
 
 def test_bad_config_file_and_values_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("rate = [\n")
-    result = CliRunner().invoke(main, ["config", "--config", str(bad)])
+    result = run_cli(["config", "--config", str(bad)])
     assert result.exit_code == 2 and "cannot read config file" in result.output
     bad.write_text("speed = 3\n")
-    result = CliRunner().invoke(main, ["config", "--config", str(bad)])
+    result = run_cli(["config", "--config", str(bad)])
     assert result.exit_code == 2 and "unknown setting(s) speed" in result.output
-    result = CliRunner().invoke(main, ["config", "--config", str(tmp_path / "none.toml")])
+    result = run_cli(["config", "--config", str(tmp_path / "none.toml")])
     assert result.exit_code == 2 and "does not exist" in result.output
-    result = CliRunner().invoke(main, ["config"], env={"SMARTSTREAM_CONCURRENCY": "many"})
+    result = run_cli(["config"], {"SMARTSTREAM_CONCURRENCY": "many"})
     assert result.exit_code == 2 and "SMARTSTREAM_CONCURRENCY must be a whole number" in result.output
     with pytest.raises(ConfigError, match="write it like"):
         resolve_settings({"encode_status_map": "ok=2"}, env={})
@@ -93,7 +87,7 @@ def test_json_event_log_for_cron(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, failure_rate=0.5, seed=1))
     manifest = mixed_manifest(tmp_path, 12)
     log = tmp_path / "logs" / "run.jsonl"
-    result = cli(
+    result = run_cli(
         ["run", str(manifest), "--log-file", str(log), "--log-format", "json", *FLAGS], env=server.env()
     )
     assert result.exit_code == 1

@@ -12,7 +12,7 @@ from batch_ingest.api import RateLimiter, parse_retry_after
 from batch_ingest.emulator import EmulatorConfig, free_port
 from batch_ingest.errors import ApiConnectionError, AuthError, RateLimitedError, ServerError
 
-from .conftest import asgi_api, client_for
+from .helpers import asgi_api, client_for
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +28,7 @@ def _max_in_any_window(times: list[float], window: float = 60.0) -> int:
 
 
 async def test_token_is_renewed_before_it_expires(fake_clock):
-    config = EmulatorConfig(rate_limit=0, token_ttl_s=100)
+    config = EmulatorConfig(rate_limit=0, token_ttl=100)
     async with (
         asgi_api(config, clock=fake_clock) as api,
         api.make_client(static_token=False, auth_clock=fake_clock) as client,
@@ -43,7 +43,7 @@ async def test_token_is_renewed_before_it_expires(fake_clock):
 
 
 async def test_token_is_renewed_once_after_an_unexpected_401(fake_clock):
-    config = EmulatorConfig(rate_limit=0, token_ttl_s=3600, token_revoke_after_s=5)
+    config = EmulatorConfig(rate_limit=0, token_ttl=3600, token_revoke_after_s=5)
     async with (
         asgi_api(config, clock=fake_clock) as api,
         api.make_client(static_token=False, auth_clock=fake_clock) as client,
@@ -58,7 +58,7 @@ async def test_token_is_renewed_once_after_an_unexpected_401(fake_clock):
 
 
 async def test_expired_static_token_is_an_auth_error(fake_clock):
-    config = EmulatorConfig(rate_limit=0, static_token_ttl_s=5)
+    config = EmulatorConfig(rate_limit=0, static_token_ttl=5)
     async with asgi_api(config, clock=fake_clock) as api, api.make_client() as client:
         await client.list_jobs()
         await fake_clock.sleep(6)

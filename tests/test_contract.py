@@ -17,7 +17,7 @@ from batch_ingest.errors import AuthError, NotFoundError, PermanentApiError, Ser
 pytestmark = pytest.mark.anyio
 
 DATE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-CONFIG = EmulatorConfig(rate_limit=0, queue_s=60, encode_s=60)
+CONFIG = EmulatorConfig(rate_limit=0, queue_seconds=60, encode_seconds=60)
 JOB_KEYS = {
     "id",
     "ref_id",

@@ -9,53 +9,12 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from batch_ingest.emulator import free_port
 
 PEAK_RSS_LIMIT_MB = 150
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, deadline_s: float = 20.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"emulator exited early: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("emulator did not start listening in time")
-
-
-@pytest.fixture
-def emulator_process() -> Iterator:
-    procs: list[subprocess.Popen] = []
-
-    def start(*args: str) -> tuple[subprocess.Popen, int]:
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "batch_ingest", "emulator", "--port", str(port), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        _wait_for_port(port, proc)
-        return proc, port
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -66,10 +25,12 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def test_emulator_prints_exports_and_answers_the_vendor_curl(emulator_process, tmp_path):
-    proc, port = emulator_process("--rate-limit", "0")
+    emulator = emulator_process("--rate-limit", "0")
+    port = emulator.port
+    assert emulator.proc is not None and emulator.proc.stdout is not None
     exports = {}
     for _ in range(4):
-        line = proc.stdout.readline().strip()
+        line = emulator.proc.stdout.readline().strip()
         name, _, value = line.removeprefix("export ").partition("=")
         exports[name] = value
     assert exports == {
@@ -134,12 +95,14 @@ def test_emulator_port_in_use_is_a_clear_error():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("measures")  # measures time or memory: never beside another such test
 def test_sparse_1gb_upload_keeps_both_sides_small(emulator_process, tmp_path):
     size = 1 << 30
     video = tmp_path / "big.mp4"
     with open(video, "wb") as f:
         f.truncate(size)  # sparse: no disk used
-    proc, port = emulator_process("--rate-limit", "0")
+    emulator = emulator_process("--rate-limit", "0")
+    port = emulator.port
     script = textwrap.dedent(
         f"""
         import asyncio, json
@@ -161,7 +124,7 @@ def test_sparse_1gb_upload_keeps_both_sides_small(emulator_process, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     client = json.loads(out.stdout)
-    emulator_peak = _peak_rss_mb(proc.pid)
+    emulator_peak = _peak_rss_mb(emulator.pid)
     jobs = httpx.get(f"http://127.0.0.1:{port}/_emulator/jobs", trust_env=False).json()["jobs"]
     expected = hashlib.sha256()
     zeros = bytes(1 << 20)
@@ -187,8 +150,8 @@ def test_bound_socket_says_tcp_so_answers_are_not_held_by_nagle():
 
 def test_storage_missing_for_answers_only_the_sources_named(emulator_process):
     """The standalone emulator can fail the sample manifest's row 7 the way `run --emulator` does."""
-    _, port = emulator_process("--rate-limit", "0", "--storage-missing-for", "no-storage")
-    base = f"http://127.0.0.1:{port}/v1/merchants/demo/jobs"
+    emulator = emulator_process("--rate-limit", "0", "--storage-missing-for", "no-storage")
+    base = f"{emulator.url}/v1/merchants/demo/jobs"
     headers = {"X-Streaks-Api-Key": "emulator-api-key", "Authorization": "Bearer emulator-token"}
     missing = httpx.post(
         base,

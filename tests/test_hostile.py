@@ -22,12 +22,9 @@ from typing import Any
 import polars as pl
 import pytest
 import uvicorn
-from batch_ingest.cli import main
-from batch_ingest.emulator import EmulatorConfig, create_app
-from batch_ingest.emulator.server import free_port
-from click.testing import CliRunner
+from batch_ingest.emulator import EmulatorConfig, create_app, free_port
 
-from .test_faults import FAST, FLAGS, mixed_manifest
+from .helpers import FAST, FLAGS, QUICK_DOUBT, mixed_manifest, process_env, run_cli
 
 DOCUMENTED = {0, 1, 2, 3, 4, 130}
 
@@ -170,16 +167,16 @@ def hostile():
 
 
 def env_for(app: Hostile, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")}
-    env.update(
-        SMARTSTREAM_API_URL=app.url,
-        SMARTSTREAM_MERCHANT_ID=app.config.merchant_id,
-        SMARTSTREAM_API_KEY=app.config.api_key,
-        SMARTSTREAM_TOKEN=app.config.token,
-        SMARTSTREAM_IN_DOUBT_DELAY="0.05",
-        **extra,
+    return process_env(
+        dict(
+            SMARTSTREAM_API_URL=app.url,
+            SMARTSTREAM_MERCHANT_ID=app.config.merchant_id,
+            SMARTSTREAM_API_KEY=app.config.api_key,
+            SMARTSTREAM_TOKEN=app.config.token,
+            **QUICK_DOUBT,
+            **extra,
+        )
     )
-    return env
 
 
 def run_bounded(args: list[str], env: dict[str, str], bound_s: float = 60) -> tuple[int, str, str, float]:
@@ -325,10 +322,10 @@ def test_a_worker_that_fails_unexpectedly_ends_the_run_not_hangs_it(tmp_path, em
 
     settings = resolve_settings({"concurrency": 2, "rate": 0}, env=server.env())
 
-    def invoke() -> None:  # in a thread of its own, so that a hang fails the test instead of hanging it
+    def run() -> None:  # in a thread of its own, so that a hang fails the test instead of hanging it
         outcome["result"] = run_manifest(manifest, settings, RunOptions(run_dir=tmp_path / "run"))
 
-    worker = threading.Thread(target=invoke, daemon=True)
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     worker.join(timeout=60)
     assert not worker.is_alive(), "the run hung after a worker failed"
@@ -337,13 +334,13 @@ def test_a_worker_that_fails_unexpectedly_ends_the_run_not_hangs_it(tmp_path, em
     report = pl.read_parquet(tmp_path / "run" / "report.parquet")
     assert report.height == 100  # every row reported; resume finishes the rest
     monkeypatch.setattr(submit.Submitter, "_create", original)
-    result = CliRunner().invoke(main, ["resume", str(tmp_path / "run"), *FLAGS], env=server.env())
+    result = run_cli(["resume", str(tmp_path / "run"), *FLAGS], server.env())
     assert result.exit_code == 0, result.output
     assert server.stats()["jobs_created"] == 100 and server.stats()["duplicate_sources"] == {}
 
 
 def test_a_file_that_vanished_or_changed_ends_its_row_and_resume_finishes(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=0.5, latency_s=0.05))
+    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl=0.5, latency=0.05))
     media = tmp_path / "media"
     media.mkdir()
     lines = ["source,profile,ref_id"]
@@ -353,7 +350,7 @@ def test_a_file_that_vanished_or_changed_ends_its_row_and_resume_finishes(tmp_pa
     manifest = tmp_path / "m.csv"
     manifest.write_text("\n".join(lines) + "\n")
     run_dir = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")} | server.env()
+    env = process_env(server.env())
     code, out, err, _ = run_bounded(
         ["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "1", *FLAGS], env
     )
@@ -390,21 +387,16 @@ def test_bad_local_state_exits_2_and_a_bug_exits_4_with_the_traceback_in_error_l
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 4)
     run_dir = tmp_path / "run"
-    assert (
-        CliRunner()
-        .invoke(main, ["run", str(manifest), "--report-dir", str(run_dir), *FLAGS], env=server.env())
-        .exit_code
-        == 0
-    )
+    assert run_cli(["run", str(manifest), "--report-dir", str(run_dir), *FLAGS], server.env()).exit_code == 0
     # A journal that is not one.
     other = tmp_path / "other"
     other.mkdir()
     (other / "journal.sqlite").write_bytes(b"this is not a database" * 100)
     (other / "plan.parquet").write_bytes(b"")
-    result = CliRunner().invoke(main, ["resume", str(other)], env=server.env())
+    result = run_cli(["resume", str(other)], server.env())
     assert result.exit_code == 2 and "not a batch-ingest journal" in result.output
     # A NUL byte in a path.
-    result = CliRunner().invoke(main, ["report", "bad\x00path"])
+    result = run_cli(["report", "bad\x00path"])
     assert result.exit_code == 2 and "NUL" in result.output
     # A bug: one line, exit 4, the traceback in the run folder's error.log, the report still written.
     import batch_ingest.poll as poll
@@ -414,9 +406,7 @@ def test_bad_local_state_exits_2_and_a_bug_exits_4_with_the_traceback_in_error_l
 
     monkeypatch.setattr(poll.Poller, "poll_once", broken)
     run2 = tmp_path / "run2"
-    result = CliRunner().invoke(
-        main, ["run", str(manifest), "--report-dir", str(run2), *FLAGS], env=server.env()
-    )
+    result = run_cli(["run", str(manifest), "--report-dir", str(run2), *FLAGS], env=server.env())
     assert result.exit_code == 4, result.output
     assert "Traceback" not in result.output and f"details in {run2 / 'error.log'}" in result.output
     assert "ZeroDivisionError: injected" in (run2 / "error.log").read_text()
@@ -430,7 +420,7 @@ def test_run_folder_and_files_are_private_and_secrets_never_stored(tmp_path, emu
     manifest.write_text(f'source,profile,ref_id,note,@cmd\n{secret_url},100,s1,=HYPERLINK("http://evil"),x\n')
     run_dir = tmp_path / "run"
     log = tmp_path / "events.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")} | server.env()
+    env = process_env(server.env())
     env.update(SMARTSTREAM_EMAIL="ops@example.com", SMARTSTREAM_PASSWORD="pw-secret")
     old_umask = os.umask(0o022)  # a permissive umask: the files must still be private
     code, out, err, _ = run_bounded(
@@ -479,7 +469,7 @@ def test_terminal_output_escapes_control_characters(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = tmp_path / "m.csv"
     manifest.write_text('source,profile\n"ftp://x/\x1b]0;pwned\x07\x1b[2J.mp4",100\n')
-    result = CliRunner().invoke(main, ["validate", str(manifest)], env=server.env())
+    result = run_cli(["validate", str(manifest)], server.env())
     assert result.exit_code == 1
     assert "\x1b" not in result.output and "\x07" not in result.output and "\\x1b" in result.output
 
@@ -493,25 +483,23 @@ def test_plain_http_to_another_host_needs_allow_http(tmp_path):
         "SMARTSTREAM_API_KEY": "k",
         "SMARTSTREAM_TOKEN": "t",
     }
-    result = CliRunner().invoke(main, ["run", str(manifest)], env=env)
+    result = run_cli(["run", str(manifest)], env)
     assert result.exit_code == 2 and "--allow-http" in result.output
-    result = CliRunner().invoke(main, ["run", "--help"])
+    result = run_cli(["run", "--help"])
     assert "show in `ps`" in result.output
 
 
 def test_unwritable_html_is_refused_before_anything_is_sent(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 3)
-    result = CliRunner().invoke(
-        main, ["run", str(manifest), "--html", str(tmp_path / "no" / "r.html"), *FLAGS], env=server.env()
+    result = run_cli(
+        ["run", str(manifest), "--html", str(tmp_path / "no" / "r.html"), *FLAGS], env=server.env()
     )
     assert result.exit_code == 2 and "does not exist" in result.output
     assert server.stats()["requests_total"] == 0
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    result = CliRunner().invoke(
-        main, ["run", str(manifest), "--report-dir", str(tmp_path / "full"), *FLAGS], env=server.env()
-    )
+    result = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "full"), *FLAGS], env=server.env())
     assert result.exit_code == 2 and "not empty and holds no run" in result.output
     assert server.stats()["requests_total"] == 0
 
@@ -534,7 +522,7 @@ def test_validate_is_linear_in_columns(tmp_path):
         + ",".join("x" * 10_000)
         + "\n"
     )
-    result = CliRunner().invoke(main, ["validate", str(manifest), "--json"])
+    result = run_cli(["validate", str(manifest), "--json"])
     assert result.exit_code == 0, result.output[-500:]
     assert "c0, c1, c2" in result.output and "and 9980 more" in result.output
     from batch_ingest.plan import plan_manifest
@@ -543,18 +531,17 @@ def test_validate_is_linear_in_columns(tmp_path):
 
 
 def test_resume_reads_urls_with_credentials_again_from_the_manifest(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl_s=1.0, latency_s=0.05))
+    server = emulator_server(EmulatorConfig(**FAST, static_token_ttl=1.0, latency=0.05))
     rows = [f"https://cdn.example.com/{i}.mp4?sig=s3cr3t{i}x&v=1" for i in range(40)]
     manifest = tmp_path / "m.csv"
     manifest.write_text("source,profile\n" + "".join(f"{u},100\n" for u in rows))
     run_dir = tmp_path / "run"
-    result = CliRunner().invoke(
-        main,
+    result = run_cli(
         ["run", str(manifest), "--report-dir", str(run_dir), "--concurrency", "1", *FLAGS],
         env=server.env(),
     )
     assert result.exit_code == 3, result.output  # the static token expired mid-run
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")} | server.env()
+    env = process_env(server.env())
     env.pop("SMARTSTREAM_TOKEN")
     env.update(SMARTSTREAM_EMAIL=server.config.email, SMARTSTREAM_PASSWORD=server.config.password)
     # Meanwhile one row's URL changed in the manifest (another object): that row cannot be sent, the
@@ -582,7 +569,7 @@ def test_resume_reads_urls_with_credentials_again_from_the_manifest(tmp_path, em
 def test_disk_full_while_writing_the_report_exits_2_naming_the_fix(tmp_path, emulator_server, monkeypatch):
     import errno
 
-    import batch_ingest.runner as runner
+    import batch_ingest.rundir as rundir
 
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 3)
@@ -590,10 +577,8 @@ def test_disk_full_while_writing_the_report_exits_2_naming_the_fix(tmp_path, emu
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "report.parquet"))
 
-    monkeypatch.setattr(runner, "write_report_in_chunks", full)
-    result = CliRunner().invoke(
-        main, ["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS], env=server.env()
-    )
+    monkeypatch.setattr(rundir, "write_report_in_chunks", full)
+    result = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS], env=server.env())
     assert result.exit_code == 2, result.output
     assert "No space left on device" in result.output and "resume" in result.output
     assert "Traceback" not in result.output
@@ -637,7 +622,7 @@ def test_small_hostile_inputs_are_config_errors_or_ignored(tmp_path, emulator_se
         (["--upload-concurrency", "1000"], "at most 64"),
         (["--api-key", "kéy"], "printable ASCII"),
     ):
-        result = CliRunner().invoke(main, ["config", *args])
+        result = run_cli(["config", *args])
         assert result.exit_code == 2 and says in result.output, (args, result.output)
         assert "pw" not in result.output and "kéy" not in result.output
     # `jobs` shows a job's source URL redacted, as everything else does.
@@ -645,7 +630,7 @@ def test_small_hostile_inputs_are_config_errors_or_ignored(tmp_path, emulator_se
     secret = "https://u:hunter2@cdn.example.com/a.mp4?X-Amz-Signature=deadbeef"
     manifest = tmp_path / "m.csv"
     manifest.write_text(f"source,profile,ref_id\n{secret},100,j1\n")
-    assert CliRunner().invoke(main, ["run", str(manifest), *FLAGS], env=server.env()).exit_code == 0
+    assert run_cli(["run", str(manifest), *FLAGS], server.env()).exit_code == 0
     for args in (["jobs"], ["jobs", "ref:j1"], ["jobs", "--json"]):
-        out = CliRunner().invoke(main, args, env=server.env()).output
+        out = run_cli(args, server.env()).output
         assert "hunter2" not in out and "deadbeef" not in out and "REDACTED" in out, args

@@ -9,11 +9,9 @@ import subprocess
 
 import polars as pl
 import pytest
-from batch_ingest.cli import main
 from batch_ingest.emulator import EmulatorConfig
-from click.testing import CliRunner
 
-from .test_faults import FAST, FLAGS, mixed_manifest
+from .helpers import FAST, FLAGS, mixed_manifest, run_cli
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -65,10 +63,8 @@ def test_html_report_in_headless_chromium(tmp_path, emulator_server):
         f.write("ftp://cdn.example.com/<script>alert(1)</script>.mp4,100,,b0\n")  # escaped, never run
     run_dir = tmp_path / "run"
     page = tmp_path / "report.html"
-    result = CliRunner().invoke(
-        main,
-        ["run", str(manifest), "--report-dir", str(run_dir), "--html", str(page), *FLAGS],
-        env=server.env(),
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--html", str(page), *FLAGS], server.env()
     )
     assert result.exit_code == 1, result.output
     report = pl.read_parquet(run_dir / "report.parquet")

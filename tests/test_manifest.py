@@ -8,16 +8,14 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from batch_ingest.cli import main
 from batch_ingest.plan import plan_manifest
-from click.testing import CliRunner
+
+from .helpers import run_cli
 
 
 def validate(path: Path, *extra: str):
-    result = CliRunner().invoke(main, ["validate", str(path), "--json", *extra])
+    result = run_cli(["validate", str(path), "--json", *extra])
     assert "Traceback" not in result.output
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
     return result
 
 
@@ -184,6 +182,6 @@ def test_derived_keys_are_deterministic(tmp_path):
 def test_bad_manifest_in_run_exits_2_before_anything_is_sent(tmp_path, emulator_server):
     server = emulator_server()
     path = write(tmp_path, "m.csv", "url\nhttps://a/x\n")
-    result = CliRunner().invoke(main, ["run", str(path), "-q"], env=server.env())
+    result = run_cli(["run", str(path), "-q"], server.env())
     assert result.exit_code == 2 and "no source column" in result.output
     assert server.stats()["requests_total"] == 0

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from batch_ingest.journal import Journal
+from batch_ingest.journal import JobUpdate, Journal
 from batch_ingest.plan import plan_manifest
 from batch_ingest.report import build_report, write_report_in_chunks
+from batch_ingest.vocabulary import RowState
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def journal_and_plan(tmp_path: Path):
         updated_at=None,
         now=1.0,
     )
-    journal.record_progress([(2, 2, None, "succeeded", 2.0)])
+    journal.record_progress([JobUpdate(2, 2, None, RowState.SUCCEEDED, 2.0)])
     journal.mark_error(5, http_status=400, code="BAD", message="refused", now=3.0)
     yield journal, plan
     journal.close()

@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
 from batch_ingest.cli import main
-from batch_ingest.emulator import EmulatorConfig
+from batch_ingest.emulator import EmulatorConfig, free_port
 from batch_ingest.report import REPORT_COLUMNS
-from click.testing import CliRunner
 
-FAST: dict[str, Any] = dict(rate_limit=0, queue_s=0.2, encode_s=0.5, jitter=0.5)
-RUN_FLAGS = ["--poll-min-interval", "0.2", "--poll-max-interval", "0.5", "--rate", "0", "-q"]
+from .helpers import FAST, FLAGS, QUICK_DOUBT, process_env, run_cli, write_manifest
 
 
-def write_manifest(folder: Path, text: str, name: str = "manifest.csv") -> Path:
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def invoke(args: list[str], env: dict[str, str] | None = None):
-    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
-    return result
-
-
-def mixed_manifest(tmp_path: Path) -> Path:
+def every_outcome_manifest(tmp_path: Path) -> Path:
+    """Eight rows, one for each way a row can end (and both kinds of source)."""
     (tmp_path / "media").mkdir()
     (tmp_path / "media" / "a.mp4").write_bytes(b"A" * 3000)
     (tmp_path / "media" / "b.mp4").write_bytes(b"B" * 5000)
@@ -51,10 +37,8 @@ def mixed_manifest(tmp_path: Path) -> Path:
 
 def test_mixed_manifest_report_cell_by_cell(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, storage_missing_for=("no-storage",)))
-    manifest = mixed_manifest(tmp_path)
-    result = invoke(
-        ["run", str(manifest), "--report-dir", str(tmp_path / "run"), *RUN_FLAGS], env=server.env()
-    )
+    manifest = every_outcome_manifest(tmp_path)
+    result = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "run"), *FLAGS], env=server.env())
     assert result.exit_code == 1, result.output
     report_path = Path(result.output.strip().splitlines()[-1])
     assert report_path == tmp_path / "run" / "report.parquet"
@@ -127,7 +111,7 @@ def test_all_succeeded_exits_0_and_parquet_manifest(tmp_path, emulator_server):
             "profile": [100, 101, 102, 100, 101],
         }
     ).write_parquet(tmp_path / "m.parquet")
-    result = invoke(["run", str(tmp_path / "m.parquet"), *RUN_FLAGS], env=server.env())
+    result = run_cli(["run", str(tmp_path / "m.parquet"), *FLAGS], env=server.env())
     assert result.exit_code == 0, result.output
     report = pl.read_parquet(result.output.strip().splitlines()[-1])
     assert report["outcome"].to_list() == ["succeeded"] * 5
@@ -136,20 +120,24 @@ def test_all_succeeded_exits_0_and_parquet_manifest(tmp_path, emulator_server):
 
 
 def test_timed_out_jobs(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(rate_limit=0, queue_s=0.1, encode_s=600))
+    server = emulator_server(EmulatorConfig(rate_limit=0, queue_seconds=0.1, encode_seconds=600))
     manifest = write_manifest(tmp_path, "source,profile\nhttps://cdn.example.com/slow.mp4,100\n")
-    result = invoke(["run", str(manifest), "--job-timeout", "1", *RUN_FLAGS], env=server.env())
+    result = run_cli(["run", str(manifest), "--job-timeout", "0.3", *FLAGS], env=server.env())
     assert result.exit_code == 1
     report = pl.read_parquet(result.output.strip().splitlines()[-1])
     assert report.select("outcome", "error_code").row(0) == ("timed_out", "JOB_TIMEOUT")
 
 
+@pytest.mark.xdist_group("measures")  # measures time or memory: never beside another such test
 def test_request_economy_1000_jobs(tmp_path, emulator_server):
     """Submissions included, a 1,000-job run spends at most 1.1 requests per job."""
-    server = emulator_server(EmulatorConfig(rate_limit=0, queue_s=1.0, encode_s=3.0, jitter=0.5))
+    # Encodes of seconds, in emulator time run 4 times faster (the client's poll bounds scaled to match).
+    server = emulator_server(
+        EmulatorConfig(rate_limit=0, queue_seconds=1.0, encode_seconds=3.0, jitter=0.5, time_scale=4.0)
+    )
     lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/v{i}.mp4,100,v{i}" for i in range(1000)]
     manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
-    result = invoke(
+    result = run_cli(
         [
             "run",
             str(manifest),
@@ -158,9 +146,9 @@ def test_request_economy_1000_jobs(tmp_path, emulator_server):
             "--rate",
             "0",
             "--poll-min-interval",
-            "0.5",
+            "0.125",
             "--poll-max-interval",
-            "2",
+            "0.5",
             "-q",
         ],
         env=server.env(),
@@ -182,8 +170,8 @@ def test_in_doubt_creates_are_adopted_not_duplicated(tmp_path, emulator_server):
     rows += [f"https://cdn.example.com/n{i}.mp4,101," for i in range(15)]  # found among the newest jobs
     rows += ["f.mp4,102,"]
     manifest = write_manifest(tmp_path, "\n".join(rows) + "\n")
-    env = server.env()
-    result = CliRunner().invoke(main, ["run", str(manifest), *RUN_FLAGS], env=env, catch_exceptions=False)
+    env = {**server.env(), **QUICK_DOUBT}
+    result = run_cli(["run", str(manifest), *FLAGS], env)
     assert result.exit_code == 0, result.output
     stats = server.stats()
     assert stats["faults"]["dropped_after_create"] > 3
@@ -200,7 +188,7 @@ def test_wrong_token_aborts_with_exit_3(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = write_manifest(tmp_path, "source,profile\nhttps://cdn.example.com/1.mp4,100\n")
     env = {**server.env(), "SMARTSTREAM_TOKEN": "not-the-token"}
-    result = invoke(["run", str(manifest), *RUN_FLAGS], env=env)
+    result = run_cli(["run", str(manifest), *FLAGS], env=env)
     assert result.exit_code == 3
     assert "not-the-token" not in result.output
     assert server.stats()["jobs_created"] == 0
@@ -208,16 +196,14 @@ def test_wrong_token_aborts_with_exit_3(tmp_path, emulator_server):
 
 def test_missing_settings_exit_2_naming_flag_and_variable(tmp_path):
     manifest = write_manifest(tmp_path, "source,profile\nhttps://cdn.example.com/1.mp4,100\n")
-    result = CliRunner().invoke(main, ["run", str(manifest)])
+    result = run_cli(["run", str(manifest)])
     assert result.exit_code == 2
     assert "--merchant-id" in result.output and "SMARTSTREAM_MERCHANT_ID" in result.output
-    result = CliRunner().invoke(main, ["run", str(manifest)], env={"SMARTSTREAM_MERCHANT_ID": "m"})
+    result = run_cli(["run", str(manifest)], env={"SMARTSTREAM_MERCHANT_ID": "m"})
     assert result.exit_code == 2 and "SMARTSTREAM_API_KEY" in result.output
 
 
 def test_unreachable_api_aborts_with_exit_3(tmp_path):
-    from batch_ingest.emulator import free_port
-
     manifest = write_manifest(tmp_path, "source,profile\nhttps://cdn.example.com/1.mp4,100\n")
     env = {
         "SMARTSTREAM_API_URL": f"http://127.0.0.1:{free_port()}",
@@ -225,7 +211,7 @@ def test_unreachable_api_aborts_with_exit_3(tmp_path):
         "SMARTSTREAM_API_KEY": "k",
         "SMARTSTREAM_TOKEN": "t",
     }
-    result = invoke(["run", str(manifest), "--retries", "0", "-q"], env=env)
+    result = run_cli(["run", str(manifest), "--retries", "0", "-q"], env=env)
     assert result.exit_code == 3
     assert "Traceback" not in result.output
 
@@ -235,8 +221,8 @@ def test_max_failures_trips(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST, storage_missing_for=("no-storage",)))
     rows = ["source,profile"] + [f"https://cdn.example.com/no-storage/{i}.mp4,100" for i in range(10)]
     manifest = write_manifest(tmp_path, "\n".join(rows) + "\n")
-    result = invoke(
-        ["run", str(manifest), "--max-failures", "2", "--concurrency", "1", *RUN_FLAGS], env=server.env()
+    result = run_cli(
+        ["run", str(manifest), "--max-failures", "2", "--concurrency", "1", *FLAGS], env=server.env()
     )
     assert result.exit_code == 3
     report = pl.read_parquet(result.output.strip().splitlines()[-1])
@@ -248,7 +234,6 @@ def test_max_failures_trips(tmp_path, emulator_server):
 def test_sample_run_as_a_real_process(tmp_path):
     """The README's quick start, as a subprocess: every row accounted for, the path last."""
     repo = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SMARTSTREAM_")}
     result = subprocess.run(
         [
             sys.executable,
@@ -263,7 +248,7 @@ def test_sample_run_as_a_real_process(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
+        env=process_env(),
     )
     assert result.returncode == 1, result.stderr  # rows fail on purpose
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "sample" / "report.parquet")
@@ -277,7 +262,7 @@ def test_sample_run_as_a_real_process(tmp_path):
 def test_every_command_has_help():
     for name, command in main.commands.items():
         assert command.help and len(command.help) > 20, name
-        result = CliRunner().invoke(main, [name, "--help"])
+        result = run_cli([name, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
         for param in command.params:
             if isinstance(param, __import__("click").Option):
@@ -289,7 +274,7 @@ def test_validate_prints_plan_and_sends_nothing(tmp_path, emulator_server, fmt):
     server = emulator_server(EmulatorConfig(**FAST))
     repo = Path(__file__).resolve().parent.parent
     manifest = repo / "manifests" / f"sample.{fmt}"
-    result = invoke(["validate", str(manifest), "--json"], env=server.env())
+    result = run_cli(["validate", str(manifest), "--json"], env=server.env())
     assert result.exit_code == 1
     info = json.loads(result.output)
     assert info["rows"] == 12 and info["to_submit"] == 7 and info["rejected"] == 5
@@ -299,13 +284,13 @@ def test_validate_prints_plan_and_sends_nothing(tmp_path, emulator_server, fmt):
     )
     stats = server.stats()
     assert stats["jobs_created"] == 0 and "POST jobs" not in stats["requests"]
-    dry = invoke(["run", str(manifest), "--dry-run"], env=server.env())
+    dry = run_cli(["run", str(manifest), "--dry-run"], env=server.env())
     assert dry.exit_code == 1 and "7 to submit" in dry.output
     assert server.stats()["jobs_created"] == 0
 
 
 def test_concurrency_bounds_hold(tmp_path, emulator_server):
-    server = emulator_server(EmulatorConfig(**FAST, latency_s=0.05))
+    server = emulator_server(EmulatorConfig(**FAST, latency=0.05))
     media = tmp_path / "media"
     media.mkdir()
     rows = ["source,profile"]
@@ -314,8 +299,8 @@ def test_concurrency_bounds_hold(tmp_path, emulator_server):
         rows.append(f"media/{i}.mp4,100")
     rows += [f"https://cdn.example.com/{i}.mp4,100" for i in range(30)]
     manifest = write_manifest(tmp_path, "\n".join(rows) + "\n")
-    result = invoke(
-        ["run", str(manifest), "--concurrency", "4", "--upload-concurrency", "1", *RUN_FLAGS],
+    result = run_cli(
+        ["run", str(manifest), "--concurrency", "4", "--upload-concurrency", "1", *FLAGS],
         env=server.env(),
     )
     assert result.exit_code == 0, result.output
@@ -332,17 +317,18 @@ def test_ndjson_manifest(tmp_path, emulator_server):
         '{"source": "https://cdn.example.com/1.mp4", "profile": 100, "ref_id": "n1", "tags": ["a"]}\n'
         '{"source": "https://cdn.example.com/2.mp4", "profile": "ref:sd", "ref_id": "n2", "tags": []}\n'
     )
-    result = invoke(["run", str(path), *RUN_FLAGS], env=server.env())
+    result = run_cli(["run", str(path), *FLAGS], env=server.env())
     assert result.exit_code == 0, result.output
     report = pl.read_parquet(result.output.strip().splitlines()[-1])
     assert report["job_profile_id"].to_list() == [100, 102]
     assert report["tags"].to_list() == [["a"], []]
 
 
+@pytest.mark.xdist_group("measures")  # measures time or memory: never beside another such test
 def test_paced_run_against_a_token_bucket_platform(tmp_path, emulator_server):
     """The platform enforces the same rate as a token bucket of capacity 5: an even pace meets no 429."""
     server = emulator_server(
-        EmulatorConfig(rate_limit=600, bucket_capacity=5, queue_s=0.1, encode_s=0.3, jitter=0.2)
+        EmulatorConfig(rate_limit=600, bucket_capacity=5, queue_seconds=0.1, encode_seconds=0.3, jitter=0.2)
     )
     lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/p{i}.mp4,100,p{i}" for i in range(60)]
     manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
@@ -359,7 +345,7 @@ def test_paced_run_against_a_token_bucket_platform(tmp_path, emulator_server):
         "1",
         "-q",
     ]
-    result = invoke(args, env=server.env())
+    result = run_cli(args, env=server.env())
     assert result.exit_code == 0, result.output
     stats = server.stats()
     assert stats["jobs_created"] == 60
@@ -369,12 +355,12 @@ def test_paced_run_against_a_token_bucket_platform(tmp_path, emulator_server):
 def test_max_in_flight_keeps_the_platforms_queue_under_its_cap(tmp_path, emulator_server):
     """The account takes at most 4 jobs queued or encoding (over-cap creates answer 429)."""
     server = emulator_server(
-        EmulatorConfig(rate_limit=0, max_in_flight=4, queue_s=0.1, encode_s=0.4, jitter=0.2)
+        EmulatorConfig(rate_limit=0, max_in_flight=4, queue_seconds=0.1, encode_seconds=0.4, jitter=0.2)
     )
     lines = ["source,profile,ref_id"] + [f"https://cdn.example.com/q{i}.mp4,100,q{i}" for i in range(30)]
     manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
-    args = ["run", str(manifest), "--report-dir", str(tmp_path / "run"), "--max-in-flight", "4", *RUN_FLAGS]
-    result = invoke(args, env=server.env())
+    args = ["run", str(manifest), "--report-dir", str(tmp_path / "run"), "--max-in-flight", "4", *FLAGS]
+    result = run_cli(args, env=server.env())
     assert result.exit_code == 0, result.output
     stats = server.stats()
     assert stats["jobs_created"] == 30 and stats["duplicate_ref_ids"] == {}
@@ -387,7 +373,7 @@ def test_bwlimit_uploads_arrive_whole(tmp_path, emulator_server):
     data = bytes(range(256)) * 4096 * 3  # 3 MiB
     (tmp_path / "media" / "a.mp4").write_bytes(data)
     manifest = write_manifest(tmp_path, "source,profile\nmedia/a.mp4,100\n")
-    result = invoke(["run", str(manifest), "--bwlimit", "16M", *RUN_FLAGS], env=server.env())
+    result = run_cli(["run", str(manifest), "--bwlimit", "16M", *FLAGS], env=server.env())
     assert result.exit_code == 0, result.output
     import hashlib
 

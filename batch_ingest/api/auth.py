@@ -11,8 +11,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from ..settings import Secret
 from .models import parse_api_date
+from .secret import Secret
 
 API_KEY_HEADER = "X-Streaks-Api-Key"
 RENEW_BEFORE_MAX_S = 300.0  # renew at most this long before expiry...
@@ -39,7 +39,6 @@ class Auth:
         self._email = email
         self._password = password
         self._clock = clock
-        self._expires_at: float | None = None
         self._renew_at: float | None = None
         self._lock = asyncio.Lock()
         self.renewals = 0
@@ -82,7 +81,6 @@ class Auth:
             token, expires_at = await fetch(self._email, self._password.get())
             now = self._clock()
             self._token = token
-            self._expires_at = expires_at
             if expires_at is not None:
                 lifetime = max(0.0, expires_at - now)
                 self._renew_at = expires_at - min(RENEW_BEFORE_MAX_S, lifetime * RENEW_BEFORE_SHARE)

@@ -1,7 +1,9 @@
 """`SmartStreamClient`: one async method per endpoint of the Ingest API (Video) page.
 
-All requests share one `httpx.AsyncClient`, one `RateLimiter` and one `Auth`. httpx
-errors become ours here and nowhere else (see `errors.py`); nothing raised carries headers.
+A client's requests share its connection pools (a few small `httpx.AsyncClient`s, see
+`CONNECTIONS_PER_POOL`), one `RateLimiter` and one `Auth`. The client takes plain values; building
+one from `Settings` is `Settings.make_client`. httpx errors become ours here and nowhere else (see
+`errors.py`); nothing raised carries headers.
 Reads (GET) are retried on transient errors; creates are never retried here, because a
 create that got no answer may have created the job: the caller looks before sending again.
 """
@@ -20,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .. import __version__
+from .._version import __version__
 from ..errors import (
     ApiConnectionError,
     AuthError,
@@ -33,9 +35,9 @@ from ..errors import (
     SourceUnreadable,
 )
 from ..redact import redact_text
-from ..settings import Settings
 from .auth import Auth, expiration_epoch
 from .clock import PlatformClock
+from .defaults import CONNECT_TIMEOUT_S, GET_RETRIES, READ_TIMEOUT_S
 from .models import Job, JobProfile, MalformedRecord, Page
 from .ratelimit import RETRY_AFTER_CEILING_S, ByteRate, RateLimiter, parse_retry_after
 from .retry import call_with_retries
@@ -48,7 +50,8 @@ UPLOAD_CHUNK = 4 * 1024 * 1024  # bytes read from disk per step of an upload (1 
 # split over small pools. Connections are therefore spread over pools of at most this size;
 # their total still equals the caller's bound.
 CONNECTIONS_PER_POOL = 16
-MAX_PAGE_SIZE = 100  # NOTES.md: assume at most 100 items per page
+# The vendor publishes no page-size limit; we assume a page holds at most 100 items (`limit` <= 100).
+MAX_PAGE_SIZE = 100
 ANNOUNCE_PAUSE_S = 5.0  # a rate-limit pause longer than this is announced with its reason and end
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a page of 100 jobs is ~50 KB; anything this large is not an answer
 MAX_PAGES = 10_000  # a listing that has not ended by then never will (1,000,000 items)
@@ -74,7 +77,14 @@ def _quote_filename(name: str) -> str:
 
 
 class SmartStreamClient:
-    """Async client for the SmartSTREAM Ingest API. Use as `async with`."""
+    """Async client for the SmartSTREAM Ingest API. Use as `async with`.
+
+    `max_connections` bounds the connections the client opens itself, spread over pools of at
+    most `CONNECTIONS_PER_POOL`. An injected `transport` (httpx.ASGITransport, MockTransport, a
+    caller's own AsyncHTTPTransport) keeps its own connections and limits, which a client cannot
+    resize: the client then sends everything through that one transport and `max_connections`
+    does not apply.
+    """
 
     def __init__(
         self,
@@ -85,9 +95,10 @@ class SmartStreamClient:
         limiter: RateLimiter | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 8,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 60.0,
-        get_retries: int = 5,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+        get_retries: int = GET_RETRIES,
+        bwlimit: float = 0.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -100,15 +111,23 @@ class SmartStreamClient:
         self._sleep = sleep
         self.requests_sent = 0
         self.platform_clock = PlatformClock()
-        self.bandwidth: ByteRate | None = None  # --bwlimit: shared by every upload of the run
+        # Bytes per second for every upload of this client together (0: no limit).
+        self.bandwidth = ByteRate(bwlimit) if bwlimit > 0 else None
         self.on_notice: Callable[[str], Any] = lambda text: None  # long waits are announced here
         self._announced_until = 0.0
         self._prefix = f"/v1/merchants/{quote(merchant_id, safe='')}"
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)
         # The read timeout is per read: a server trickling a byte at a time would hold a request forever.
         self._deadline = connect_timeout + 2 * read_timeout
-        count = -(-max_connections // CONNECTIONS_PER_POOL)
-        sizes = [max_connections // count + (1 if i < max_connections % count else 0) for i in range(count)]
+        if transport is None:
+            count = -(-max_connections // CONNECTIONS_PER_POOL)
+            sizes = [
+                max_connections // count + (1 if i < max_connections % count else 0) for i in range(count)
+            ]
+        else:
+            # Several clients over one transport would share its one pool (and close it once each):
+            # the transport's own limits are the only ones there are.
+            count, sizes = 1, [max_connections]
         self._pools = [
             httpx.AsyncClient(
                 base_url=self.base_url,
@@ -127,34 +146,6 @@ class SmartStreamClient:
     def _pick_pool(self) -> int:
         """The pool with the most free connections."""
         return max(range(len(self._pools)), key=lambda i: self._sizes[i] - self._busy[i])
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        max_connections: int | None = None,
-        limiter: RateLimiter | None = None,
-    ) -> SmartStreamClient:
-        """A client configured from resolved settings (which must name merchant, key and auth)."""
-        settings.require_api()
-        assert settings.merchant_id and settings.api_key
-        auth = Auth(settings.api_key, token=settings.token, email=settings.email, password=settings.password)
-        client = cls(
-            base_url=settings.api_url,
-            merchant_id=settings.merchant_id,
-            auth=auth,
-            limiter=limiter or RateLimiter(settings.rate, burst=settings.burst or None),
-            transport=transport,
-            max_connections=max_connections or settings.concurrency + 1,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            get_retries=settings.retries,
-        )
-        if settings.bwlimit > 0:
-            client.bandwidth = ByteRate(settings.bwlimit)
-        return client
 
     async def __aenter__(self) -> SmartStreamClient:
         return self

@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 
+from .defaults import BURST as DEFAULT_BURST
+
 WINDOW_S = 60.0
 # Requests take time to reach the server; keep this much slack so our window and the
 # server's never disagree. 0.25 s is under 0.5% of a minute.
@@ -35,9 +37,6 @@ BACKOFF_CAP_S = 60.0  # one window: after that the server's count has surely res
 SLOWDOWN_FACTOR = 0.8  # budget multiplier after each 429
 MIN_FACTOR = 0.25
 RECOVERY_STEP = 0.01  # budget fraction regained per successful request
-# Requests that may leave at once before the pace applies. Below the capacity of the small token
-# buckets platforms use (5 is common), so the bucket keeps a token or two for the network's jitter.
-DEFAULT_BURST = 3
 RETRY_AFTER_CEILING_S = 300.0  # a longer Retry-After is taken as this: the server is wrong or hostile
 
 
@@ -90,9 +89,7 @@ class RateLimiter:
         self._pause_started = float("-inf")
         self._factor = 1.0
         self._backoff = BACKOFF_START_S
-        self.admitted_total = 0
         self.rate_limited_total = 0
-        self.waited_s = 0.0
 
     @property
     def budget(self) -> int:
@@ -141,9 +138,7 @@ class RateLimiter:
                         self._admitted.append(now)
                         if self.burst is not None:
                             self._tat = max(self._tat, now) + self._window / self.budget
-                    self.admitted_total += 1
                     return now
-                self.waited_s += wait
                 await self._sleep(wait)
 
     def on_rate_limited(self, retry_after: float | None, sent_at: float | None = None) -> float:
@@ -193,7 +188,6 @@ class ByteRate:
         self._clock = clock
         self._sleep = sleep
         self._next = float("-inf")  # when the budget is free again
-        self.waited_s = 0.0
 
     async def take(self, n: int) -> None:
         """Wait until `n` more bytes may leave."""
@@ -203,7 +197,6 @@ class ByteRate:
         start = max(self._next, now)
         self._next = start + n / self.per_second
         if start > now:
-            self.waited_s += start - now
             await self._sleep(start - now)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -219,7 +218,8 @@ def _validate(
     upload_rate: str | None = None,
     subset=None,
 ) -> None:
-    from ..api.client import SmartStreamClient
+    import asyncio  # with httpx, loaded only by the commands that talk to the API
+
     from ..api.ratelimit import parse_bandwidth
     from ..estimate import estimate_run, format_estimate
     from ..plan import describe_plan, format_plan
@@ -247,13 +247,13 @@ def _validate(
             try:
                 settings.require_api()
             except BatchIngestError:
-                return await plan_run(manifest, settings, run_options, None)
-            async with SmartStreamClient.from_settings(settings) as client:
-                return await plan_run(manifest, settings, run_options, client)
+                return await plan_run(manifest, run_options, None)
+            async with settings.make_client() as client:
+                return await plan_run(manifest, run_options, client)
 
         plan = asyncio.run(go())
         if subset is not None:
-            from ..runner import canary_plan
+            from ..subset import canary_plan
 
             plan = canary_plan(plan, subset)
         info = describe_plan(plan, skip_existing=skip_existing)
@@ -263,13 +263,12 @@ def _validate(
             upload_rate=upload_bps or settings.bwlimit,
             skip_existing=bool(skip_existing),
         )
-    info["estimate"] = estimate.to_dict()
     echo(
-        json.dumps(info, indent=2, default=str)
+        json.dumps({**info.to_dict(), "estimate": estimate.to_dict()}, indent=2, default=str)
         if as_json
         else format_plan(info) + "\n" + format_estimate(estimate)
     )
-    sys.exit(EXIT_ROWS_FAILED if info["rejected"] else 0)
+    sys.exit(EXIT_ROWS_FAILED if info.rejected else 0)
 
 
 @main.command()
@@ -403,7 +402,7 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     --job-timeout (counted from now), and the row is sent again only if that job failed or is
     gone. The retry runs with the current flags, environment and config, not the old run's.
     """
-    from ..resume import NothingToRetry, retry_run
+    from ..retry import NothingToRetry, retry_run
     from ..runner import RunOptions
 
     progress = progress_for(quiet, options)

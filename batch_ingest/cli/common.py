@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .. import __version__
+from .._version import __version__
 from ..errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -25,6 +25,7 @@ from ..errors import (
     local_state_problem,
     write_error_log,
 )
+from ..settings import SETTINGS, Setting, Settings, load_config_file, resolve_settings
 from ..text import safe_text
 
 
@@ -101,85 +102,44 @@ def echo(text: str = "", *, err: bool = False, nl: bool = True) -> None:
     click.echo(safe_text(text), err=err, nl=nl)
 
 
+def _setting_option(spec: Setting) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The click option of one declared setting: its help says the variable, the default and the range."""
+    notes = [f"env {spec.env}"]
+    default = spec.shown_default()
+    if spec.required:
+        notes.append("required to reach the API")
+    elif default:
+        notes.append(f"default: {default}")
+    text = spec.meaning[:1].upper() + spec.meaning[1:] + " [" + "; ".join(notes) + "]."
+    if spec.secret:
+        text += " Flags show in `ps` to every user of the machine: prefer the environment variable."
+    if spec.kind.is_flag:
+        # default None: "not given", so that the environment and the config file can still set it.
+        return click.option(spec.option, is_flag=True, default=None, help=text)
+    return click.option(spec.option, type=spec.kind.click_type, help=text)
+
+
+_API_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="TOML config file (default: ./batch-ingest.toml when present).",
+    ),
+    *(_setting_option(spec) for spec in SETTINGS if spec.flag),
+]
+
+
 def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Options that say how to reach the API and pace requests; each also reads SMARTSTREAM_*."""
-    options = [
-        click.option(
-            "--config",
-            "config_file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="TOML config file (default: ./batch-ingest.toml when present).",
-        ),
-        click.option(
-            "--api-url", help="API base URL [env SMARTSTREAM_API_URL; default the SmartSTREAM API]."
-        ),
-        click.option("--merchant-id", help="Merchant id [env SMARTSTREAM_MERCHANT_ID]."),
-        click.option(
-            "--allow-http",
-            is_flag=True,
-            default=None,
-            help="Allow a plain http:// API URL to a host other than this machine (the key and token "
-            "then cross the network unencrypted) [env SMARTSTREAM_ALLOW_HTTP].",
-        ),
-        click.option(
-            "--api-key",
-            help="API key [env SMARTSTREAM_API_KEY]. Flags show in `ps` to every user "
-            "of the machine: prefer the environment variable.",
-        ),
-        click.option(
-            "--token",
-            help="Bearer token as is [env SMARTSTREAM_TOKEN]. Flags show in `ps`: prefer "
-            "the environment variable.",
-        ),
-        click.option("--email", help="Email for the auth-token endpoint [env SMARTSTREAM_EMAIL]."),
-        click.option(
-            "--password",
-            help="Password for the auth-token endpoint [env SMARTSTREAM_PASSWORD]. Flags "
-            "show in `ps`: prefer the environment variable.",
-        ),
-        click.option(
-            "--rate",
-            type=float,
-            help="Requests per minute for everything the run sends [default 50; 0: no limit].",
-        ),
-        click.option(
-            "--burst",
-            type=int,
-            help="Requests that may leave at once before the even pace of --rate "
-            "applies [default 3; 0: no pacing, a minute's budget at once].",
-        ),
-        click.option(
-            "--concurrency", type=int, help="Submissions in flight at most [default 8; at most 256]."
-        ),
-        click.option(
-            "--max-in-flight",
-            type=int,
-            help="Jobs of this run queued or encoding on the platform at "
-            "once at most; submission waits for room [default 0: no cap].",
-        ),
-        click.option(
-            "--bwlimit",
-            help="Upload bandwidth for all uploads of the run together, e.g. 10M (MiB/s), "
-            "500K, 1G [default: no limit].",
-        ),
-        click.option(
-            "--upload-concurrency", type=int, help="Uploads in flight at most [default 2; at most 64]."
-        ),
-        click.option("--retries", type=int, help="Retries of a transient failure [default 5]."),
-        click.option(
-            "--job-timeout", type=float, help="Seconds a job may take after submission [default 21600]."
-        ),
-        click.option(
-            "--poll-min-interval", type=float, help="Shortest pause between polls, seconds [default 2]."
-        ),
-        click.option(
-            "--poll-max-interval", type=float, help="Longest pause between polls, seconds [default 30]."
-        ),
-        click.option("--encode-status-map", help="Terminal encode statuses, e.g. 'succeeded=2;failed=3,4'."),
-    ]
-    for option in reversed(options):
+    """--config and one option per setting that has a flag (see `settings.SETTINGS`)."""
+    for option in reversed(_API_OPTIONS):
         fn = option(fn)
     return fn
+
+
+def setting_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings' flags, popped from a command's `options` (None: not given)."""
+    return {spec.name: options.pop(spec.name, None) for spec in SETTINGS if spec.flag}
 
 
 def log_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -213,33 +173,9 @@ def progress_for(quiet: bool, options: dict[str, Any]):  # -> Progress
     return choose_progress(quiet=quiet, log_file=log_file, log_format=log_format)
 
 
-_SETTING_FLAGS = (
-    "api_url",
-    "merchant_id",
-    "api_key",
-    "token",
-    "email",
-    "password",
-    "rate",
-    "concurrency",
-    "upload_concurrency",
-    "retries",
-    "job_timeout",
-    "poll_min_interval",
-    "poll_max_interval",
-    "encode_status_map",
-    "allow_http",
-    "burst",
-    "max_in_flight",
-    "bwlimit",
-)
-
-
-def build_settings(options: dict[str, Any], stored: dict[str, Any] | None = None):  # -> Settings
+def build_settings(options: dict[str, Any], stored: dict[str, Any] | None = None) -> Settings:
     """Settings from flags (popped from `options`), environment, a run's stored settings, config file, defaults."""
-    from ..settings import load_config_file, resolve_settings
-
-    flags = {name: options.pop(name, None) for name in _SETTING_FLAGS}
+    flags = setting_flags(options)
     config, _ = load_config_file(options.pop("config_file", None))
     return resolve_settings(flags, config={**config, **(stored or {})})
 

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import click
 
-from .common import _SETTING_FLAGS, api_options, build_settings, echo, emulator_for_run, handle_errors, main
+from ..settings import load_config_file, resolve_settings
+from .common import api_options, build_settings, echo, emulator_for_run, handle_errors, main, setting_flags
 
 
 def _client_call(options: dict[str, Any], call):
-    from ..api.client import SmartStreamClient
+    import asyncio  # with httpx, loaded only by the commands that talk to the API
 
     settings = build_settings(options)
 
     async def go():
-        async with SmartStreamClient.from_settings(settings) as client:
+        async with settings.make_client() as client:
             return await call(client)
 
     return asyncio.run(go())
@@ -86,9 +86,7 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
 @handle_errors
 def config(**options: Any) -> None:
     """Show the resolved settings (flag, environment, config file, default) with secrets masked."""
-    from ..settings import load_config_file, resolve_settings
-
-    flags = {name: options.pop(name, None) for name in _SETTING_FLAGS}
+    flags = setting_flags(options)
     file_config, path = load_config_file(
         options.pop("config_file", None), warn=lambda m: echo(f"warning: {m}", err=True)
     )

@@ -102,8 +102,8 @@ async def _guarded(
         dropping = create and wait is None and not failing and chance(store, config.drop_after_create_rate)
     if wait is not None:
         return error(429, "TOO_MANY_REQUESTS", "Too many requests", retry_after_headers(store, wait))
-    if config.latency_s > 0:
-        await asyncio.sleep(config.latency_s)
+    if config.latency > 0:
+        await asyncio.sleep(config.latency)
     if failing:
         store.counters.faults["500"] += 1
         return error(500, "SERVER_ERROR", SERVER_ERROR)

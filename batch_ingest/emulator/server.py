@@ -148,5 +148,5 @@ def serve_forever(config: EmulatorConfig, sock: socket.socket, log_level: str = 
 # The emulator behind `run --emulator`: the platform's default rate limit, quick encodes, and
 # sources that fail on purpose so a rehearsal shows every kind of outcome.
 RUN_CONFIG = EmulatorConfig(
-    queue_s=0.5, encode_s=2.0, jitter=0.5, rate_limit=50, storage_missing_for=("no-storage",)
+    queue_seconds=0.5, encode_seconds=2.0, jitter=0.5, rate_limit=50, storage_missing_for=("no-storage",)
 )

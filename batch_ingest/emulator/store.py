@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 
 from ..api.models import format_api_date
 
-QUEUED, ENCODING, COMPLETED, FAILED, CANCELLED = 0, 1, 2, 3, 4  # NOTES.md working assumption
+# The vendor's page types `encode_status` as an integer and lists no values. These are our working
+# assumption (the README's "encode-status assumption"; the client's --encode-status-map overrides it).
+QUEUED, ENCODING, COMPLETED, FAILED, CANCELLED = 0, 1, 2, 3, 4
 JOB_FIELDS = (
     "id",
     "ref_id",
@@ -44,44 +46,100 @@ DEFAULT_PROFILES = (
 )
 
 
+def _flag(help: str, *, choices: tuple[str, ...] = (), metavar: str | None = None) -> dict[str, Any]:
+    """Field metadata for a knob that the `emulator` command offers as `--<field-name>`, with this help
+    text (and, for a text knob, the values it takes or the metavar its help shows)."""
+    return {"flag_help": help, "flag_choices": choices, "flag_metavar": metavar}
+
+
 @dataclass(frozen=True)
 class EmulatorConfig:
-    """Every knob of the emulator. Faults are all off by default."""
+    """Every knob of the emulator. Faults are all off by default.
 
-    merchant_id: str = "demo"
-    api_key: str = "emulator-api-key"
-    token: str = "emulator-token"
-    email: str = "ops@example.com"
-    password: str = "emulator-password"
-    token_ttl_s: float = 3600.0  # lifetime stated in the auth-token answer
+    A field with `_flag(...)` metadata is also a flag of `batch-ingest emulator`, named after the field
+    (`queue_seconds` is `--queue-seconds`), with the field's default; the rest are for tests only.
+    """
+
+    merchant_id: str = field(default="demo", metadata=_flag("Merchant id the emulator accepts."))
+    api_key: str = field(default="emulator-api-key", metadata=_flag("API key it accepts."))
+    token: str = field(default="emulator-token", metadata=_flag("Static bearer token it accepts."))
+    email: str = field(default="ops@example.com", metadata=_flag("Email its auth-token endpoint accepts."))
+    password: str = field(default="emulator-password", metadata=_flag("Password for that email."))
+    rate_limit: int = field(  # requests per rolling minute; 0 turns the limit off
+        default=50, metadata=_flag("Requests per rolling minute (0: off).")
+    )
+    bucket_capacity: int = field(  # >0: enforce rate_limit as a token bucket of this capacity instead
+        default=0,
+        metadata=_flag(
+            "Enforce --rate-limit as a token bucket of this capacity instead of a rolling minute "
+            "(0: rolling minute)."
+        ),
+    )
+    retry_after: str = field(
+        default="seconds",
+        metadata=_flag("Form of Retry-After on a 429.", choices=("seconds", "date", "none")),
+    )
+    max_in_flight: int = field(  # >0: a create while this many jobs are queued or encoding answers 429
+        default=0,
+        metadata=_flag(
+            "Jobs queued or encoding at once on the account; a create over the cap answers 429 (0: no cap)."
+        ),
+    )
+    queue_seconds: float = field(default=1.0, metadata=_flag("Time a job waits before encoding."))
+    encode_seconds: float = field(default=5.0, metadata=_flag("Time an encode takes."))
+    jitter: float = field(  # +/- share of randomness on both durations
+        default=0.5, metadata=_flag("+/- share of randomness on durations.")
+    )
+    failure_rate: float = field(default=0.0, metadata=_flag("Share of encodes that fail."))
+    unreachable: tuple[str, ...] = field(  # hosts under .invalid never can be fetched either
+        default=(), metadata=_flag("Source URLs containing this text cannot be fetched (repeatable).")
+    )
+    token_ttl: float = field(  # the lifetime stated in the auth-token answer
+        default=3600.0, metadata=_flag("Lifetime of issued tokens (s).")
+    )
+    static_token_ttl: float | None = field(  # the static token expires this long after start
+        default=None, metadata=_flag("Fault: the static token expires after this (s).")
+    )
+    latency: float = field(  # seconds added before every API answer
+        default=0.0, metadata=_flag("Fault: seconds added to every answer.")
+    )
+    error_rate: float = field(  # share of API requests answered 500 SERVER_ERROR (nothing done)
+        default=0.0, metadata=_flag("Fault: share of requests answered 500.")
+    )
+    burst_429_rate: float = field(  # chance that a request starts a burst of 429s
+        default=0.0, metadata=_flag("Fault: chance a 429 burst starts.")
+    )
+    drop_after_create_rate: float = field(
+        default=0.0,
+        metadata=_flag("Fault: share of creates that create the job, then drop the connection."),
+    )
+    hang_rate: float = (
+        field(  # share of API requests that hang `hang_s` before answering (creates create first)
+            default=0.0, metadata=_flag("Fault: share of requests that hang.")
+        )
+    )
+    storage_missing: bool = field(
+        default=False, metadata=_flag("Fault: every create answers STORAGE_NOT_FOUND.")
+    )
+    storage_missing_for: tuple[str, ...] = field(
+        default=(),
+        metadata=_flag(
+            "Fault: creates whose source contains this text answer STORAGE_NOT_FOUND (repeatable; "
+            "`run --emulator` uses 'no-storage', as manifests/sample.csv expects).",
+            metavar="TEXT",
+        ),
+    )
+    seed: int = field(default=0, metadata=_flag("Seed for durations, failures and faults."))
+    time_scale: float = field(  # 10 makes a 30 s encode take 3 s
+        default=1.0, metadata=_flag("Emulator seconds per real second.")
+    )
+    # Knobs for tests only (no flag).
     token_revoke_after_s: float | None = None  # fault: issued tokens die this early, despite `expiration`
-    static_token_ttl_s: float | None = None  # fault: the static token expires this long after start
-    rate_limit: int = 50  # requests per rolling minute; 0 turns the limit off
-    bucket_capacity: int = 0  # >0: enforce rate_limit as a token bucket of this capacity instead
-    retry_after: str = "seconds"  # on 429: "seconds", "date" or "none"
-    queue_s: float = 1.0  # time a job waits before encoding starts
-    encode_s: float = 5.0  # time an encode takes
-    jitter: float = 0.5  # +/- share of randomness on both durations
-    failure_rate: float = 0.0  # share of encodes that fail
-    unreachable: tuple[
-        str, ...
-    ] = ()  # substrings of source URLs that cannot be fetched (hosts *.invalid never can)
+    burst_429_len: int = 5  # requests refused per burst
+    hang_s: float = 30.0  # how long a hanging request hangs
+    create_error_once: bool = False  # the first create of each source (since the knob was set) answers 500
     default_profile_id: str = "100"
     profiles: tuple[tuple[str, str, str], ...] = DEFAULT_PROFILES
-    seed: int = 0
-    time_scale: float = 1.0  # emulator seconds per real second: 10 makes a 30 s encode take 3 s
-    # Faults
-    latency_s: float = 0.0  # added before every API answer
-    error_rate: float = 0.0  # share of API requests answered 500 SERVER_ERROR (nothing done)
-    burst_429_rate: float = 0.0  # chance that a request starts a burst of 429s
-    burst_429_len: int = 5  # requests refused per burst
-    drop_after_create_rate: float = 0.0  # share of creates that create the job, then drop the connection
-    hang_rate: float = 0.0  # share of API requests that hang `hang_s` before answering (creates create first)
-    hang_s: float = 30.0
-    storage_missing: bool = False  # every create answers 404 STORAGE_NOT_FOUND
-    storage_missing_for: tuple[str, ...] = ()  # ...or only creates whose source contains one of these
-    max_in_flight: int = 0  # >0: a create while this many jobs are queued or encoding answers 429
-    create_error_once: bool = False  # the first create of each source (since the knob was set) answers 500
 
     def with_changes(self, **changes: Any) -> EmulatorConfig:
         """A copy with some knobs changed (unknown names raise TypeError)."""
@@ -240,11 +298,11 @@ class Store:
             self.jobs_by_ref[ref_id].append(job.id)
         self.jobs_by_source[source_url] += 1
         self._set_status(job, QUEUED, now)
-        start = now + self._duration(self.config.queue_s)
+        start = now + self._duration(self.config.queue_seconds)
         if source_type == "url" and self.source_unreachable(source_url):
             self._schedule(start, job.id, FAILED)
         else:
-            end = start + self._duration(self.config.encode_s)
+            end = start + self._duration(self.config.encode_seconds)
             fails = self.rng.random() < self.config.failure_rate
             self._schedule(start, job.id, ENCODING)
             self._schedule(end, job.id, FAILED if fails else COMPLETED)
@@ -334,7 +392,7 @@ class Store:
         """A new access token and its stated expiry."""
         now = self.clock()
         token = f"tok-{self._new_id()}"
-        stated = now + self.config.token_ttl_s
+        stated = now + self.config.token_ttl
         revoke = self.config.token_revoke_after_s
         real = stated if revoke is None else now + revoke
         self.tokens[token] = (stated, real)
@@ -344,7 +402,7 @@ class Store:
         """True for the static token (until its fault expiry) or an issued, unexpired token."""
         now = self.clock()
         if token == self.config.token:
-            ttl = self.config.static_token_ttl_s
+            ttl = self.config.static_token_ttl
             return ttl is None or now < self.started + ttl
         entry = self.tokens.get(token)
         return entry is not None and now < entry[1]

@@ -1,0 +1,264 @@
+"""Working a run folder: submitter and poller on one client until the journal has nothing left to do.
+
+`work(run, ...)` is what `run`, `resume` and `retry` share once they have an open `RunDir`:
+the submitter and the poller in one task group (a failure in either cancels the other), a
+graceful stop on the first SIGINT/SIGTERM, and, however it ends, the report and summary
+written from the journal (`RunDir.finish`) with the documented exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .api.client import SmartStreamClient
+from .errors import (
+    EXIT_ABORTED,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    AuthError,
+    BatchIngestError,
+    PermanentApiError,
+    exit_code_for,
+    first_leaf,
+    local_state_problem,
+    write_error_log,
+)
+from .options import RunOptions
+from .poll import Poller
+from .progress import Progress
+from .rundir import RunDir, RunResult, SegmentRecord
+from .settings import Settings
+from .submit import Submitter
+from .text import first_few, safe_text
+from .vocabulary import RowState, is_failure
+
+STOP_GRACE_S = 30.0  # after a first Ctrl-C, how long requests in flight may take to finish
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a process is to do with an open run: the API, the options, and how it was started."""
+
+    settings: Settings
+    options: RunOptions
+    client: SmartStreamClient
+    progress: Progress
+    kind: str  # "run", "resume" or "retry": the segment's name in the summary
+    started: float = field(default_factory=time.time)
+    notes: tuple[str, ...] = ()  # the plan's notes, shown once the run starts
+    secret_sources: dict[int, str] = field(default_factory=dict)  # row -> real URL of redacted sources
+
+
+async def work(run: RunDir, spec: Work) -> RunResult:
+    """Submit and poll what the journal says is unfinished, then write the report and summary."""
+    stop = asyncio.Event()
+    progress, options, settings, client = spec.progress, spec.options, spec.settings, spec.client
+    signals = _Signals(stop, progress, run) if options.handle_signals else None
+    client.on_notice = progress.message
+    counts = run.journal.counts()
+    to_submit = sum(counts.get(s, 0) for s in (RowState.PENDING, RowState.SENDING))
+    progress.start(
+        rows=run.plan.height,
+        to_submit=to_submit + counts.get(RowState.SUBMITTED, 0),
+        upload_bytes=run.journal.bytes_to_send(),
+        run_id=run.meta().get("run_id", run.path.name),
+    )
+    for note in spec.notes:
+        progress.message(note)
+    no_ref = run.journal.rows_without_ref() if options.skip_existing else []
+    if no_ref:
+        progress.message(
+            f"--skip-existing: {len(no_ref)} row(s) have no ref_id, so the platform cannot be asked about them: "
+            f"they are always sent (rows {first_few(no_ref)})"
+        )
+    poller = Poller(
+        client,
+        run.journal,
+        settings.encode_status_map,
+        progress,
+        job_timeout=settings.job_timeout,
+        min_interval=settings.poll_min_interval,
+        max_interval=settings.poll_max_interval,
+        rate_per_minute=settings.rate,
+        slack=client.limiter.slack,
+    )
+    submitter = Submitter(
+        client,
+        run.journal,
+        concurrency=settings.concurrency,
+        upload_concurrency=settings.upload_concurrency,
+        retries=settings.retries,
+        on_submitted=lambda row, job, now, task: poller.track(row, job, now, task),
+        progress=progress,
+        stop=stop,
+        in_doubt_delay=settings.in_doubt_delay,
+        max_failures=options.max_failures,
+        skip_existing=options.skip_existing,
+        status_map=settings.encode_status_map,
+        follow=lambda row, job, now, task, follow: poller.track(row, job, now, task, follow),
+        following=lambda: poller.following,
+        secret_sources=spec.secret_sources,
+        max_in_flight=settings.max_in_flight,
+        in_flight=lambda: poller.in_flight,
+    )
+    poller.on_final = lambda state: submitter.count_failure() if is_failure(state) else None
+    poller.on_resend = submitter.resend
+    poller.on_follow_end = submitter.wake
+    poller.on_job_end = submitter.job_ended
+    poller.resume_in_flight()
+    internal = await _submit_and_poll(submitter, poller, stop, progress)
+    if signals is not None:
+        signals.remove()
+    stats = submitter.stats
+    segment = SegmentRecord(
+        kind=spec.kind,
+        started_at=spec.started,
+        finished_at=spec.started,  # set by finish
+        api_requests=client.requests_sent,
+        rate_limited=client.limiter.rate_limited_total,
+        created=stats.created,
+        adopted_after_doubt=stats.adopted,
+        in_doubt=stats.in_doubt,
+        polls=poller.polls,
+    )
+    forced = _report_internal_error(run, internal, progress) if internal is not None else None
+    return finish(
+        run,
+        segment,
+        progress,
+        abort_reason=stats.abort_reason,
+        interrupted=signals is not None and signals.signalled,
+        forced_exit_code=forced,
+        options=options,
+    )
+
+
+async def _submit_and_poll(
+    submitter: Submitter, poller: Poller, stop: asyncio.Event, progress: Progress
+) -> BaseException | None:
+    """Run both to the end (or to `stop` plus the grace period); the failure that escaped them, if any."""
+    submitting_done = asyncio.Event()
+
+    async def submit() -> None:
+        try:
+            await submitter.run()
+        finally:
+            submitting_done.set()
+
+    async def poll() -> None:
+        try:
+            await poller.run(submitting_done, stop)
+        except AuthError as exc:
+            submitter.abort(f"authentication failed while polling: {exc}")
+        except PermanentApiError as exc:  # a listing without end, a 4xx to a read: polling cannot go on
+            submitter.abort(f"polling failed for good: {exc}")
+
+    async def both() -> None:
+        # A failure in either cancels the other (and every task under it) and is raised here.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(submit())
+            group.create_task(poll())
+
+    running = asyncio.ensure_future(both())
+
+    async def grace() -> None:
+        await stop.wait()
+        await asyncio.sleep(STOP_GRACE_S)
+        running.cancel()
+
+    grace_task = asyncio.create_task(grace())
+    try:
+        await running
+    except asyncio.CancelledError:
+        if not stop.is_set():
+            raise
+        progress.message(f"requests still in flight after {STOP_GRACE_S:.0f} s were abandoned")
+    except Exception as exc:  # noqa: BLE001 - a bug or the machine failing: keep what the journal holds
+        return exc
+    finally:
+        grace_task.cancel()
+    return None
+
+
+def _report_internal_error(run: RunDir, exc: BaseException, progress: Progress) -> int:
+    """A failure that escaped the submitter or the poller: say so, and return the documented exit code.
+
+    Ours keep theirs (an API error: 3); bad local state (disk full, a damaged journal) is 2 with the
+    fix; anything else is an internal error, 4, with the traceback in RUN_DIR/error.log. The report
+    of what the journal holds is written all the same."""
+    leaf = first_leaf(exc)
+    if isinstance(leaf, BatchIngestError):
+        code, text = exit_code_for(leaf), f"error: {leaf}"
+    elif (local := local_state_problem(leaf)) is not None:
+        code, text = EXIT_USAGE, f"error: {local}"
+    else:
+        log = write_error_log(run.path, exc)
+        code = EXIT_INTERNAL
+        text = f"internal error: {type(leaf).__name__}: {leaf}"[:300] + f"; details in {log}"
+    print(f"batch-ingest: {safe_text(text)}", file=sys.stderr, flush=True)  # even with -q: it is an error
+    progress.message(text)
+    return code
+
+
+def finish(
+    run: RunDir,
+    segment: SegmentRecord,
+    progress: Progress,
+    *,
+    abort_reason: str | None = None,
+    interrupted: bool = False,
+    forced_exit_code: int | None = None,
+    options: RunOptions | None = None,
+) -> RunResult:
+    """`RunDir.finish`, then tell the user how it ended and how to go on."""
+    result = run.finish(
+        segment,
+        abort_reason=abort_reason,
+        interrupted=interrupted,
+        forced_exit_code=forced_exit_code,
+        skip_existing=options.skip_existing if options else None,
+    )
+    if result.exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED) and forced_exit_code is None:
+        progress.message(f"the run can be continued with: batch-ingest resume {run.path}")
+    progress.finished(result.summary)
+    progress.close()
+    if forced_exit_code is not None:
+        progress.message(f"the run can be continued with: batch-ingest resume {run.path}")
+    return result
+
+
+class _Signals:
+    """First SIGINT/SIGTERM: stop gracefully. Second: exit at once (the journal stays consistent)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, stop: asyncio.Event, progress: Progress, run: RunDir) -> None:
+        self.signalled = False
+        self._stop, self._progress, self._run_dir = stop, progress, run.path
+        self._loop = asyncio.get_running_loop()
+        for sig in self.SIGNALS:
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.signalled:
+            sys.stderr.write(
+                f"\nbatch-ingest: stopped at once; continue with: batch-ingest resume {self._run_dir}\n"
+            )
+            sys.stderr.flush()
+            os._exit(EXIT_INTERRUPTED)
+        self.signalled = True
+        self._progress.message(
+            f"{signal.Signals(signum).name}: no new submissions; finishing requests in flight "
+            f"(at most {STOP_GRACE_S:.0f} s; signal again to stop at once)"
+        )
+        self._stop.set()
+
+    def remove(self) -> None:
+        for sig in self.SIGNALS:
+            self._loop.remove_signal_handler(sig)

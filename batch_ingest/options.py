@@ -1,0 +1,28 @@
+"""How to run a manifest: the options of `run`, `resume` and `retry` (the settings say how to reach the API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .subset import Subset
+from .vocabulary import SkipExisting
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a manifest (the settings say how to reach the API)."""
+
+    run_dir: Path | None = None  # the run's folder; default reports/<run-id>/
+    fmt: str | None = None
+    default_profile: str | None = None
+    max_failures: int | None = None
+    skip_existing: SkipExisting | None = None  # see submit.py
+    extra_columns: tuple[str, ...] = ()  # columns close to a known name that are meant as extras
+    handle_signals: bool = False
+    allow_api_url_change: bool = False  # resume/retry: the user named --api-url explicitly
+    subset: Subset | None = None  # a canary run's rows (run), or held rows to take (resume); subset.py
+
+    def __post_init__(self) -> None:
+        if self.skip_existing is not None and not isinstance(self.skip_existing, SkipExisting):
+            object.__setattr__(self, "skip_existing", SkipExisting(self.skip_existing))  # "any" from a caller

@@ -1,0 +1,107 @@
+"""The settings' one declaration (`batch_ingest.settings.SETTINGS`) and what is generated from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pytest
+from batch_ingest.cli import main
+from batch_ingest.errors import ConfigError
+from batch_ingest.settings import SECRET_FIELDS, SETTINGS, Secret, Settings, resolve_settings
+from click.testing import CliRunner
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+HEADER = "| config key | flag | environment | default | meaning |"
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the declaration."""
+    lines = [HEADER, "|---|---|---|---|---|"]
+    for spec in SETTINGS:
+        flag = f"`{spec.option}`" if spec.flag else ""
+        default = spec.shown_default(code=lambda text: f"`{text}`")
+        lines.append(f"| `{spec.name}` | {flag} | `{spec.env}` | {default} | {spec.meaning} |")
+    return "\n".join(lines)
+
+
+def readme_table() -> str:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index(HEADER)
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def test_readme_settings_table_is_the_declaration():
+    expected = settings_table()
+    assert readme_table() == expected, (
+        "README.md's settings table differs from batch_ingest/settings.py; replace it with:\n\n" + expected
+    )
+
+
+def test_every_declared_flag_is_an_option_of_the_api_commands():
+    flags = {spec.option for spec in SETTINGS if spec.flag}
+    for name in ("run", "validate", "resume", "retry", "profiles", "jobs", "config"):
+        options = {opt for p in main.commands[name].params if isinstance(p, click.Option) for opt in p.opts}
+        assert flags <= options, name
+        assert not {o for o in options if o.startswith(("--connect", "--read-timeout", "--in-doubt"))}
+
+
+def test_every_setting_resolves_from_its_environment_variable_and_its_config_key():
+    samples = {
+        "api_url": "https://api.example.com",
+        "bwlimit": "1M",
+        "encode_status_map": "succeeded=2;failed=3",
+        "allow_http": "true",
+    }
+    for spec in SETTINGS:
+        raw = samples.get(spec.name, "7")
+        from_env = getattr(resolve_settings(env={spec.env: raw}), spec.name)
+        from_config = getattr(resolve_settings(env={}, config={spec.name: raw}), spec.name)
+        assert from_env == from_config != spec.default, spec.name
+        assert isinstance(from_env, Secret) == spec.secret, spec.name
+
+
+def test_defaults_are_the_declared_ones_and_secrets_are_masked():
+    settings = resolve_settings(env={})
+    assert settings == Settings()
+    assert [(s.name, s.default) for s in SETTINGS] == [(k, getattr(settings, k)) for k in settings.masked()]
+    assert {"api_key", "token", "password"} == SECRET_FIELDS
+    shown = resolve_settings(env={"SMARTSTREAM_TOKEN": "t0ken", "SMARTSTREAM_EMAIL": "a@b.c"}).masked()
+    assert shown["token"] == shown["email"] == "********" and shown["api_key"] == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        ("concurrency", "257", "at most 256"),
+        ("upload_concurrency", "0", "at least 1"),
+        ("burst", "1001", "at most 1000"),
+        ("connect_timeout", "0", "at least 0.001"),
+        ("rate", "nan", "finite"),
+        ("bwlimit", "fast", "bandwidth"),
+        ("allow_http", "maybe", "true or false"),
+    ],
+)
+def test_range_checks_come_from_the_declaration(name, raw, message):
+    env_name = "SMARTSTREAM_" + name.upper()
+    with pytest.raises(ConfigError, match=message) as e:
+        resolve_settings(env={env_name: raw})
+    assert env_name in str(e.value)
+
+
+def test_a_flag_help_names_its_variable_and_default_and_warns_about_secrets():
+    result = CliRunner().invoke(main, ["config", "--help"], terminal_width=1000)
+    text = " ".join(result.output.split())
+    assert "[env SMARTSTREAM_RATE; default: 50]" in text
+    assert "(1 to 256) [env SMARTSTREAM_CONCURRENCY; default: 8]" in text
+    assert "API key [env SMARTSTREAM_API_KEY; required to reach the API]. Flags show in `ps`" in text
+
+
+def test_config_prints_every_setting_in_declared_order(monkeypatch):
+    monkeypatch.setenv("SMARTSTREAM_API_KEY", "k3y")
+    result = CliRunner().invoke(main, ["config", "--rate", "120"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()[1:]
+    assert [line.split(" = ")[0] for line in lines] == [s.name for s in SETTINGS]
+    assert "rate = 120.0" in lines and "api_key = ********" in lines and "k3y" not in result.output
