@@ -112,9 +112,11 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     poller.on_follow_end = submitter.wake
     poller.on_job_end = submitter.job_ended
     poller.resume_in_flight()
-    internal = await _submit_and_poll(submitter, poller, stop, progress)
-    if signals is not None:
-        signals.remove()
+    try:
+        internal = await _submit_and_poll(submitter, poller, stop, progress)
+    finally:
+        if signals is not None:
+            signals.remove()
     stats = submitter.stats
     segment = SegmentRecord(
         kind=spec.kind,
@@ -133,7 +135,7 @@ async def work(run: RunDir, spec: Work) -> RunResult:
         segment,
         progress,
         abort_reason=stats.abort_reason,
-        interrupted=signals is not None and signals.signalled,
+        interrupted=forced is None and signals is not None and signals.signalled,
         forced_exit_code=forced,
         options=options,
     )
@@ -224,11 +226,11 @@ def finish(
         forced_exit_code=forced_exit_code,
         skip_existing=options.skip_existing if options else None,
     )
-    if result.exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED) and forced_exit_code is None:
+    if result.exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED):
         progress.message(f"the run can be continued with: batch-ingest resume {run.path}")
     progress.finished(result.summary)
     progress.close()
-    if forced_exit_code is not None:
+    if forced_exit_code is not None:  # after the summary too: a failure's last word is how to go on
         progress.message(f"the run can be continued with: batch-ingest resume {run.path}")
     return result
 

@@ -143,6 +143,8 @@ class EventLog(Progress):
         # A file of its own, line-buffered: not a logger in the global registry (one per instance would
         # pile up there, and a library must not configure the application's logging).
         self._file = path.open("a", encoding="utf-8", buffering=1)
+        self._path = path
+        self._failed = False  # a write failed (disk full...): said once, the run goes on without the log
         self.fmt = fmt
         self.run_id: str | None = None
 
@@ -158,7 +160,17 @@ class EventLog(Progress):
             line = f"{stamp} {logging.getLevelName(level)} {event} " + " ".join(
                 f"{k}={_one_line(v)}" for k, v in fields.items()
             )
-        self._file.write(line + "\n")
+        if self._failed:
+            return
+        try:
+            self._file.write(line + "\n")
+        except (OSError, ValueError) as exc:  # ValueError: the file was closed
+            self._failed = True
+            print(
+                f"batch-ingest: cannot write the event log {self._path} ({exc}): the run goes on without it",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def start(self, *, rows: int, to_submit: int, upload_bytes: int, run_id: str | None = None) -> None:
         self.run_id = run_id
@@ -189,7 +201,10 @@ class EventLog(Progress):
         )
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the last lines could not be flushed: said already, or nothing more to say
+            pass
 
 
 def _one_line(value: Any) -> str:

@@ -65,8 +65,9 @@ async def retry_run_async(
     original_dir = source if source.is_dir() else source.parent
     _check_only(only, original_dir)
     progress = progress or Progress()
-    with RunDir.open(original_dir) as original:
+    with RunDir.open(original_dir, error_log=False) as original:
         original.claim()
+        original.plan  # noqa: B018 - read now: a folder without a readable plan is refused first
         old_meta = original.meta()
         handed = original.journal.handed_to()
         wanted = original.journal.rows_with_outcomes(only)  # in SQL: not a whole report in memory

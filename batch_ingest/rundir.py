@@ -175,7 +175,8 @@ class RunDir:
     ) -> RunDir:
         """A new run's folder, created private and locked, holding the plan and a new journal.
 
-        `held`: (ready rows a canary run holds back, the reason the report gives for them)."""
+        `held`: (ready rows a canary run holds back, the reason the report gives for them).
+        From here on an internal error's traceback goes to this folder's error.log."""
         cls.check_new(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -199,13 +200,17 @@ class RunDir:
         return run
 
     @classmethod
-    def open(cls, path: Path) -> RunDir:
-        """An existing run's folder, locked, its journal open for reading (see `claim`)."""
+    def open(cls, path: Path, *, error_log: bool = True) -> RunDir:
+        """An existing run's folder, locked, its journal open for reading (see `claim`).
+
+        `error_log`: an internal error's traceback goes to this folder's error.log (not for the run a
+        `retry` reads: its own new folder takes the log)."""
         if not path.is_dir():
             raise UsageError(f"{path} is not a run folder: give the folder that holds {JOURNAL_FILE}")
         lock = RunLock(path).acquire()
         try:
-            error_log_folder.set(path)
+            if error_log:
+                error_log_folder.set(path)
             journal = Journal.open(path / JOURNAL_FILE, migrate=False)
         except BaseException:
             lock.release()
@@ -263,7 +268,7 @@ class RunDir:
         """Write the report and the summary from the journal, record `segment`, and work out the exit code.
 
         The summary's figures add up every segment of the run (run, resume, resume...). `forced_exit_code`
-        (a failure that escaped the workers) wins over an abort, which wins over an interruption."""
+        (a failure that escaped the workers) wins over an interruption, which wins over an abort."""
         facts = self.write_report()
         exit_code = facts.exit_code
         if abort_reason:

@@ -98,3 +98,17 @@ def test_json_event_log_for_cron(tmp_path, emulator_server):
     failed = [e for e in events if e.get("outcome") == "failed"]
     assert failed and all(e["level"] == "warning" and e["job_id"] for e in failed)
     assert server.config.token not in log.read_text() and server.config.api_key not in log.read_text()
+
+
+def test_an_event_log_that_cannot_be_written_is_said_once_and_the_run_goes_on(capsys):
+    """A full disk under --log-file (here /dev/full: every write fails with ENOSPC) never stops a run."""
+    from batch_ingest.progress import EventLog
+
+    log = EventLog(Path("/dev/full"))
+    log.start(rows=2, to_submit=2, upload_bytes=0, run_id="r")
+    log.row_finished("succeeded", row=1)
+    log.message("more")
+    log.close()
+    err = capsys.readouterr().err
+    assert err.count("cannot write the event log /dev/full") == 1, err
+    assert "the run goes on without it" in err
