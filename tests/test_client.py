@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from email.utils import formatdate
 from typing import Any, cast
 
 import pytest
-from batch_ingest.api import RateLimiter, parse_retry_after
+from batch_ingest.api import Auth, RateLimiter, SmartStreamClient, parse_retry_after
+from batch_ingest.api.secret import Secret
 from batch_ingest.emulator import EmulatorConfig, free_port
 from batch_ingest.errors import ApiConnectionError, AuthError, RateLimitedError, ServerError
 
@@ -302,3 +304,20 @@ async def test_byte_rate_paces_uploads_chunk_by_chunk(fake_clock):
         await rate.take(1024 * 1024)
     assert fake_clock() - start == pytest.approx(1.5)  # the first chunk leaves at once, then 0.5 s each
     assert parse_bandwidth("500K") == 500 * 1024 and parse_bandwidth("off") == 0
+
+
+def test_every_pool_shares_one_tls_context_and_an_http_api_builds_none():
+    """Building a TLS context loads the CA bundle (about 50 ms): once per client, never for http://."""
+    secure = SmartStreamClient(
+        base_url="https://api.example.test", merchant_id="m", auth=Auth(Secret("k")), max_connections=40
+    )
+    contexts = {id(cast(Any, p._transport)._pool._ssl_context) for p in secure._pools}
+    assert len(secure._pools) == 3 and len(contexts) == 1
+    context = cast(Any, secure._pools[0]._transport)._pool._ssl_context
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    plain = SmartStreamClient(
+        base_url="http://127.0.0.1:9", merchant_id="m", auth=Auth(Secret("k")), max_connections=40
+    )
+    assert all(cast(Any, p._transport)._pool._ssl_context.verify_mode == ssl.CERT_NONE for p in plain._pools)
+    asyncio.run(secure.aclose())
+    asyncio.run(plain.aclose())

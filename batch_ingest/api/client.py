@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import ssl
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -128,6 +129,14 @@ class SmartStreamClient:
             # Several clients over one transport would share its one pool (and close it once each):
             # the transport's own limits are the only ones there are.
             count, sizes = 1, [max_connections]
+        # One TLS context for every pool (each one built loads the CA bundle: about 50 ms), and for an
+        # http:// API only httpx's unverified one, which loads nothing (every request goes to a path
+        # under base_url, so such a client never speaks TLS).
+        verify: ssl.SSLContext | bool = (
+            False
+            if transport is not None or self.base_url.lower().startswith("http:")
+            else httpx.create_ssl_context()
+        )
         self._pools = [
             httpx.AsyncClient(
                 base_url=self.base_url,
@@ -137,6 +146,7 @@ class SmartStreamClient:
                 headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
                 follow_redirects=False,
                 trust_env=False,
+                verify=verify,
             )
             for size in sizes
         ]
