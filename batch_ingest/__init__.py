@@ -29,7 +29,7 @@ if TYPE_CHECKING:
         TransientApiError,
     )
     from .plan import Plan, plan_manifest
-    from .report import read_report
+    from .report import Summary, read_report
     from .resume import resume_run, resume_run_async
     from .retry import retry_run, retry_run_async
     from .runner import RunOptions, RunResult, run_manifest, run_manifest_async
@@ -50,6 +50,7 @@ __all__ = [
     "RunResult",
     "Settings",
     "SmartStreamClient",
+    "Summary",
     "TransientApiError",
     "__version__",
     "plan_manifest",
@@ -78,7 +79,7 @@ _LAZY = {
         ".errors",
     ),
     **dict.fromkeys(["Plan", "plan_manifest"], ".plan"),
-    "read_report": ".report",
+    **dict.fromkeys(["Summary", "read_report"], ".report"),
     **dict.fromkeys(["resume_run", "resume_run_async"], ".resume"),
     **dict.fromkeys(["retry_run", "retry_run_async"], ".retry"),
     **dict.fromkeys(["RunOptions", "RunResult", "run_manifest", "run_manifest_async"], ".runner"),

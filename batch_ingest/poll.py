@@ -24,7 +24,7 @@ from typing import Any
 
 from .aio import unless_stopped, wait_any
 from .api.client import MAX_PAGE_SIZE, MAX_POLL_PAGES, SmartStreamClient
-from .api.models import FAILED, SUCCEEDED, EncodeStatusMap, Job, MalformedRecord, parse_api_date
+from .api.models import EncodeStatusMap, Job, MalformedRecord, Verdict, parse_api_date
 from .errors import EndlessListing, MalformedResponse, NotFoundError, TransientApiError
 from .journal import JobUpdate, Journal, RowTask
 from .progress import Progress
@@ -150,7 +150,7 @@ class Poller:
         if follow is not None:
             self.following += 1
         heapq.heappush(self._deadlines, (tracked.deadline, job_id))
-        if status is not None and self.status_map.classify(status) != "in_progress":
+        if status is not None and self.status_map.classify(status) != Verdict.IN_PROGRESS:
             self._ready.append(job_id)  # already final in the create answer: record it without a request
         self._wake.set()
 
@@ -240,7 +240,7 @@ class Poller:
             _, job_id = heapq.heappop(self._deadlines)
             job = self._jobs.get(job_id)
             if job is not None and job.deadline <= now:
-                self._final(job, job.status, None, "timed_out", now, updates)
+                self._final(job, job.status, None, None, now, updates)
         return updates
 
     def _untrack(self, job: Tracked) -> None:
@@ -256,13 +256,15 @@ class Poller:
         job: Tracked,
         status: int | None,
         updated_at: str | None,
-        verdict: str,
+        verdict: Verdict | None,  # None: the job's time is up
         now: float,
         updates: list[JobUpdate],
     ) -> None:
         """Untrack a job that reached its end, and add its row's final state to `updates` (unless a
         followed job failed: its row is sent again instead)."""
-        state = {SUCCEEDED: RowState.SUCCEEDED, FAILED: RowState.FAILED}.get(verdict, RowState.TIMED_OUT)
+        state = {Verdict.SUCCEEDED: RowState.SUCCEEDED, Verdict.FAILED: RowState.FAILED}.get(
+            verdict or Verdict.IN_PROGRESS, RowState.TIMED_OUT
+        )
         if state == RowState.SUCCEEDED and job.follow in (Follow.EXISTING, Follow.EXISTING_ANY):
             state = RowState.SKIPPED  # the platform's own job succeeded: this run sent nothing
         self._untrack(job)
@@ -387,7 +389,7 @@ class Poller:
         changed = job.encode_status != tracked.status
         tracked.status = job.encode_status
         verdict = self.status_map.classify(job.encode_status)
-        if verdict != "in_progress":
+        if verdict != Verdict.IN_PROGRESS:
             self._final(tracked, job.encode_status, job.updated_at, verdict, now, updates)
         elif changed:
             updates.append(JobUpdate(tracked.row, job.encode_status, job.updated_at, None, now))

@@ -9,11 +9,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .estimate import format_duration
 from .text import safe_text
 from .vocabulary import Outcome
+
+if TYPE_CHECKING:
+    from .report import Summary
 
 
 class Progress:
@@ -31,7 +34,7 @@ class Progress:
     def retrying(self, *, row: int, error: str, **details: Any) -> None:
         """A row's request failed in a way worth retrying (details: key, ref_id)."""
 
-    def finished(self, summary: dict[str, Any]) -> None:
+    def finished(self, summary: Summary) -> None:
         """The run's report is written: its summary (counts, exit code, report path)."""
 
     def bytes_sent(self, n: int) -> None:
@@ -189,7 +192,7 @@ class EventLog(Progress):
     def message(self, text: str) -> None:
         self._emit("message", text=text)
 
-    def finished(self, summary: dict[str, Any]) -> None:
+    def finished(self, summary: Summary) -> None:
         self.run_id = summary.get("run_id") or self.run_id
         level = logging.INFO if summary.get("exit_code") == 0 else logging.WARNING
         self._emit(
@@ -234,7 +237,7 @@ class Tee(Progress):
         for s in self.sinks:
             s.retrying(**kw)
 
-    def finished(self, summary: dict[str, Any]) -> None:
+    def finished(self, summary: Summary) -> None:
         for s in self.sinks:
             s.finished(summary)
 

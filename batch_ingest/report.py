@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import polars as pl
 
@@ -243,16 +243,50 @@ def first_failures(report: pl.DataFrame, n: int = FIRST_FAILURES) -> list[dict[s
     return rows.select("row", "ref_id", "source", "outcome", "error_code", "error_message").to_dicts()
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
+class Summary(TypedDict, total=False):
+    """summary.json: what a run (all its segments) did, for people and programs. Every key is
+    written by `RunDir.finish`; a summary read back from an older version may lack some."""
+
+    run_id: str
+    manifest: str | None
+    run_dir: str
+    started_at: str  # ISO 8601, UTC
+    finished_at: str
+    elapsed_s: float  # the segments' figures, added up
+    api_requests: int
+    rate_limited: int
+    created: int
+    adopted_after_doubt: int
+    in_doubt: int
+    polls: int
+    rows: int
+    outcomes: dict[str, int]
+    jobs_submitted: int
+    resumes: int
+    segments: list[dict[str, Any]]  # kind, elapsed_s, api_requests, exit_code
+    abort_reason: str | None
+    interrupted: bool
+    exit_code: int
+    first_failures: list[dict[str, Any]]
+    not_succeeded: int
+    report: dict[str, str]  # parquet, csv
+    settings: dict[str, Any] | None
+    skip_existing: dict[str, Any]  # only with --skip-existing
+    retry_of: dict[str, Any]  # only for a retry run
+    subsets: list[dict[str, Any]]  # only for a canary run
+    resume_all: str
+
+
+def read_summary(run_dir: Path) -> Summary | None:
     """A run folder's summary.json, or None when it has none."""
     path = run_dir / SUMMARY_JSON
     if not path.exists():
         return None
     data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else None
+    return cast(Summary, data) if isinstance(data, dict) else None
 
 
-def write_summary(summary: dict[str, Any], run_dir: Path) -> Path:
+def write_summary(summary: Summary, run_dir: Path) -> Path:
     """Write summary.json atomically."""
     path = run_dir / SUMMARY_JSON
     data = (json.dumps(summary, indent=2, default=str) + "\n").encode("utf-8")
@@ -260,7 +294,7 @@ def write_summary(summary: dict[str, Any], run_dir: Path) -> Path:
     return path
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: Summary) -> str:
     """The terminal summary: outcomes, first failures, time, requests."""
     counts = summary["outcomes"]
     parts = ", ".join(f"{k} {v}" for k, v in counts.items() if v)
@@ -296,7 +330,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_counts(summary: dict[str, Any]) -> str:
+def format_counts(summary: Summary) -> str:
     """One line of counts per outcome (what `-q` prints when a run did not fully succeed)."""
     parts = ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items() if v)
     line = f"run {summary['run_id']}: {parts or 'no rows'} (exit {summary['exit_code']})"

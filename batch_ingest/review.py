@@ -11,6 +11,7 @@ import polars as pl
 
 from .errors import UsageError
 from .report import (
+    Summary,
     csv_safe,
     flat_for_csv,
     outcome_counts,
@@ -29,7 +30,7 @@ class LoadedRun:
 
     path: Path
     report: pl.DataFrame
-    summary: dict[str, Any]
+    summary: Summary
 
     @property
     def manifest(self) -> str:
@@ -57,7 +58,7 @@ def load_run(path: Path) -> LoadedRun:
     if missing:
         raise UsageError(f"{path} is not a batch-ingest report: no {', '.join(sorted(missing))} column")
     folder = path if path.is_dir() else path.parent
-    summary: dict[str, Any] = {}
+    summary: Summary = {}
     if (folder / SUMMARY_JSON).exists():
         try:
             summary = json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8"))

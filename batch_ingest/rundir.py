@@ -26,6 +26,7 @@ from .errors import EXIT_ABORTED, EXIT_INTERRUPTED, UsageError, error_log_folder
 from .journal import Journal
 from .report import (
     ReportFacts,
+    Summary,
     format_summary,
     read_summary,
     write_atomically,
@@ -54,7 +55,7 @@ class RunResult:
     a million-row run does not hold its report in memory to return it)."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    summary: Summary
     exit_code: int
     report_path: Path = field(default_factory=Path)
 
@@ -285,13 +286,19 @@ class RunDir:
         totals: dict[str, Any] = {name: sum(s.get(name, 0) for s in segments) for name in SEGMENT_SUMS}
         totals["elapsed_s"] = round(totals["elapsed_s"], 3)
         mode = skip_existing or skip_mode((meta.get("options") or {}).get("skip_existing"))
-        summary: dict[str, Any] = {
+        summary: Summary = {
             "run_id": meta.get("run_id", self.path.name),
             "manifest": meta.get("manifest"),
             "run_dir": str(self.path),
             "started_at": datetime.fromtimestamp(meta.get("started_at", segment.started_at), UTC).isoformat(),
             "finished_at": datetime.fromtimestamp(finished, UTC).isoformat(),
-            **totals,
+            "elapsed_s": totals["elapsed_s"],
+            "api_requests": totals["api_requests"],
+            "rate_limited": totals["rate_limited"],
+            "created": totals["created"],
+            "adopted_after_doubt": totals["adopted_after_doubt"],
+            "in_doubt": totals["in_doubt"],
+            "polls": totals["polls"],
             "rows": facts.rows,
             "outcomes": facts.outcomes,
             # Jobs this run's own creates made (adopted after a doubt included); not skipped or carried jobs.

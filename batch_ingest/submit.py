@@ -25,9 +25,7 @@ from pathlib import Path
 
 from .aio import unless_stopped, wait_any
 from .api.client import SmartStreamClient
-from .api.models import FAILED as VERDICT_FAILED
-from .api.models import SUCCEEDED as VERDICT_SUCCEEDED
-from .api.models import EncodeStatusMap, Job, parse_api_date
+from .api.models import EncodeStatusMap, Job, Verdict, parse_api_date
 from .api.retry import call_with_retries
 from .errors import (
     ApiConnectionError,
@@ -294,14 +292,14 @@ class Submitter:
         verdict = self.status_map.classify(job.encode_status)
         profile_id = _profile_id(job.job_profile_id)
         now = self._clock()
-        if verdict == VERDICT_FAILED and self.skip_existing != SkipExisting.ANY:
+        if verdict == Verdict.FAILED and self.skip_existing != SkipExisting.ANY:
             # Sent again; the failed job is never this row's to adopt in a look-up.
             self.journal.add_known_jobs([job.id], f"failed job of row {task.row} found by --skip-existing")
             return False
         # Claimed by the row's journal entry written next (mark_existing or mark_submitted), with no
         # await in between: no other row's look-up can see the job unclaimed.
-        if verdict in (VERDICT_SUCCEEDED, VERDICT_FAILED):
-            state = RowState.SKIPPED if verdict == VERDICT_SUCCEEDED else RowState.FAILED
+        if verdict in (Verdict.SUCCEEDED, Verdict.FAILED):
+            state = RowState.SKIPPED if verdict == Verdict.SUCCEEDED else RowState.FAILED
             self.journal.mark_existing(
                 task.row,
                 state=state,

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 import polars as pl
-from batch_ingest import RunOptions, Settings, plan_manifest, resolve_settings, run_manifest_async
+from batch_ingest import RunOptions, Settings, Summary, plan_manifest, resolve_settings, run_manifest_async
 from batch_ingest.emulator import EmulatorConfig, EmulatorProcess, create_app
 
 BENCH = Path(__file__).resolve().parent
@@ -72,7 +72,7 @@ def url_manifest(folder: Path, n: int, name: str = "m.csv") -> Path:
     return path
 
 
-def run_batch_ingest(manifest: Path, settings: Settings, run_dir: Path, transport=None) -> dict[str, Any]:
+def run_batch_ingest(manifest: Path, settings: Settings, run_dir: Path, transport=None) -> Summary:
     result = asyncio.run(
         run_manifest_async(manifest, settings, RunOptions(run_dir=run_dir), transport=transport)
     )

@@ -5,13 +5,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-IN_PROGRESS = "in_progress"
+
+class Verdict(StrEnum):
+    """What an `encode_status` means for a job (`EncodeStatusMap.classify`)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
 
 
 class MalformedRecord(ValueError):
@@ -165,13 +170,13 @@ class EncodeStatusMap:
     succeeded: frozenset[int] = field(default_factory=lambda: frozenset({2}))
     failed: frozenset[int] = field(default_factory=lambda: frozenset({3, 4}))
 
-    def classify(self, status: int | None) -> str:
-        """`succeeded`, `failed` or `in_progress` for an encode status."""
+    def classify(self, status: int | None) -> Verdict:
+        """Whether an encode status means the job succeeded, failed or is still in progress."""
         if status in self.succeeded:
-            return SUCCEEDED
+            return Verdict.SUCCEEDED
         if status in self.failed:
-            return FAILED
-        return IN_PROGRESS
+            return Verdict.FAILED
+        return Verdict.IN_PROGRESS
 
     @classmethod
     def parse(cls, text: str) -> EncodeStatusMap:
