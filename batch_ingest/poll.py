@@ -118,18 +118,19 @@ class Poller:
         self._track(
             row,
             job.id,
-            submitted_at,
-            job.encode_status,
-            job.updated_at or job.created_at,
-            key,
-            ref_id,
-            follow,
+            submitted_at=submitted_at,
+            status=job.encode_status,
+            updated_at=job.updated_at or job.created_at,
+            key=key,
+            ref_id=ref_id,
+            follow=follow,
         )
 
     def _track(
         self,
         row: int,
         job_id: str,
+        *,
         submitted_at: float,
         status: int | None,
         updated_at: str | None,
@@ -160,12 +161,12 @@ class Poller:
             self._track(
                 f.row,
                 f.job_id,
-                f.submitted_at or self._clock(),
-                None,
-                f.job_updated_at,
-                f.key,
-                f.ref_id,
-                f.follow,
+                submitted_at=f.submitted_at or self._clock(),
+                status=None,
+                updated_at=f.job_updated_at,
+                key=f.key,
+                ref_id=f.ref_id,
+                follow=f.follow,
             )
 
     @property
@@ -229,7 +230,14 @@ class Poller:
         for job_id in ready:
             job = self._jobs.get(job_id)
             if job is not None:
-                self._final(job, job.status, None, self.status_map.classify(job.status), now, updates)
+                self._final(
+                    job,
+                    status=job.status,
+                    updated_at=None,
+                    verdict=self.status_map.classify(job.status),
+                    now=now,
+                    updates=updates,
+                )
         updates.extend(self._expire(now))
         self.journal.record_progress(updates)
 
@@ -240,7 +248,7 @@ class Poller:
             _, job_id = heapq.heappop(self._deadlines)
             job = self._jobs.get(job_id)
             if job is not None and job.deadline <= now:
-                self._final(job, job.status, None, None, now, updates)
+                self._final(job, status=job.status, updated_at=None, verdict=None, now=now, updates=updates)
         return updates
 
     def _untrack(self, job: Tracked) -> None:
@@ -254,6 +262,7 @@ class Poller:
     def _final(
         self,
         job: Tracked,
+        *,
         status: int | None,
         updated_at: str | None,
         verdict: Verdict | None,  # None: the job's time is up
@@ -390,7 +399,14 @@ class Poller:
         tracked.status = job.encode_status
         verdict = self.status_map.classify(job.encode_status)
         if verdict != Verdict.IN_PROGRESS:
-            self._final(tracked, job.encode_status, job.updated_at, verdict, now, updates)
+            self._final(
+                tracked,
+                status=job.encode_status,
+                updated_at=job.updated_at,
+                verdict=verdict,
+                now=now,
+                updates=updates,
+            )
         elif changed:
             updates.append(JobUpdate(tracked.row, job.encode_status, job.updated_at, None, now))
         return changed

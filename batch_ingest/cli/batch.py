@@ -156,10 +156,10 @@ def run(
         options.pop("log_file", None), options.pop("log_format", None)
         _validate(
             manifest,
-            fmt,
-            default_profile,
-            emulator,
             options,
+            fmt=fmt,
+            default_profile=default_profile,
+            emulator=emulator,
             extra_columns=extra_columns,
             skip_existing=skip_existing,
             subset=subset,
@@ -208,10 +208,11 @@ def _finish(result, quiet: bool) -> None:
 
 def _validate(
     manifest: Path,
-    fmt,
-    default_profile,
-    emulator: bool,
     options: dict[str, Any],
+    *,
+    fmt: str | None,
+    default_profile: str | None,
+    emulator: bool,
     as_json: bool = False,
     extra_columns: str = "",
     skip_existing: str | None = None,
@@ -323,14 +324,14 @@ def validate(
     """
     _validate(
         manifest,
-        fmt,
-        default_profile,
-        emulator,
         options,
-        as_json,
-        extra_columns,
-        skip_existing,
-        upload_rate,
+        fmt=fmt,
+        default_profile=default_profile,
+        emulator=emulator,
+        as_json=as_json,
+        extra_columns=extra_columns,
+        skip_existing=skip_existing,
+        upload_rate=upload_rate,
         subset=_subset(limit, rows_range, sample, seed),
     )
 
