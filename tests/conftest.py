@@ -7,8 +7,10 @@ tests/helpers.py.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,3 +83,15 @@ def api_factory(request, emulator_server) -> Callable[..., Any]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def journal_dir(tmp_path: Path) -> Iterator[Path]:
+    """Where a test's journal lives: a RAM disk when there is one. Durability is not under test here
+    (test_unit_journal.py tests it), and every commit's fsync (synchronous=FULL) costs tens of ms on a busy disk."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir=shm, prefix="batch-ingest-test-") as folder:
+        yield Path(folder)

@@ -160,6 +160,24 @@ def check_consistent(run_dir: Path, server, n: int, *, allow_unfinished: bool = 
 # -- the emulator in-process --------------------------------------------------------------------
 
 
+# The plan's columns as Journal.create reads them (unit tests build small plans by hand).
+PLAN_SCHEMA = {
+    "row": pl.Int64,
+    "key": pl.String,
+    "ref_id": pl.String,
+    "source": pl.String,
+    "source_type": pl.String,
+    "source_path": pl.String,
+    "job_profile_id": pl.Int64,
+    "name": pl.String,
+    "description": pl.String,
+    "bytes": pl.Int64,
+    "status": pl.String,
+    "error_code": pl.String,
+    "reason": pl.String,
+}
+
+
 class FakeClock:
     """A clock that only moves when someone sleeps on it: time passes without waiting."""
 

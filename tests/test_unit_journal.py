@@ -17,23 +17,10 @@ import pytest
 from batch_ingest.errors import UsageError
 from batch_ingest.journal import DEFER_MAX, JobUpdate, Journal
 
+from .helpers import PLAN_SCHEMA
+
 T0 = 1_800_000_000.0
 STAMP = "2027-01-15T08:00:00.000Z"
-PLAN_SCHEMA = {
-    "row": pl.Int64,
-    "key": pl.String,
-    "ref_id": pl.String,
-    "source": pl.String,
-    "source_type": pl.String,
-    "source_path": pl.String,
-    "job_profile_id": pl.Int64,
-    "name": pl.String,
-    "description": pl.String,
-    "bytes": pl.Int64,
-    "status": pl.String,
-    "error_code": pl.String,
-    "reason": pl.String,
-}
 
 
 def plan(n: int, *, rejected: tuple[int, ...] = ()) -> pl.DataFrame:

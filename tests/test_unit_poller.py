@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +20,8 @@ from batch_ingest.journal import Journal
 from batch_ingest.poll import Poller
 from batch_ingest.progress import Progress
 from batch_ingest.settings import Secret
+
+from .helpers import PLAN_SCHEMA, FakeClock
 
 pytestmark = pytest.mark.anyio
 T0 = 1_800_000_000.0  # the fake clock's start, and the platform's "now" in these tests
@@ -97,52 +97,9 @@ def platform() -> Platform:
     return Platform()
 
 
-class FakeClock:
-    """A clock that only moves when someone sleeps on it (or a test sets it): no real time passes."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
-
-
-PLAN_SCHEMA = {
-    "row": pl.Int64,
-    "key": pl.String,
-    "ref_id": pl.String,
-    "source": pl.String,
-    "source_type": pl.String,
-    "source_path": pl.String,
-    "job_profile_id": pl.Int64,
-    "name": pl.String,
-    "description": pl.String,
-    "bytes": pl.Int64,
-    "status": pl.String,
-    "error_code": pl.String,
-    "reason": pl.String,
-}
-
-
-@pytest.fixture
-def journal_dir(tmp_path: Path) -> Iterator[Path]:
-    """Where a test's journal lives: a RAM disk when there is one. Durability is not under test here
-    (test_unit_journal.py tests it), and every commit's fsync (synchronous=FULL) costs tens of ms on a busy disk."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    with tempfile.TemporaryDirectory(dir=shm, prefix="batch-ingest-test-") as folder:
-        yield Path(folder)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,24 +20,11 @@ from batch_ingest.progress import Progress
 from batch_ingest.settings import Secret
 from batch_ingest.submit import Submitter
 
+from .helpers import PLAN_SCHEMA, FakeClock
+
 pytestmark = pytest.mark.anyio
 T0 = 1_800_000_000.0
 PREFIX = "/v1/merchants/demo/jobs"
-PLAN_SCHEMA = {
-    "row": pl.Int64,
-    "key": pl.String,
-    "ref_id": pl.String,
-    "source": pl.String,
-    "source_type": pl.String,
-    "source_path": pl.String,
-    "job_profile_id": pl.Int64,
-    "name": pl.String,
-    "description": pl.String,
-    "bytes": pl.Int64,
-    "status": pl.String,
-    "error_code": pl.String,
-    "reason": pl.String,
-}
 
 
 def source(row: int) -> str:
@@ -114,20 +99,6 @@ class Platform:
         return self.requests.count("POST")
 
 
-class FakeClock:
-    """A clock that only moves when someone sleeps on it (or a test sets it): no real time passes."""
-
-    def __init__(self, start: float) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(T0)
@@ -136,18 +107,6 @@ def clock() -> FakeClock:
 @pytest.fixture
 def platform(clock: FakeClock) -> Platform:
     return Platform(clock)
-
-
-@pytest.fixture
-def journal_dir(tmp_path: Path) -> Iterator[Path]:
-    """Where a test's journal lives: a RAM disk when there is one. Durability is not under test here
-    (test_unit_journal.py tests it), and every commit's fsync (synchronous=FULL) costs tens of ms on a busy disk."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    with tempfile.TemporaryDirectory(dir=shm, prefix="batch-ingest-test-") as folder:
-        yield Path(folder)
 
 
 def make_journal(journal_dir: Path, rows: int, *, with_ref: bool = True) -> Journal:
