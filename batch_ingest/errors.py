@@ -43,6 +43,7 @@ EXIT_USAGE = 2
 EXIT_ABORTED = 3
 EXIT_INTERNAL = 4  # an error we did not foresee (a bug, or the machine failing): traceback in error.log
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # the reader of our output went away (`| head`): 128 + SIGPIPE, as a shell reports it
 # The run folder of the command under way, where an internal error's traceback goes.
 error_log_folder: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "error_log_folder", default=None

@@ -312,6 +312,9 @@ class Poller:
                 items, count = await self.client.list_jobs_raw(
                     limit=MAX_PAGE_SIZE, page=page, sort="updated_at", order="DESC"
                 )
+                # The time of the answer, not of the ask: the ask may have waited on the rate limiter,
+                # and a job's end recorded before its own submission would give a negative duration.
+                now = self._clock()
                 if (
                     count is not None
                     and count > MAX_PAGE_SIZE
@@ -421,6 +424,7 @@ class Poller:
                 continue
             try:
                 job = await self.client.get_job(tracked.job_id)
+                now = self._clock()  # the answer's time (see poll_once)
             except NotFoundError:
                 if tracked.job_id not in self._jobs:
                     continue  # it ended meanwhile

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.errors import ConfigError
 from batch_ingest.settings import load_config_file, resolve_settings
 
-from .helpers import FAST, FLAGS, mixed_manifest, run_cli
+from .helpers import FAST, FLAGS, mixed_manifest, process_env, run_cli
 
 
 def test_profiles_and_jobs(emulator_server, tmp_path):
@@ -112,3 +114,24 @@ def test_an_event_log_that_cannot_be_written_is_said_once_and_the_run_goes_on(ca
     err = capsys.readouterr().err
     assert err.count("cannot write the event log /dev/full") == 1, err
     assert "the run goes on without it" in err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(tmp_path):
+    """`batch-ingest config | head -1`: the reader closes the pipe; no internal error, no error log."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    env = process_env({"TMPDIR": str(tmp_path)})
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "batch_ingest", "config"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert proc.stderr == ""
+    assert not list(tmp_path.glob("batch-ingest-error-*"))

@@ -486,3 +486,21 @@ async def test_how_a_followed_job_ends_its_row(platform, clock, journal, follows
     assert sent_again == resent
     assert states(journal, 1)[1][0] == state
     assert (p.in_flight, p.following) == (0, 0)
+
+
+async def test_a_jobs_end_is_stamped_when_the_answer_came_not_when_the_poll_asked(platform, clock, journal):
+    """A list request that waited (on the rate limiter, a slow API) still records the job's end at the
+    time of the answer: finished_at is never before the row's own submission."""
+    async with api(platform) as client:
+        p = poller(client, journal, clock)
+        follow(p, journal, platform, 1, ENCODING, T0 - 10)
+        platform.put("job-1", DONE, T0 - 5)
+        asked_at = clock()
+
+        def slow_answer() -> None:
+            clock.now += 7.0  # the request waited 7 s for its answer
+
+        platform.on_request = slow_answer
+        await p.poll_once()
+    finished = journal.to_frame().filter(pl.col("row") == 1)["finished_at"].item()
+    assert finished == asked_at + 7.0

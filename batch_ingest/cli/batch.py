@@ -149,7 +149,7 @@ def run(
     they are reported `held`, and `batch-ingest resume RUN_DIR --all` sends them in the same run.
 
     Exit codes: 0 every row succeeded, was skipped or is held; 1 some row did not; 2 usage,
-    configuration or manifest error; 3 run aborted; 130 interrupted.
+    configuration or manifest error; 3 run aborted; 4 internal error; 130 interrupted.
     """
     subset = _subset(limit, rows_range, sample, seed)
     if dry_run:

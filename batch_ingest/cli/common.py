@@ -14,6 +14,7 @@ import click
 
 from .._version import __version__
 from ..errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -56,6 +57,12 @@ def exit_for(exc: BaseException) -> NoReturn:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     exc = first_leaf(exc)
+    if isinstance(exc, BrokenPipeError):
+        # Nothing is wrong but that nobody reads on: stop quietly, and keep the interpreter's last
+        # flush of stdout from failing again on the way out.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
     if isinstance(exc, BatchIngestError):
         click.echo(f"batch-ingest: error: {safe_text(str(exc))}", err=True)
         sys.exit(exit_code_for(exc))
