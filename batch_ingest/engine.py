@@ -30,11 +30,11 @@ from .errors import (
     write_error_log,
 )
 from .options import RunOptions
-from .poll import Poller
+from .poll import Poller, PollPolicy
 from .progress import Progress
 from .rundir import RunDir, RunResult, SegmentRecord
 from .settings import Settings
-from .submit import Submitter
+from .submit import SubmitPolicy, Submitter
 from .text import first_few, safe_text
 from .vocabulary import RowState, is_failure
 
@@ -80,33 +80,38 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     poller = Poller(
         client,
         run.journal,
-        settings.encode_status_map,
-        progress,
-        job_timeout=settings.job_timeout,
-        min_interval=settings.poll_min_interval,
-        max_interval=settings.poll_max_interval,
-        rate_per_minute=settings.rate,
+        PollPolicy(
+            job_timeout=settings.job_timeout,
+            min_interval=settings.poll_min_interval,
+            max_interval=settings.poll_max_interval,
+            rate_per_minute=settings.rate,
+            status_map=settings.encode_status_map,
+        ),
+        progress=progress,
         slack=client.limiter.slack,
     )
     submitter = Submitter(
         client,
         run.journal,
-        concurrency=settings.concurrency,
-        upload_concurrency=settings.upload_concurrency,
-        retries=settings.retries,
-        on_submitted=lambda row, job, now, task: poller.track(row, job, now, task),
+        SubmitPolicy(
+            concurrency=settings.concurrency,
+            upload_concurrency=settings.upload_concurrency,
+            retries=settings.retries,
+            in_doubt_delay=settings.in_doubt_delay,
+            max_failures=options.max_failures,
+            skip_existing=options.skip_existing,
+            max_in_flight=settings.max_in_flight,
+            status_map=settings.encode_status_map,
+        ),
         progress=progress,
         stop=stop,
-        in_doubt_delay=settings.in_doubt_delay,
-        max_failures=options.max_failures,
-        skip_existing=options.skip_existing,
-        status_map=settings.encode_status_map,
-        follow=lambda row, job, now, task, follow: poller.track(row, job, now, task, follow),
-        following=lambda: poller.following,
         secret_sources=spec.secret_sources,
-        max_in_flight=settings.max_in_flight,
-        in_flight=lambda: poller.in_flight,
     )
+    # The two meet only through these hooks: jobs go to the poller, ends and resends come back.
+    submitter.on_submitted = lambda row, job, now, task: poller.track(row, job, now, task)
+    submitter.follow = lambda row, job, now, task, follow: poller.track(row, job, now, task, follow)
+    submitter.following = lambda: poller.following
+    submitter.in_flight = lambda: poller.in_flight
     poller.on_final = lambda state: submitter.count_failure() if is_failure(state) else None
     poller.on_resend = submitter.resend
     poller.on_follow_end = submitter.wake

@@ -19,7 +19,7 @@ import asyncio
 import heapq
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .aio import unless_stopped, wait_any
@@ -53,6 +53,19 @@ class Tracked:
     follow: str | None = None  # see journal.py: a re-checked or existing job, not created by this attempt
 
 
+@dataclass(frozen=True)
+class PollPolicy:
+    """How jobs are followed: how long each may take, the bounds of the interval between polls, the
+    account's rate (the tail interval takes at most half of it), and what encode statuses mean."""
+
+    job_timeout: float
+    min_interval: float
+    max_interval: float
+    rate_per_minute: float = 0.0  # 0: unknown or no limit
+    fallback_after: float | None = None  # a job unseen this long is read on its own; None: from max_interval
+    status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
+
+
 class Poller:
     """Follows every submitted job until it succeeds, fails or times out."""
 
@@ -60,34 +73,31 @@ class Poller:
         self,
         client: SmartStreamClient,
         journal: Journal,
-        status_map: EncodeStatusMap,
-        progress: Progress,
+        policy: PollPolicy,
         *,
-        job_timeout: float,
-        min_interval: float,
-        max_interval: float,
-        on_final: Callable[[str], None] = lambda outcome: None,
-        on_resend: Callable[[int], None] = lambda row: None,
-        on_follow_end: Callable[[], None] = lambda: None,
-        rate_per_minute: float = 0.0,
+        progress: Progress,
         slack: Callable[[], float] = lambda: 0.0,
-        fallback_after: float | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.client = client
         self.journal = journal
-        self.status_map = status_map
+        self.status_map = policy.status_map
         self.progress = progress
-        self.job_timeout = job_timeout
-        self.min_interval = min_interval
-        self.max_interval = max_interval
-        self.on_final = on_final
-        self.on_resend = on_resend  # a followed job failed or vanished: its row is to be sent again
-        self.on_follow_end = on_follow_end
+        self.job_timeout = policy.job_timeout
+        self.min_interval = policy.min_interval
+        self.max_interval = policy.max_interval
+        # What the engine wires to the submitter after construction (alone, a poller needs none of it):
+        self.on_final: Callable[[str], None] = lambda outcome: None  # a row reached its final state
+        self.on_resend: Callable[[int], None] = lambda row: None  # a followed job failed or vanished
+        self.on_follow_end: Callable[[], None] = lambda: None
         self.on_job_end: Callable[[], None] = lambda: None
         self.following = 0  # followed jobs in flight
-        self.fallback_after = fallback_after if fallback_after is not None else max(600.0, 20 * max_interval)
+        self.fallback_after = (
+            policy.fallback_after
+            if policy.fallback_after is not None
+            else max(600.0, 20 * policy.max_interval)
+        )
         self._clock = clock
         self._sleep = sleep
         self._jobs: dict[str, Tracked] = {}
@@ -98,14 +108,13 @@ class Poller:
         # a change not among them, whoever's job it is (see `poll_once`).
         self._recent: dict[tuple[str, str], float] = {}
         self._wake = asyncio.Event()
-        self.interval = min_interval
+        self.interval = policy.min_interval
         # Once nothing is left to submit: TAIL_INTERVAL_S apart (or the configured maximum, when that is
         # shorter: no wait is ever longer than it), but never more than half the budget (one request a
         # poll when little changes), so that others on the account keep theirs.
+        rate = policy.rate_per_minute
         self.tail_interval = max(
-            min_interval,
-            min(TAIL_INTERVAL_S, max_interval),
-            120.0 / rate_per_minute if rate_per_minute > 0 else 0.0,
+            policy.min_interval, min(TAIL_INTERVAL_S, policy.max_interval), 120.0 / rate if rate > 0 else 0.0
         )
         self.slack = slack  # the share of the rate budget left unused lately (RateLimiter.slack)
         self.polls = 0

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .aio import unless_stopped, wait_any
@@ -56,6 +56,21 @@ class SubmitStats:
     failures: int = 0
 
 
+@dataclass(frozen=True)
+class SubmitPolicy:
+    """How rows are sent: the bounds, the retries, the wait before a create in doubt is looked up,
+    when the run stops itself, and what happens to rows whose ref_id the platform already has."""
+
+    concurrency: int  # requests in flight
+    upload_concurrency: int  # uploads in flight, part of `concurrency`
+    retries: int  # per row, for transient errors (a 429 never uses one up)
+    in_doubt_delay: float = 2.0
+    max_failures: int | None = None  # None: never stop for failures
+    skip_existing: SkipExisting | None = None
+    max_in_flight: int = 0  # 0: no cap on jobs queued or encoding on the platform
+    status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
+
+
 class Submitter:
     """Sends every pending row once, with at most `concurrency` requests in flight."""
 
@@ -63,48 +78,33 @@ class Submitter:
         self,
         client: SmartStreamClient,
         journal: Journal,
+        policy: SubmitPolicy,
         *,
-        concurrency: int,
-        upload_concurrency: int,
-        retries: int,
-        on_submitted: Callable[[int, Job, float, RowTask], None],
         progress: Progress,
         stop: asyncio.Event,
-        in_doubt_delay: float = 2.0,
-        max_failures: int | None = None,
-        skip_existing: str | None = None,
-        status_map: EncodeStatusMap | None = None,
-        follow: Callable[[int, Job, float, RowTask, str], None] | None = None,
         secret_sources: dict[int, str] | None = None,
-        max_in_flight: int = 0,
-        in_flight: Callable[[], int] = lambda: 0,
-        following: Callable[[], int] = lambda: 0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.journal = journal
-        self.concurrency = concurrency
-        self.retries = retries
-        self.on_submitted = on_submitted
+        self.policy = policy
         self.progress = progress
         self.stop = stop
-        self.in_doubt_delay = in_doubt_delay
-        self.max_failures = max_failures
-        self.skip_existing = skip_existing  # None, SkipExisting.NOT_FAILED or SkipExisting.ANY
-        self.status_map = status_map or EncodeStatusMap()
-        self.follow = follow  # hand a job found by --skip-existing, still encoding, to the poller
-        self.following = following  # followed jobs still in flight: any may send its row again
-        self._existing: dict[str, Job] | None = None  # ref_id -> newest job, when listing all was cheaper
         self.secret_sources = secret_sources or {}  # row -> real URL of a source stored redacted
-        self.max_in_flight = max_in_flight  # 0: no cap on jobs queued or encoding on the platform
-        self.in_flight = in_flight  # jobs the poller follows now
+        # What the engine wires to the poller after construction (alone, a submitter needs none of it):
+        self.on_submitted: Callable[[int, Job, float, RowTask], None] = lambda row, job, now, task: None
+        # hand a job found by --skip-existing, still encoding, to the poller
+        self.follow: Callable[[int, Job, float, RowTask, str], None] | None = None
+        self.following: Callable[[], int] = lambda: 0  # followed jobs in flight: any may send its row again
+        self.in_flight: Callable[[], int] = lambda: 0  # jobs the poller follows now (--max-in-flight)
+        self._existing: dict[str, Job] | None = None  # ref_id -> newest job, when listing all was cheaper
         self._reserved = 0  # rows between their slot and the poller
         self._slot_freed = asyncio.Event()
         self._resend: deque[int] = deque()  # rows whose followed job failed: send again
         self._wake = asyncio.Event()
         self._on_wire: dict[asyncio.Task, bool] = {}  # row tasks -> is their create on the wire
-        self._uploads = asyncio.Semaphore(upload_concurrency)
+        self._uploads = asyncio.Semaphore(policy.upload_concurrency)
         self._sleep = sleep
         self._clock = clock
         self.stats = SubmitStats()
@@ -118,8 +118,8 @@ class Submitter:
     def count_failure(self) -> None:
         """One more row that did not succeed; trips --max-failures."""
         self.stats.failures += 1
-        if self.max_failures is not None and self.stats.failures > self.max_failures:
-            self.abort(f"more than --max-failures {self.max_failures} rows failed")
+        if self.policy.max_failures is not None and self.stats.failures > self.policy.max_failures:
+            self.abort(f"more than --max-failures {self.policy.max_failures} rows failed")
 
     def resend(self, row: int) -> None:
         """A followed job failed or vanished: the row (back to `pending` in the journal) is sent again."""
@@ -139,7 +139,7 @@ class Submitter:
         whose followed job failed, until no followed job is left."""
         stopper = asyncio.create_task(self._abandon_on_stop())
         try:
-            if self.skip_existing:
+            if self.policy.skip_existing:
                 try:
                     await unless_stopped(self._prepare_skip_existing(), self.stop)
                 except AuthError as exc:
@@ -152,7 +152,7 @@ class Submitter:
         return self.stats
 
     async def _run_queue(self) -> None:
-        queue: asyncio.Queue[RowTask | None] = asyncio.Queue(maxsize=self.concurrency * 2)
+        queue: asyncio.Queue[RowTask | None] = asyncio.Queue(maxsize=self.policy.concurrency * 2)
         busy = [0]
 
         queued: set[int] = set()  # rows on the queue or with a worker: never queued twice
@@ -195,7 +195,7 @@ class Submitter:
             await rows()
             # Only on the way out in good order: if anything failed, the task group cancels the
             # workers instead, so this never waits on a queue nobody reads.
-            for _ in range(self.concurrency):
+            for _ in range(self.policy.concurrency):
                 await queue.put(None)
 
         async def work() -> None:
@@ -213,7 +213,7 @@ class Submitter:
 
         async with asyncio.TaskGroup() as group:
             group.create_task(feed())
-            for _ in range(self.concurrency):
+            for _ in range(self.policy.concurrency):
                 group.create_task(work())
 
     async def _submit_row_abandonable(self, task: RowTask) -> None:
@@ -289,10 +289,10 @@ class Submitter:
         job = await self._find_existing(task)
         if job is None or self.journal.knows_job(job.id):
             return False
-        verdict = self.status_map.classify(job.encode_status)
+        verdict = self.policy.status_map.classify(job.encode_status)
         profile_id = _profile_id(job.job_profile_id)
         now = self._clock()
-        if verdict == Verdict.FAILED and self.skip_existing != SkipExisting.ANY:
+        if verdict == Verdict.FAILED and self.policy.skip_existing != SkipExisting.ANY:
             # Sent again; the failed job is never this row's to adopt in a look-up.
             self.journal.add_known_jobs([job.id], f"failed job of row {task.row} found by --skip-existing")
             return False
@@ -316,7 +316,7 @@ class Submitter:
                 self.count_failure()
             self.progress.row_finished(state, row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
             return True
-        follow = Follow.EXISTING_ANY if self.skip_existing == SkipExisting.ANY else Follow.EXISTING
+        follow = Follow.EXISTING_ANY if self.policy.skip_existing == SkipExisting.ANY else Follow.EXISTING
         self.journal.mark_submitted(
             task.row,
             job_id=job.id,
@@ -359,7 +359,7 @@ class Submitter:
             self.count_failure()
 
     async def _submit_row_or_raise(self, task: RowTask) -> None:
-        if self.skip_existing and task.ref_id and task.state == RowState.PENDING:
+        if self.policy.skip_existing and task.ref_id and task.state == RowState.PENDING:
             try:
                 if await self._skip_if_exists(task):
                     return
@@ -371,12 +371,12 @@ class Submitter:
                 # sending might ingest it twice, so the row waits for a later run or resume.
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
                 return
-        if not self.max_in_flight:
+        if not self.policy.max_in_flight:
             await self._send(task)
             return
         # --max-in-flight: wait for the platform's queue to have room; the slot is this row's until
         # its job is with the poller (which counts it) or the row ends.
-        while self.in_flight() + self._reserved >= self.max_in_flight:
+        while self.in_flight() + self._reserved >= self.policy.max_in_flight:
             self._slot_freed.clear()
             await wait_any(self._slot_freed, self.stop)
             if self.stop.is_set():
@@ -420,7 +420,7 @@ class Submitter:
                     raise  # never left: nothing to look up or undo
                 if isinstance(exc, ServerError) or exc.in_doubt:
                     self.stats.in_doubt += 1
-                    await self._pause(self.in_doubt_delay)
+                    await self._pause(self.policy.in_doubt_delay)
                     if (found := await self._adopt(task, sent_at)) is not None:
                         return found
                 in_doubt = False
@@ -446,7 +446,9 @@ class Submitter:
             return job
 
         try:
-            job = await call_with_retries(attempt, self.retries, sleep=self._pause, wait_for_budget=True)
+            job = await call_with_retries(
+                attempt, self.policy.retries, sleep=self._pause, wait_for_budget=True
+            )
         except _Stopped:
             return
         except AuthError as exc:
@@ -469,7 +471,7 @@ class Submitter:
             if in_doubt:
                 return  # still in doubt after every retry: the row stays `sending` for `resume` to look up
             if isinstance(exc, ApiConnectionError):
-                self.abort(f"the API stayed unreachable through {self.retries} retries: {exc}")
+                self.abort(f"the API stayed unreachable through {self.policy.retries} retries: {exc}")
                 return
             self._fail(task, exc)
             return

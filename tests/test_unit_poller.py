@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from batch_ingest.api import Auth, EncodeStatusMap, Job, SmartStreamClient
+from batch_ingest.api import Auth, Job, SmartStreamClient
 from batch_ingest.api.models import format_api_date
 from batch_ingest.errors import EndlessListing
 from batch_ingest.journal import Journal
-from batch_ingest.poll import Poller
+from batch_ingest.poll import Poller, PollPolicy
 from batch_ingest.progress import Progress
 from batch_ingest.settings import Secret
 
@@ -130,15 +130,16 @@ async def api(platform: Platform) -> AsyncIterator[SmartStreamClient]:
 
 def poller(client: SmartStreamClient, journal: Journal, clock: FakeClock, **kw: Any) -> Poller:
     options: dict[str, Any] = dict(job_timeout=3600, min_interval=2.0, max_interval=30.0) | kw
-    return Poller(
-        client,
-        journal,
-        EncodeStatusMap(),
-        options.pop("progress", Progress()),
-        clock=clock,
-        sleep=clock.sleep,
-        **options,
+    progress, slack = options.pop("progress", Progress()), options.pop("slack", lambda: 0.0)
+    hooks = {
+        name: options.pop(name) for name in ("on_final", "on_resend", "on_follow_end") if name in options
+    }
+    p = Poller(
+        client, journal, PollPolicy(**options), progress=progress, slack=slack, clock=clock, sleep=clock.sleep
     )
+    for name, hook in hooks.items():
+        setattr(p, name, hook)
+    return p
 
 
 def follow(
@@ -326,12 +327,10 @@ def test_the_tail_interval_is_two_seconds_within_the_bounds_and_half_the_budget(
     p = Poller(
         None,  # type: ignore[arg-type]  # never asked: nothing is polled
         journal,
-        EncodeStatusMap(),
-        Progress(),
-        job_timeout=60,
-        min_interval=min_interval,
-        max_interval=max_interval,
-        rate_per_minute=rate,
+        PollPolicy(
+            job_timeout=60, min_interval=min_interval, max_interval=max_interval, rate_per_minute=rate
+        ),
+        progress=Progress(),
         clock=clock,
         sleep=clock.sleep,
     )

@@ -18,7 +18,7 @@ from batch_ingest.api.models import format_api_date
 from batch_ingest.journal import Journal
 from batch_ingest.progress import Progress
 from batch_ingest.settings import Secret
-from batch_ingest.submit import Submitter
+from batch_ingest.submit import SubmitPolicy, Submitter
 
 from .helpers import PLAN_SCHEMA, FakeClock
 
@@ -160,16 +160,18 @@ async def submit(
         handed.append((row, job.id))
 
     options: dict[str, Any] = dict(concurrency=2, upload_concurrency=1, retries=2, in_doubt_delay=2.0) | kw
+    progress, secret_sources = options.pop("progress", Progress()), options.pop("secret_sources", None)
     submitter = Submitter(
         client,
         journal,
-        on_submitted=on_submitted,
-        progress=options.pop("progress", Progress()),
+        SubmitPolicy(**options),
+        progress=progress,
         stop=asyncio.Event(),
+        secret_sources=secret_sources,
         sleep=clock.sleep,
         clock=clock,
-        **options,
     )
+    submitter.on_submitted = on_submitted
     await asyncio.wait_for(submitter.run(), timeout=10)
     return submitter, handed
 
