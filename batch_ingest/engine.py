@@ -9,6 +9,7 @@ written from the journal (`RunDir.finish`) with the documented exit code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -208,7 +209,8 @@ def _report_internal_error(run: RunDir, exc: BaseException, progress: Progress) 
         log = write_error_log(run.path, exc)
         code = EXIT_INTERNAL
         text = f"internal error: {type(leaf).__name__}: {leaf}"[:300] + f"; details in {log}"
-    print(f"batch-ingest: {safe_text(text)}", file=sys.stderr, flush=True)  # even with -q: it is an error
+    with contextlib.suppress(OSError):  # stderr may be a closed pipe: the exit code and error.log still tell
+        print(f"batch-ingest: {safe_text(text)}", file=sys.stderr, flush=True)  # even with -q: it is an error
     progress.message(text)
     return code
 

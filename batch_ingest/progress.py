@@ -254,10 +254,51 @@ class Tee(Progress):
             s.close()
 
 
+class Resilient(Progress):
+    """A screen sink whose stream may break (stderr into a pipe whose reader went away): its output
+    stops there, and the run goes on to its report and exit code."""
+
+    def __init__(self, inner: Progress) -> None:
+        self.inner = inner
+        self.broken = False
+
+    def _call(self, name: str, *args: Any, **kw: Any) -> None:
+        if self.broken:
+            return
+        try:
+            getattr(self.inner, name)(*args, **kw)
+        except OSError:
+            self.broken = True
+
+    def start(self, **kw: Any) -> None:
+        self._call("start", **kw)
+
+    def row_submitted(self, **kw: Any) -> None:
+        self._call("row_submitted", **kw)
+
+    def row_finished(self, outcome: str, **kw: Any) -> None:
+        self._call("row_finished", outcome, **kw)
+
+    def retrying(self, **kw: Any) -> None:
+        self._call("retrying", **kw)
+
+    def finished(self, summary: Summary) -> None:
+        self._call("finished", summary)
+
+    def bytes_sent(self, n: int) -> None:
+        self._call("bytes_sent", n)
+
+    def message(self, text: str) -> None:
+        self._call("message", text)
+
+    def close(self) -> None:
+        self._call("close")
+
+
 def choose_progress(
     *, quiet: bool, stream: TextIO | None = None, log_file: Path | None = None, log_format: str = "text"
 ) -> Progress:
     """Bars on a terminal, log lines otherwise, nothing with --quiet; plus an event log with --log-file."""
     stream = stream or sys.stderr
-    screen = Progress() if quiet else (BarProgress() if stream.isatty() else LogProgress(stream))
+    screen = Progress() if quiet else Resilient(BarProgress() if stream.isatty() else LogProgress(stream))
     return Tee(screen, EventLog(log_file, log_format)) if log_file else screen

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from batch_ingest.emulator import EmulatorConfig
@@ -135,3 +136,40 @@ def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(tmp_path):
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
     assert not list(tmp_path.glob("batch-ingest-error-*"))
+
+
+@pytest.mark.parametrize("broken", ["stdout", "stderr"])
+def test_a_run_whose_reader_goes_away_still_ends_with_its_report_and_its_own_code(
+    tmp_path, emulator_server, broken
+):
+    """`run ... | head` (stdout) or `run ... 2>&1 | head` (stderr): the run goes on to its report and
+    exits with its own code, not 141 and not an internal error."""
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = mixed_manifest(tmp_path, 6)
+    run_dir = tmp_path / "run"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    streams: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, broken: write_end}
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "batch_ingest",
+                "run",
+                str(manifest),
+                "--report-dir",
+                str(run_dir),
+                *FLAGS[:-1],
+            ],
+            env=process_env({**server.env(), "TMPDIR": str(tmp_path)}),
+            text=True,
+            timeout=120,
+            **streams,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert json.loads((run_dir / "summary.json").read_text())["exit_code"] == 0
+    assert (run_dir / "report.parquet").exists()
+    assert not list(tmp_path.glob("batch-ingest-error-*")) and not (run_dir / "error.log").exists()

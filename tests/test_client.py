@@ -321,3 +321,14 @@ def test_every_pool_shares_one_tls_context_and_an_http_api_builds_none():
     assert all(cast(Any, p._transport)._pool._ssl_context.verify_mode == ssl.CERT_NONE for p in plain._pools)
     asyncio.run(secure.aclose())
     asyncio.run(plain.aclose())
+
+
+def test_the_tls_context_ignores_ssl_environment_variables(monkeypatch):
+    """As every request ignores proxies and the like (trust_env=False), the CA bundle is certifi's,
+    whatever SSL_CERT_FILE or SSL_CERT_DIR say: a stray variable neither breaks nor widens trust."""
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+    monkeypatch.setenv("SSL_CERT_DIR", "/nonexistent")
+    client = SmartStreamClient(base_url="https://api.example.test", merchant_id="m", auth=Auth(Secret("k")))
+    context = cast(Any, client._pools[0]._transport)._pool._ssl_context
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.cert_store_stats()["x509_ca"] > 50
+    asyncio.run(client.aclose())

@@ -503,3 +503,18 @@ async def test_a_jobs_end_is_stamped_when_the_answer_came_not_when_the_poll_aske
         await p.poll_once()
     finished = journal.to_frame().filter(pl.col("row") == 1)["finished_at"].item()
     assert finished == asked_at + 7.0
+
+
+async def test_a_fallback_read_stamps_the_jobs_end_when_its_answer_came(platform, clock, journal):
+    """A job read on its own (the list stopped showing it) ends at the time of that read's answer."""
+    async with api(platform) as client:
+        p = poller(client, journal, clock, fallback_after=600.0)
+        follow(p, journal, platform, 1, ENCODING, T0 - 5000)
+        platform.hidden = {"job-1"}
+        platform.put("job-1", DONE, T0 - 5000)
+        clock.now = T0 + 700
+        platform.on_request = lambda: setattr(clock, "now", clock.now + 3.0)  # each answer takes 3 s
+        await p.poll_once()  # the list (3 s), then the job on its own (3 s more)
+    assert platform.requests == ["list 1", "get job-1"]
+    finished = journal.to_frame().filter(pl.col("row") == 1)["finished_at"].item()
+    assert finished == T0 + 706.0

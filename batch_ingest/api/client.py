@@ -135,7 +135,7 @@ class SmartStreamClient:
         verify: ssl.SSLContext | bool = (
             False
             if transport is not None or self.base_url.lower().startswith("http:")
-            else httpx.create_ssl_context()
+            else httpx.create_ssl_context(trust_env=False)
         )
         self._pools = [
             httpx.AsyncClient(

@@ -20,6 +20,7 @@ from .common import (
     log_options,
     main,
     progress_for,
+    silence_stdout,
 )
 
 extra_columns_option = click.option(
@@ -198,11 +199,15 @@ def _finish(result, quiet: bool) -> None:
     report path last; exit with the run's code."""
     from ..report import format_counts
 
-    if not quiet:
-        echo(result.summary_text())
-    elif result.exit_code != 0:
-        echo(format_counts(result.summary))
-    echo(str(result.report_path))
+    try:
+        if not quiet:
+            echo(result.summary_text())
+        elif result.exit_code != 0:
+            echo(format_counts(result.summary))
+        echo(str(result.report_path))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): the run is done, its code stands
+        silence_stdout()
     sys.exit(result.exit_code)
 
 

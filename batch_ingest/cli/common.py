@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import select
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,28 +55,49 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def exit_for(exc: BaseException) -> NoReturn:
     """Print what went wrong in one line and exit with the documented code (see handle_errors)."""
     if isinstance(exc, KeyboardInterrupt):
-        click.echo("interrupted", err=True)
+        _say("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     exc = first_leaf(exc)
-    if isinstance(exc, BrokenPipeError):
-        # Nothing is wrong but that nobody reads on: stop quietly, and keep the interpreter's last
-        # flush of stdout from failing again on the way out.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if isinstance(exc, BrokenPipeError) and _reader_gone(sys.stdout):
+        # Nothing is wrong but that nobody reads our output on: stop quietly.
+        silence_stdout()
         sys.exit(EXIT_BROKEN_PIPE)
     if isinstance(exc, BatchIngestError):
-        click.echo(f"batch-ingest: error: {safe_text(str(exc))}", err=True)
+        _say(f"batch-ingest: error: {safe_text(str(exc))}")
         sys.exit(exit_code_for(exc))
     local = local_state_problem(exc)
     if local is not None:
-        click.echo(f"batch-ingest: error: {safe_text(local)}", err=True)
+        _say(f"batch-ingest: error: {safe_text(local)}")
         sys.exit(EXIT_USAGE)
     if not isinstance(exc, Exception):
         raise exc
     log = write_error_log(error_log_folder.get(), exc)
     text = safe_text(f"{type(exc).__name__}: {exc}")[:300]
-    click.echo(f"batch-ingest: internal error: {text}; details in {log}", err=True)
+    _say(f"batch-ingest: internal error: {text}; details in {log}")
     sys.exit(EXIT_INTERNAL)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, unless stderr itself is gone (a closed pipe): the exit code still tells."""
+    with contextlib.suppress(OSError):
+        click.echo(line, err=True)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is buffered for a reader
+    that went away does not fail again on the way out."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _reader_gone(stream: Any) -> bool:
+    """True when `stream` is a pipe whose reader closed its end (poll reports an error on ours)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class Group(click.Group):
