@@ -222,6 +222,7 @@ def _validate(
     extra_columns: str = "",
     skip_existing: str | None = None,
     upload_rate: str | None = None,
+    check_sources: str | None = None,
     subset=None,
 ) -> None:
     import asyncio  # with httpx, loaded only by the commands that talk to the API
@@ -262,6 +263,11 @@ def _validate(
             from ..subset import canary_plan
 
             plan = canary_plan(plan, subset)
+        if check_sources is not None:  # the rows a canary takes, not those it would hold back
+            from ..sources import apply_checks, check_plan_sources
+
+            checks = asyncio.run(check_plan_sources(plan))
+            plan = apply_checks(plan, checks, reject=check_sources == "reject")
         info = describe_plan(plan, skip_existing=skip_existing)
         estimate = estimate_run(
             info,
@@ -302,6 +308,15 @@ def _validate(
     help="Your upload bandwidth to the platform (10M = 10 MiB/s, 1G, 500K), so the estimate includes uploads "
     "[default: --bwlimit when set, else uploads are left out of the estimate and it says so].",
 )
+@click.option(
+    "--check-sources",
+    type=click.Choice(["reject", "warn"]),
+    is_flag=False,
+    flag_value="reject",
+    default=None,
+    help="Fetch the first byte of every URL source (a ranged GET; never the SmartSTREAM API) and reject "
+    "rows whose source is missing, forbidden, unreachable or not a video; =warn only reports them.",
+)
 @extra_columns_option
 @subset_options("ready rows")
 @api_options
@@ -314,6 +329,7 @@ def validate(
     as_json,
     skip_existing,
     upload_rate,
+    check_sources,
     extra_columns,
     limit,
     rows_range,
@@ -326,6 +342,7 @@ def validate(
 
     Profiles are checked against the platform when API settings are available. The estimate is
     the API requests over --rate (about 1.05 per job, measured), and uploads over --upload-rate.
+    With --check-sources every URL source is fetched (its first byte) before anything else.
     """
     _validate(
         manifest,
@@ -337,6 +354,7 @@ def validate(
         extra_columns=extra_columns,
         skip_existing=skip_existing,
         upload_rate=upload_rate,
+        check_sources=check_sources,
         subset=_subset(limit, rows_range, sample, seed),
     )
 
