@@ -22,6 +22,7 @@ class RunOptions:
     handle_signals: bool = False
     allow_api_url_change: bool = False  # resume/retry: the user named --api-url explicitly
     subset: Subset | None = None  # a canary run's rows (run), or held rows to take (resume); subset.py
+    check_sources: str | None = None  # run: None, "reject" or "warn" (sources.py)
 
     def __post_init__(self) -> None:
         if self.skip_existing is not None and not isinstance(self.skip_existing, SkipExisting):

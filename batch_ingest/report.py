@@ -38,9 +38,15 @@ REPORT_COLUMNS = (
     "finished_at",
     "duration_s",
     "bytes",
+    "source_status",
+    "source_bytes",
+    "source_content_type",
     "encode_s",
     "key",
 )
+# What `--check-sources` found of a URL source (sources.py); null when the source was not checked
+# (not asked for, a local file, or a run folder written before the checks existed).
+SOURCE_CHECK_COLUMNS = {"source_status": pl.Int64, "source_bytes": pl.Int64, "source_content_type": pl.String}
 FIRST_FAILURES = 10
 REPORT_CHUNK_ROWS = 100_000  # report rows built and written at a time (about 50 MB each)
 
@@ -57,7 +63,10 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
     """Join plan and journal into the report frame, in manifest order."""
     unfinished = pl.col("state").is_in([s.value for s in INTERRUPTED_STATES])
     frame = plan.join(journal, on="row", how="left", suffix="_journal", maintain_order="left")
-    frame = frame.with_columns(
+    unchecked = [
+        pl.lit(None, dtype).alias(c) for c, dtype in SOURCE_CHECK_COLUMNS.items() if c not in plan.columns
+    ]
+    frame = frame.with_columns(*unchecked).with_columns(
         pl.when(unfinished)
         .then(pl.lit(Outcome.INTERRUPTED.value))
         .otherwise(pl.col("state"))

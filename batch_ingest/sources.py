@@ -104,10 +104,14 @@ async def check_url(client: httpx.AsyncClient, row: int, url: str) -> SourceChec
     content_type = response.headers.get("content-type", "").split(";")[0].strip().lower() or None
     size = _size(response)
     if status in (404, 410):
-        return done(SOURCE_NOT_FOUND, f"{host} answered {status}: the source is not there")
+        return done(
+            SOURCE_NOT_FOUND, f"{host} answered {status}: the source is not there", content_type=content_type
+        )
     if status in (401, 403):
         return done(
-            SOURCE_FORBIDDEN, f"{host} answered {status}: the source needs a credential or a signature"
+            SOURCE_FORBIDDEN,
+            f"{host} answered {status}: the source needs a credential or a signature",
+            content_type=content_type,
         )
     if status == 416:  # a range of an empty object cannot be satisfied
         return done(
@@ -182,13 +186,20 @@ async def check_plan_sources(
 
 
 def apply_checks(plan: Plan, checks: list[SourceCheck], *, reject: bool) -> Plan:
-    """The plan with what the checks found: a `source_bytes` column (a URL source's size), a note with
-    the totals, and, with `reject`, the rows that failed `rejected` with their code and reason
+    """The plan with what the checks found: the columns `source_status`, `source_bytes` and
+    `source_content_type` (the report's, from the plan the run keeps: a resume never checks again), a
+    note with the totals, and, with `reject`, the rows that failed `rejected` with their code and reason
     (without it, a note counts them and they stay ready)."""
     failed = {c.row: c for c in checks if c.code is not None}
     sizes = {c.row: c.bytes for c in checks if c.bytes is not None}
+    statuses = {c.row: c.status for c in checks if c.status is not None}
+    types = {c.row: c.content_type for c in checks if c.content_type is not None}
     frame = plan.frame.with_columns(
-        pl.col("row").replace_strict(sizes, default=None, return_dtype=pl.Int64).alias("source_bytes")
+        pl.col("row").replace_strict(statuses, default=None, return_dtype=pl.Int64).alias("source_status"),
+        pl.col("row").replace_strict(sizes, default=None, return_dtype=pl.Int64).alias("source_bytes"),
+        pl.col("row")
+        .replace_strict(types, default=None, return_dtype=pl.String)
+        .alias("source_content_type"),
     )
     by_code = Counter(c.code for c in failed.values())
     fetched = sum(size for row, size in sizes.items() if row not in failed and size is not None)

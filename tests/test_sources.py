@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
+import polars as pl
 import pytest
-from batch_ingest.emulator import free_port
+from batch_ingest.emulator import EmulatorConfig, free_port
 from batch_ingest.sources import (
     SOURCE_FORBIDDEN,
     SOURCE_NOT_FOUND,
@@ -21,7 +22,7 @@ from batch_ingest.sources import (
     check_urls,
 )
 
-from .helpers import run_cli, write_manifest
+from .helpers import FAST, FLAGS, run_cli, write_manifest
 
 VIDEO_BYTES = 1_000
 
@@ -219,3 +220,36 @@ def test_validate_check_sources_warn_keeps_the_rows(tmp_path, sources):
     sources.requests.clear()
     plain = run_cli(["validate", str(manifest)])
     assert plain.exit_code == 0 and sources.requests == []
+
+
+def test_run_check_sources_spends_no_create_on_a_dead_source_and_resume_never_checks_again(
+    tmp_path, sources, emulator_server
+):
+    """`run --check-sources`: failing rows end `rejected` with their code, no job is created for them,
+    the report has what the checks found; a resume of the run checks nothing again."""
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = _manifest(tmp_path, sources.base)
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--check-sources", *FLAGS], server.env()
+    )
+    assert result.exit_code == 1, result.output
+    report = pl.read_parquet(run_dir / "report.parquet")
+    got = report.select(
+        "row", "outcome", "error_code", "source_status", "source_bytes", "source_content_type"
+    )
+    assert got.rows() == [
+        (1, "succeeded", None, 206, VIDEO_BYTES, "video/mp4"),
+        (2, "rejected", SOURCE_NOT_FOUND, 404, None, "application/json"),
+        (3, "rejected", SOURCE_NOT_VIDEO, 200, 20, "text/html"),
+        (4, "succeeded", None, 206, VIDEO_BYTES, "video/mp4"),
+    ]
+    assert server.stats()["jobs_created"] == 2
+    checked = len(sources.requests)
+    assert checked == 4
+    resumed = run_cli(["resume", str(run_dir), *FLAGS], server.env())
+    assert resumed.exit_code == 1, resumed.output
+    assert len(sources.requests) == checked
+    assert server.stats()["jobs_created"] == 2
+    text = b"".join(p.read_bytes() for p in run_dir.iterdir() if p.is_file())
+    assert b"abc123secret" not in text and b"AKIDEXAMPLE" not in text

@@ -23,6 +23,16 @@ from .common import (
     silence_stdout,
 )
 
+check_sources_option = click.option(
+    "--check-sources",
+    type=click.Choice(["reject", "warn"]),
+    is_flag=False,
+    flag_value="reject",
+    default=None,
+    help="Fetch the first byte of every URL source (a ranged GET; never the SmartSTREAM API) before any "
+    "create, and reject rows whose source is missing, forbidden, unreachable or not a video; =warn only "
+    "reports them.",
+)
 extra_columns_option = click.option(
     "--extra-columns",
     metavar="COL[,COL...]",
@@ -122,6 +132,7 @@ def submit_options(fn):
 @click.option(
     "--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report."
 )
+@check_sources_option
 @extra_columns_option
 @subset_options("ready rows")
 @submit_options
@@ -137,6 +148,7 @@ def run(
     emulator,
     html,
     quiet,
+    check_sources,
     extra_columns,
     limit,
     rows_range,
@@ -163,6 +175,7 @@ def run(
             emulator=emulator,
             extra_columns=extra_columns,
             skip_existing=skip_existing,
+            check_sources=check_sources,
             subset=subset,
         )
         return
@@ -182,6 +195,7 @@ def run(
             extra_columns=_columns(extra_columns),
             handle_signals=True,
             subset=subset,
+            check_sources=check_sources,
         )
         result = run_manifest(manifest, settings, run_options, progress=progress)
     if html is not None:
@@ -259,15 +273,15 @@ def _validate(
                 return await plan_run(manifest, run_options, client)
 
         plan = asyncio.run(go())
-        if subset is not None:
-            from ..subset import canary_plan
-
-            plan = canary_plan(plan, subset)
-        if check_sources is not None:  # the rows a canary takes, not those it would hold back
+        if check_sources is not None:  # as `run` does: before a canary chooses among the ready rows
             from ..sources import apply_checks, check_plan_sources
 
             checks = asyncio.run(check_plan_sources(plan))
             plan = apply_checks(plan, checks, reject=check_sources == "reject")
+        if subset is not None:
+            from ..subset import canary_plan
+
+            plan = canary_plan(plan, subset)
         info = describe_plan(plan, skip_existing=skip_existing)
         estimate = estimate_run(
             info,
@@ -308,15 +322,7 @@ def _validate(
     help="Your upload bandwidth to the platform (10M = 10 MiB/s, 1G, 500K), so the estimate includes uploads "
     "[default: --bwlimit when set, else uploads are left out of the estimate and it says so].",
 )
-@click.option(
-    "--check-sources",
-    type=click.Choice(["reject", "warn"]),
-    is_flag=False,
-    flag_value="reject",
-    default=None,
-    help="Fetch the first byte of every URL source (a ranged GET; never the SmartSTREAM API) and reject "
-    "rows whose source is missing, forbidden, unreachable or not a video; =warn only reports them.",
-)
+@check_sources_option
 @extra_columns_option
 @subset_options("ready rows")
 @api_options
