@@ -160,13 +160,21 @@ async def check_urls(
         transport=transport, limits=limits, timeout=timeout, follow_redirects=False, trust_env=False
     ) as client:
 
-        async def one(row: int, url: str) -> SourceCheck:
-            async with hosts[urlsplit(url).hostname or ""], everyone:
-                return await check_url(client, row, url)
+        async def one(row: int, url: str) -> None:
+            try:
+                async with hosts[urlsplit(url).hostname or ""]:
+                    found.append(await check_url(client, row, url))
+            finally:
+                everyone.release()
 
+        found: list[SourceCheck] = []
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(row, url)) for row, url in todo]
-    return sorted((t.result() for t in tasks), key=lambda c: c.row)
+            for row, url in todo:
+                # A slot before the task exists: a 200,000-row manifest never holds more than
+                # `concurrency` checks (and their coroutines) at once.
+                await everyone.acquire()
+                group.create_task(one(row, url))
+    return sorted(found, key=lambda c: c.row)
 
 
 async def check_plan_sources(

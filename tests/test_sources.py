@@ -176,6 +176,14 @@ def test_checks_never_put_more_than_the_cap_on_one_host(sources):
     assert 1 < sources.most_in_flight <= 3
 
 
+def test_checks_never_exceed_the_overall_concurrency(sources):
+    """With room on the host but an overall bound of 2: never more than 2 checks at once."""
+    urls = [(i, f"{sources.base}/held/{i}.mp4") for i in range(1, 13)]
+    checks = asyncio.run(check_urls(urls, per_host=10, concurrency=2))
+    assert [c.row for c in checks] == list(range(1, 13)) and all(c.code is None for c in checks)
+    assert sources.most_in_flight == 2
+
+
 def _manifest(tmp_path: Path, base: str) -> Path:
     rows = [
         "source,profile,ref_id",
