@@ -117,22 +117,29 @@ def test_an_event_log_that_cannot_be_written_is_said_once_and_the_run_goes_on(ca
     assert "the run goes on without it" in err
 
 
-def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(tmp_path):
-    """`batch-ingest config | head -1`: the reader closes the pipe; no internal error, no error log."""
+def _cli_with_a_gone_reader(
+    args: list[str], broken: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`batch-ingest ARGS` with `broken` ("stdout" or "stderr") a pipe whose reader closed before the
+    first write, as `| head` leaves it; the other stream is captured."""
     read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first write
-    env = process_env({"TMPDIR": str(tmp_path)})
+    os.close(read_end)
+    streams: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, broken: write_end}
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "batch_ingest", "config"],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
+        return subprocess.run(
+            [sys.executable, "-m", "batch_ingest", *args],
+            env=process_env(env),
             text=True,
-            env=env,
-            timeout=60,
+            timeout=timeout,
+            **streams,
         )
     finally:
         os.close(write_end)
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly_with_141(tmp_path):
+    """`batch-ingest config | head -1`: the reader closes the pipe; no internal error, no error log."""
+    proc = _cli_with_a_gone_reader(["config"], "stdout", {"TMPDIR": str(tmp_path)}, timeout=60)
     assert proc.returncode == 141, proc.stderr
     assert proc.stderr == ""
     assert not list(tmp_path.glob("batch-ingest-error-*"))
@@ -147,28 +154,8 @@ def test_a_run_whose_reader_goes_away_still_ends_with_its_report_and_its_own_cod
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 6)
     run_dir = tmp_path / "run"
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    streams: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, broken: write_end}
-    try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "batch_ingest",
-                "run",
-                str(manifest),
-                "--report-dir",
-                str(run_dir),
-                *FLAGS[:-1],
-            ],
-            env=process_env({**server.env(), "TMPDIR": str(tmp_path)}),
-            text=True,
-            timeout=120,
-            **streams,
-        )
-    finally:
-        os.close(write_end)
+    args = ["run", str(manifest), "--report-dir", str(run_dir), *FLAGS[:-1]]
+    proc = _cli_with_a_gone_reader(args, broken, {**server.env(), "TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, (proc.stdout, proc.stderr)
     assert json.loads((run_dir / "summary.json").read_text())["exit_code"] == 0
     assert (run_dir / "report.parquet").exists()
