@@ -85,19 +85,32 @@ async def check_url(client: httpx.AsyncClient, row: int, url: str) -> SourceChec
             response = await client.send(request, stream=True)
             await response.aclose()  # the status and headers are all a check needs
         except httpx.TimeoutException:
-            return done(SOURCE_UNREACHABLE, f"no answer from {host} within {TIMEOUT_S:.0f} s")
+            return done(
+                SOURCE_UNREACHABLE,
+                f"no answer from {host} within {client.timeout.read:g} s: check that the host serves it",
+            )
         except (httpx.TransportError, httpx.InvalidURL) as exc:
-            return done(SOURCE_UNREACHABLE, f"cannot reach {host}: {type(exc).__name__}")
+            return done(
+                SOURCE_UNREACHABLE,
+                f"cannot reach {host} ({type(exc).__name__}): check the host name and that it is up",
+            )
         status = response.status_code
         if status in (301, 302, 303, 307, 308) and "location" in response.headers:
             url = urljoin(url, response.headers["location"])
             host = urlsplit(url).hostname
             if url in seen:
-                return done(SOURCE_UNREACHABLE, f"the redirects loop back to {host}")
+                return done(
+                    SOURCE_UNREACHABLE, f"the redirects loop back to {host}: give the video's final URL"
+                )
             if len(seen) > MAX_REDIRECTS:
-                return done(SOURCE_UNREACHABLE, f"more than {MAX_REDIRECTS} redirects")
+                return done(
+                    SOURCE_UNREACHABLE, f"more than {MAX_REDIRECTS} redirects: give the video's final URL"
+                )
             if urlsplit(url).scheme not in ("http", "https"):
-                return done(SOURCE_UNREACHABLE, f"a redirect leads to {urlsplit(url).scheme}:, not http(s)")
+                return done(
+                    SOURCE_UNREACHABLE,
+                    f"a redirect leads to {urlsplit(url).scheme}:, not http(s): give an http(s) URL the platform can fetch",
+                )
             seen.append(url)
             continue
         break
@@ -105,30 +118,43 @@ async def check_url(client: httpx.AsyncClient, row: int, url: str) -> SourceChec
     size = _size(response)
     if status in (404, 410):
         return done(
-            SOURCE_NOT_FOUND, f"{host} answered {status}: the source is not there", content_type=content_type
+            SOURCE_NOT_FOUND,
+            f"{host} answered {status}: the source is not there: fix the URL or drop the row",
+            content_type=content_type,
         )
     if status in (401, 403):
         return done(
             SOURCE_FORBIDDEN,
-            f"{host} answered {status}: the source needs a credential or a signature",
+            f"{host} answered {status}: the source needs a credential: sign the URL anew or make it readable",
             content_type=content_type,
         )
     if status == 416:  # a range of an empty object cannot be satisfied
         return done(
-            SOURCE_NOT_VIDEO, f"{host} holds an empty object (416)", size=0, content_type=content_type
+            SOURCE_NOT_VIDEO,
+            f"{host} holds an empty object (416): upload the video again or drop the row",
+            size=0,
+            content_type=content_type,
         )
     if status not in (200, 206):
-        return done(SOURCE_UNREACHABLE, f"{host} answered {status}", size=size, content_type=content_type)
+        return done(
+            SOURCE_UNREACHABLE,
+            f"{host} answered {status}: try again later, or check the URL",
+            size=size,
+            content_type=content_type,
+        )
     if content_type == "text/html":
         return done(
             SOURCE_NOT_VIDEO,
-            f"{host} answered with a web page (text/html), not a video: a login page or an error page?",
+            f"{host} answered with a web page (text/html), not a video (a login or error page?): give the video file's own URL",
             size=size,
             content_type=content_type,
         )
     if size == 0:
         return done(
-            SOURCE_NOT_VIDEO, f"{host} holds an empty object (0 bytes)", size=0, content_type=content_type
+            SOURCE_NOT_VIDEO,
+            f"{host} holds an empty object (0 bytes): upload the video again or drop the row",
+            size=0,
+            content_type=content_type,
         )
     return done(None, None, size=size, content_type=content_type)
 
