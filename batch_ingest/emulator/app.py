@@ -3,6 +3,9 @@
 As strict as the vendor page: documented codes and messages per endpoint, BAD_REQUEST for
 every malformed input. Outside the API, `/_emulator/*` serves counters and job dumps for
 tests and benchmarks; those paths need no credentials and spend no rate limit.
+
+With `fetch_sources`, creates answer as before and the source is fetched (a URL) or probed (an
+upload, spooled to a temporary file as it arrives) in the background: see fetch.py.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, TypeGuard, cast
+from typing import IO, TYPE_CHECKING, Any, TypeGuard, cast
 from urllib.parse import urlsplit
 
 from python_multipart.exceptions import MultipartParseError
@@ -28,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api.models import format_api_date
 from .faults import DropConnectionResponse, burst_429, chance, retry_after_headers
-from .store import JOB_FIELDS, PROFILE_FIELDS, EmulatorConfig, Store
+from .fetch import SourceFetcher, load_prober, new_spool
+from .store import JOB_FIELDS, PROFILE_FIELDS, EmulatorConfig, JobRecord, Store
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -201,9 +205,15 @@ async def create_job(request: Request, store: Store) -> Response:
         if store.queue_full():
             return error(429, "TOO_MANY_REQUESTS", "Too many requests", {"Retry-After": "1"})
         job = store.create_job(
-            source_type="url", source_url=source_url, job_profile_id=str(profile_id), **extras
+            source_type="url",
+            source_url=source_url,
+            job_profile_id=str(profile_id),
+            await_source=store.config.fetch_sources,
+            **extras,
         )
         view = job.view(store.config.merchant_id)
+    if job.awaiting_source:
+        request.app.state.fetcher.fetch_url(job.id, source_url)
     return JSONResponse(view, status_code=201)
 
 
@@ -213,9 +223,11 @@ def _whatwg_unescape(name: str) -> str:
 
 
 class _UploadSink:
-    """multipart callbacks: hash and count `source_file`, keep small text fields, hold nothing else."""
+    """multipart callbacks: hash and count `source_file`, keep small text fields, hold nothing else
+    (but `source_file` in `spool`, when given one: fetch_sources probes it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, spool: IO[bytes] | None = None) -> None:
+        self.spool = spool
         self.fields: dict[str, str] = {}
         self.file_name: str | None = None
         self.file_size = 0
@@ -261,6 +273,8 @@ class _UploadSink:
         if self._name == "source_file":
             self._sha.update(data[start:end])
             self.file_size += end - start
+            if self.spool is not None:
+                self.spool.write(data[start:end])
         elif len(self._buffer) + (end - start) <= MAX_FORM_FIELD:
             self._buffer += data[start:end]
         else:
@@ -276,33 +290,55 @@ class _UploadSink:
 
 
 async def _upload_job(request: Request, store: Store, content_type: str) -> Response:
+    # fetch_sources: the file is spooled as it arrives, for the prober (when it can be imported).
+    spool = new_spool() if store.config.fetch_sources and load_prober() is not None else None
+    try:
+        response, job = await _receive_upload(request, store, content_type, spool)
+    except BaseException:
+        if spool is not None:
+            spool.close()
+        raise
+    if spool is not None:
+        if job is None:
+            spool.close()
+        else:
+            request.app.state.fetcher.probe_upload(job.id, spool, job.upload_size)
+    return response
+
+
+async def _receive_upload(
+    request: Request, store: Store, content_type: str, spool: IO[bytes] | None
+) -> tuple[Response, JobRecord | None]:
+    """The create's answer, and the job when its upload waits for the prober."""
     _, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
     profile_header = request.headers.get("profile-id")
     if not boundary:
-        return error(400, "BAD_REQUEST", BAD_REQUEST)
-    sink = _UploadSink()
+        return error(400, "BAD_REQUEST", BAD_REQUEST), None
+    sink = _UploadSink(spool)
     parser = MultipartParser(boundary, cast("MultipartCallbacks", sink.callbacks()))
     try:
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError:
-        return error(400, "BAD_REQUEST", BAD_REQUEST)
+        return error(400, "BAD_REQUEST", BAD_REQUEST), None
     except ClientDisconnect:
-        return error(400, "BAD_REQUEST", BAD_REQUEST)
+        return error(400, "BAD_REQUEST", BAD_REQUEST), None
+    except OSError:  # the spool's disk is full
+        return error(500, "SERVER_ERROR", SERVER_ERROR), None
     if not sink.file_seen or not sink.file_name or sink.file_size == 0 or sink.too_big:
-        return error(400, "BAD_REQUEST", BAD_REQUEST)
+        return error(400, "BAD_REQUEST", BAD_REQUEST), None
     with store.lock:
         profile_id = store.config.default_profile_id if profile_header is None else profile_header.strip()
         if not _DIGITS.match(profile_id) or store.find_profile(profile_id) is None:
-            return error(404, "JOB_PROFILE_NOT_FOUND", "Job profile not found")
+            return error(404, "JOB_PROFILE_NOT_FOUND", "Job profile not found"), None
         if store.storage_missing(sink.file_name):
-            return error(404, "STORAGE_NOT_FOUND", "Storage not found")
+            return error(404, "STORAGE_NOT_FOUND", "Storage not found"), None
         if store.fail_create_once(sink.file_name):
-            return error(500, "SERVER_ERROR", SERVER_ERROR)
+            return error(500, "SERVER_ERROR", SERVER_ERROR), None
         if store.queue_full():
-            return error(429, "TOO_MANY_REQUESTS", "Too many requests", {"Retry-After": "1"})
+            return error(429, "TOO_MANY_REQUESTS", "Too many requests", {"Retry-After": "1"}), None
         job = store.create_job(
             source_type="file",
             source_url=sink.file_name,
@@ -312,9 +348,10 @@ async def _upload_job(request: Request, store: Store, content_type: str) -> Resp
             description=sink.fields.get("description") or None,
             upload_size=sink.file_size,
             upload_sha256=sink.sha256,
+            await_source=spool is not None,
         )
         view = job.view(store.config.merchant_id)
-    return JSONResponse(view, status_code=201)
+    return JSONResponse(view, status_code=201), job if job.awaiting_source else None
 
 
 @_api("GET jobs/:id")
@@ -418,6 +455,8 @@ def create_app(config: EmulatorConfig | None = None, *, clock: Callable[[], floa
     if config.time_scale != 1.0:
         clock = _scaled(clock, config.time_scale)
     app.state.store = Store(config, clock=clock)
+    # fetch_sources: the background fetches and probes (None without it).
+    app.state.fetcher = SourceFetcher(app.state.store) if config.fetch_sources else None
     return app
 
 

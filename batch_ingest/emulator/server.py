@@ -108,6 +108,12 @@ class EmulatorServer:
         """GET /_emulator/jobs over the socket."""
         return self._get("/_emulator/jobs")["jobs"]
 
+    def wait_for_sources(self, timeout: float = 60.0) -> bool:
+        """With `fetch_sources`: wait until every source fetch and upload probe has settled its job
+        (False if `timeout` passed first). Without it there is nothing to wait for."""
+        fetcher = self.app.state.fetcher
+        return fetcher is None or fetcher.wait_idle(timeout)
+
     def _get(self, path: str) -> Any:
         # Plain http on loopback: verify=False spares building a TLS context (loading the CA bundle).
         return httpx.get(f"{self.url}{path}", timeout=60, trust_env=False, verify=False).json()

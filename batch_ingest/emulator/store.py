@@ -4,6 +4,10 @@ Encode progress is computed from the clock, not by background tasks: each job ge
 transition times at creation, and every request first applies the transitions that are due.
 Applied transitions are appended to a log ordered by `updated_at`, so listing jobs newest-
 first costs a walk from the log's end, not a sort of every job.
+
+With `fetch_sources`, a job's transitions wait for its source's verdict instead (fetch.py fetches
+or probes the source in the background): the verdict, arriving at emulator time T, schedules them
+from max(the job's planned start, T), drawn at creation like every other duration.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..api.models import format_api_date
+from ..redact import redact_url
+from .signed import SignatureInvalid, signed_url_expiry
 
 # The vendor's page types `encode_status` as an integer and lists no values. These are our working
 # assumption (the README's "encode-status assumption"; the client's --encode-status-map overrides it).
@@ -44,6 +50,14 @@ DEFAULT_PROFILES = (
     ("102", "sd", "SD 480p"),
     ("103", "audio", "Audio only"),
 )
+
+
+UNREACHABLE_REASON = "cannot fetch the source: the emulator is told it is unreachable"
+ENCODE_FAILED_REASON = "the encode failed (failure_rate)"
+
+
+def _expired_reason(expires_at: float) -> str:
+    return f"the signed source URL expired ({format_api_date(expires_at)}) before the job left the queue"
 
 
 def _flag(help: str, *, choices: tuple[str, ...] = (), metavar: str | None = None) -> dict[str, Any]:
@@ -133,12 +147,23 @@ class EmulatorConfig:
     time_scale: float = field(  # 10 makes a 30 s encode take 3 s
         default=1.0, metadata=_flag("Emulator seconds per real second.")
     )
+    fetch_sources: bool = field(  # fetch.py: URL sources fetched, uploads probed, before encoding
+        default=False,
+        metadata=_flag(
+            "Behave like the platform: fetch each URL source when its job leaves the queue (a bounded "
+            "ranged GET) and fail the encode when it is unreachable, 4xx/5xx, not a video, or a signed "
+            "URL that has expired; probe uploads."
+        ),
+    )
     # Knobs for tests only (no flag).
     token_revoke_after_s: float | None = None  # fault: issued tokens die this early, despite `expiration`
     burst_429_len: int = 5  # requests refused per burst
     hang_s: float = 30.0  # how long a hanging request hangs
     create_error_once: bool = False  # the first create of each source (since the knob was set) answers 500
     default_profile_id: str = "100"
+    fetch_limit_bytes: int = 16 * 1024 * 1024  # fetch_sources: bytes asked of a source (Range), at most
+    fetch_timeout_s: float = 10.0  # fetch_sources: a fetch that takes longer (real time) fails its encode
+    fetch_concurrency: int = 16  # fetch_sources: fetches and probes at once
     profiles: tuple[tuple[str, str, str], ...] = DEFAULT_PROFILES
 
     def with_changes(self, **changes: Any) -> EmulatorConfig:
@@ -168,6 +193,14 @@ class JobRecord:
     seq: int = 0
     upload_size: int | None = None
     upload_sha256: str | None = None
+    fail_reason: str | None = None  # why the encode failed (internal: the API shows no reason)
+    # fetch_sources: what creation drew (planned start, encode time, failure_rate's verdict), the
+    # signed source's expiry, and whether the job still waits for its source's verdict.
+    start_at: float = 0.0
+    encode_s: float = 0.0
+    fails: bool = False
+    expires_at: float | None = None
+    awaiting_source: bool = False
 
     def view(self, merchant_id: str) -> dict[str, Any]:
         """The job as the API shows it."""
@@ -194,6 +227,7 @@ class Counters:
     requests: Counter = field(default_factory=Counter)  # (endpoint, status) -> n
     request_times: list[float] = field(default_factory=list)  # admitted API requests, for window checks
     faults: Counter = field(default_factory=Counter)
+    fetch: Counter = field(default_factory=Counter)  # fetch_sources: source verdicts by outcome
 
 
 class Store:
@@ -209,7 +243,8 @@ class Store:
         self.jobs: dict[str, JobRecord] = {}
         self.jobs_by_ref: dict[str, list[str]] = defaultdict(list)
         self.jobs_by_source: Counter = Counter()
-        self._due: list[tuple[float, int, str, int]] = []  # (time, tiebreak, job id, new status)
+        # (time, tiebreak, job id, new status, reason when it is FAILED)
+        self._due: list[tuple[float, int, str, int, str | None]] = []
         self._log: list[tuple[float, int, str]] = []  # (updated, seq, job id), in order of `updated`
         self._seq = 0
         self.tokens: dict[str, tuple[float, float]] = {}  # token -> (stated expiry, real expiry)
@@ -249,8 +284,11 @@ class Store:
         now = self.clock()
         due = self._due
         while due and due[0][0] <= now:
-            when, _, job_id, status = heapq.heappop(due)
-            self._set_status(self.jobs[job_id], status, when)
+            when, _, job_id, status, reason = heapq.heappop(due)
+            job = self.jobs[job_id]
+            if status == FAILED:
+                job.fail_reason = reason
+            self._set_status(job, status, when)
         return now
 
     def _set_status(self, job: JobRecord, status: int, when: float) -> None:
@@ -276,8 +314,14 @@ class Store:
         description: str | None = None,
         upload_size: int | None = None,
         upload_sha256: str | None = None,
+        await_source: bool = False,
     ) -> JobRecord:
-        """Create a job; its encode transitions are scheduled from now."""
+        """Create a job; its encode transitions are scheduled from now.
+
+        With `await_source` (fetch_sources), they wait for `settle_source` instead: the job comes
+        back with `awaiting_source` set, for the caller to fetch or probe its source. A URL that the
+        emulator is told cannot be fetched (`unreachable`, `.invalid`), or a signed URL expired by
+        the job's planned start (or malformed), fails at that start without waiting."""
         now = self.advance()
         job = JobRecord(
             id=self._new_id(),
@@ -300,17 +344,55 @@ class Store:
         self._set_status(job, QUEUED, now)
         start = now + self._duration(self.config.queue_seconds)
         if source_type == "url" and self.source_unreachable(source_url):
-            self._schedule(start, job.id, FAILED)
-        else:
-            end = start + self._duration(self.config.encode_seconds)
-            fails = self.rng.random() < self.config.failure_rate
+            if await_source:
+                self.counters.fetch["unreachable"] += 1
+            self._schedule(start, job.id, FAILED, UNREACHABLE_REASON)
+            return job
+        encode_s = self._duration(self.config.encode_seconds)
+        fails = self.rng.random() < self.config.failure_rate
+        if not await_source:
             self._schedule(start, job.id, ENCODING)
-            self._schedule(end, job.id, FAILED if fails else COMPLETED)
+            self._schedule(start + encode_s, job.id, FAILED if fails else COMPLETED, ENCODE_FAILED_REASON)
+            return job
+        job.start_at, job.encode_s, job.fails = start, encode_s, fails
+        if source_type == "url":
+            try:
+                job.expires_at = signed_url_expiry(source_url)
+            except SignatureInvalid as exc:
+                self.counters.fetch["signature_invalid"] += 1
+                self._schedule(start, job.id, FAILED, f"the signed source URL is refused: {exc}")
+                return job
+            if job.expires_at is not None and job.expires_at <= start:
+                self.counters.fetch["expired"] += 1
+                self._schedule(start, job.id, FAILED, _expired_reason(job.expires_at))
+                return job
+        job.awaiting_source = True
         return job
 
-    def _schedule(self, when: float, job_id: str, status: int) -> None:
+    def settle_source(self, job_id: str, outcome: str, reason: str | None = None) -> None:
+        """The verdict on a job's source (`outcome` "ok", or why it failed, with `reason`), arriving now.
+
+        The job leaves the queue at max(its planned start, now): a good source encodes from then (and
+        completes, or fails by `failure_rate`); a bad one, or a signed URL expired by then, fails then.
+        A job that waits for no verdict is left alone."""
+        now = self.advance()
+        job = self.jobs.get(job_id)
+        if job is None or not job.awaiting_source:
+            return
+        job.awaiting_source = False
+        start = max(job.start_at, now)
+        if outcome == "ok" and job.expires_at is not None and job.expires_at <= start:
+            outcome, reason = "expired", _expired_reason(job.expires_at)
+        self.counters.fetch[outcome] += 1
+        if outcome != "ok":
+            self._schedule(start, job.id, FAILED, reason or outcome)
+            return
+        self._schedule(start, job.id, ENCODING)
+        self._schedule(start + job.encode_s, job.id, FAILED if job.fails else COMPLETED, ENCODE_FAILED_REASON)
+
+    def _schedule(self, when: float, job_id: str, status: int, reason: str | None = None) -> None:
         self._seq += 1
-        heapq.heappush(self._due, (when, self._seq, job_id, status))
+        heapq.heappush(self._due, (when, self._seq, job_id, status, reason))
 
     def storage_missing(self, source: str) -> bool:
         """True when a create from `source` must answer STORAGE_NOT_FOUND."""
@@ -461,19 +543,27 @@ class Store:
             "max_concurrent_uploads": self.max_in_progress["upload"],
             "rate_limited": sum(n for (_, s), n in self.counters.requests.items() if s == 429),
             "faults": dict(self.counters.faults),
+            "fetch": dict(self.counters.fetch),
             "jobs_created": len(self.jobs),
             "jobs_by_encode_status": {str(k): v for k, v in sorted(statuses.items())},
             "uploads": sum(1 for j in self.jobs.values() if j.source_type == "file"),
             "upload_bytes": sum(j.upload_size or 0 for j in self.jobs.values()),
             "duplicate_ref_ids": {r: len(ids) for r, ids in self.jobs_by_ref.items() if len(ids) > 1},
-            "duplicate_sources": {s: n for s, n in self.jobs_by_source.items() if n > 1},
+            # Redacted: a source may be a signed URL, and stats are printed and saved by benchmarks.
+            "duplicate_sources": {redact_url(s): n for s, n in self.jobs_by_source.items() if n > 1},
         }
 
     def dump_jobs(self) -> list[dict[str, Any]]:
-        """Every job with its internal fields (upload size and sha256), in creation order."""
+        """Every job with its internal fields (upload size and sha256, why it failed), in creation order."""
         self.advance()
         merchant = self.config.merchant_id
         return [
-            {**j.view(merchant), "upload_size": j.upload_size, "upload_sha256": j.upload_sha256}
+            {
+                **j.view(merchant),
+                "upload_size": j.upload_size,
+                "upload_sha256": j.upload_sha256,
+                "fail_reason": j.fail_reason,
+                "awaiting_source": j.awaiting_source,
+            }
             for j in self.jobs.values()
         ]
