@@ -87,6 +87,7 @@ async def work(run: RunDir, spec: Work) -> RunResult:
             max_interval=settings.poll_max_interval,
             rate_per_minute=settings.rate,
             status_map=settings.encode_status_map,
+            presign_ttl=settings.presign_ttl,
         ),
         progress=progress,
         slack=client.limiter.slack,
@@ -107,6 +108,7 @@ async def work(run: RunDir, spec: Work) -> RunResult:
         progress=progress,
         stop=stop,
         secret_sources=spec.secret_sources,
+        objects=settings.make_object_stores(),
     )
     # The two meet only through these hooks: jobs go to the poller, ends and resends come back.
     submitter.on_submitted = lambda row, job, now, task: poller.track(row, job, now, task)

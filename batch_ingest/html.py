@@ -169,6 +169,18 @@ def render_html(merged: pl.DataFrame, info: dict[str, Any]) -> str:
         for rec in failures.select(cols).iter_rows(named=True)
     )
     encode = merged["encode_s"].drop_nulls().to_list() if "encode_s" in merged.columns else []
+    # Only with --probe: how long the videos are (minutes), and how much video there is in all.
+    media = (
+        [m / 60 for m in merged["media_duration_s"].drop_nulls().to_list()]
+        if "media_duration_s" in merged.columns
+        else []
+    )
+    media_chart = (
+        f"<div><h2>Video durations, minutes ({len(media)} probed, {sum(media):,.1f} min in all)</h2>"
+        f"{_histogram(media, 'video durations in minutes')}</div>"
+        if media
+        else ""
+    )
     cards = "".join(
         f'<div class="card" style="border-color:{COLORS[o]}"><span>{o}</span><b>{info["outcomes"][o]}</b></div>'
         for o in OUTCOMES
@@ -190,6 +202,7 @@ def render_html(merged: pl.DataFrame, info: dict[str, Any]) -> str:
 <div class="charts">
 <div><h2>Outcomes</h2>{_bar_chart(info["outcomes"])}</div>
 <div><h2>Encode durations</h2>{_histogram(encode, "encode durations")}</div>
+{media_chart}
 </div>
 <h2>Timeline</h2>{_timeline(_epochs(merged, "submitted_at"), _epochs(merged, "finished_at"))}
 <h2>Rows that did not succeed (<span id="shown">{failures.height}</span> shown)</h2>

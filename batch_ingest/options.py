@@ -10,6 +10,15 @@ from .vocabulary import SkipExisting
 
 
 @dataclass(frozen=True)
+class ProbeOptions:
+    """`--probe`: open each local file (and, with `remote`, each URL and object) as media before sending."""
+
+    remote: bool = False
+    max_size: int | None = None  # bytes
+    max_duration: float | None = None  # seconds
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """How to run a manifest (the settings say how to reach the API)."""
 
@@ -23,6 +32,7 @@ class RunOptions:
     allow_api_url_change: bool = False  # resume/retry: the user named --api-url explicitly
     subset: Subset | None = None  # a canary run's rows (run), or held rows to take (resume); subset.py
     check_sources: str | None = None  # run: None, "reject" or "warn" (sources.py)
+    probe: ProbeOptions | None = None  # run: media probes before sending (sources.py, probe.py)
 
     def __post_init__(self) -> None:
         if self.skip_existing is not None and not isinstance(self.skip_existing, SkipExisting):

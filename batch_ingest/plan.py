@@ -23,6 +23,7 @@ from polars.expr.whenthen import ChainedThen, Then
 from .errors import ManifestError, NotFoundError
 from .journal import FRAME_SCHEMA
 from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
+from .objects import object_problem
 from .redact import redact_url
 from .report import REPORT_COLUMNS
 from .text import first_few
@@ -33,6 +34,7 @@ DUPLICATE_KEY = "DUPLICATE_KEY"
 PROFILE_NOT_FOUND = "JOB_PROFILE_NOT_FOUND"
 _SCHEME = r"^[A-Za-z][A-Za-z0-9+.\-]*:"
 _DRIVE = r"^[A-Za-z]:[\\/]"
+_OBJECT_SCHEME = r"(?i)^(s3|gs|az)://"
 _HTTP = r"(?i)^https?://(?:[^/\s?#@]*@)?[^/\s?#@]+(?:[/?#]\S*)?$"
 # Plan columns in order; the manifest's own other columns follow them.
 PLAN_COLUMNS = (
@@ -325,6 +327,8 @@ def _classify(work: pl.DataFrame, default_profile: str | None) -> pl.DataFrame:
     work = work.with_columns(
         pl.when(pl.col("source").is_null())
         .then(None)
+        .when(pl.col("source").str.contains(_OBJECT_SCHEME))
+        .then(pl.lit(SourceType.OBJECT.value))
         .when(has_scheme)
         .then(pl.lit(SourceType.URL.value))
         .otherwise(pl.lit(SourceType.FILE.value))
@@ -393,9 +397,21 @@ def _apply_rules(work: pl.DataFrame) -> pl.DataFrame:
     is_http = pl.col("source").str.contains(_HTTP)
     scheme = pl.col("source").str.extract(r"^([A-Za-z][A-Za-z0-9+.\-]*):", 1).str.to_lowercase()
     ragged = pl.col(RAGGED) if RAGGED in work.columns else pl.lit(None, pl.String)
+    objects = work.filter(pl.col("source_type") == SourceType.OBJECT)["source"].unique().to_list()
+    problems = {src: object_problem(src) for src in objects}
+    work = work.with_columns(
+        pl.col("source")
+        .replace_strict(problems, default=None, return_dtype=pl.String)
+        .alias("_object_problem")
+        if objects
+        else pl.lit(None, pl.String).alias("_object_problem")
+    )
     rules = [
         _reject(ragged.is_not_null(), ragged),
-        _reject(pl.col("_n_sources") == 0, "empty source: give an http(s) URL or a local file path"),
+        _reject(
+            pl.col("_n_sources") == 0,
+            "empty source: give an http(s) URL, an s3://, gs:// or az:// object, or a local file path",
+        ),
         _reject(pl.col("_n_sources") > 1, "more than one source (source, source_url, source_file): keep one"),
         _reject(
             pl.col("source").str.contains(r"\s") & (pl.col("source_type") == SourceType.URL),
@@ -403,8 +419,13 @@ def _apply_rules(work: pl.DataFrame) -> pl.DataFrame:
         ),
         _reject(
             (pl.col("source_type") == SourceType.URL) & ~scheme.is_in(["http", "https"]),
-            pl.format("unsupported source scheme '{}:': use an http(s) URL or a local file path", scheme),
+            pl.format(
+                "unsupported source scheme '{}:': use an http(s) URL, an s3://, gs:// or az:// object, "
+                "or a local file path",
+                scheme,
+            ),
         ),
+        _reject(pl.col("_object_problem").is_not_null(), pl.col("_object_problem")),
         _reject(
             (pl.col("source_type") == SourceType.URL) & ~is_http,
             "malformed URL: it needs a host, as in https://host/path",
@@ -431,7 +452,8 @@ def _apply_rules(work: pl.DataFrame) -> pl.DataFrame:
             ),
         ),
         _reject(
-            (pl.col("source_type") == SourceType.URL) & pl.col("profile").is_null(),
+            pl.col("source_type").is_in([SourceType.URL.value, SourceType.OBJECT.value])
+            & pl.col("profile").is_null(),
             "a remote URL needs a job profile: fill the profile column or pass --profile",
         ),
     ]
@@ -648,6 +670,9 @@ class PlanInfo:
     rejected_rows: list[dict[str, Any]]  # the first few: row, source, error_code, reason
     profiles_checked: bool
     notes: list[str]
+    objects: int = 0  # s3://, gs://, az:// sources (signed at submit time)
+    fetch_bytes: int | None = None  # what the platform will fetch, when --check-sources measured it
+    rejected_by_code: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The description as JSON-ready values, in the order `validate --json` has always written them."""
@@ -685,6 +710,9 @@ def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | N
         rejected_rows=rejected.head(max_rejected).select("row", "source", "error_code", "reason").to_dicts(),
         profiles_checked=plan.profiles_checked,
         notes=notes,
+        objects=int((ready["source_type"] == SourceType.OBJECT).sum()),
+        fetch_bytes=int(ready["source_bytes"].sum()) if "source_bytes" in ready.columns else None,
+        rejected_by_code=dict(sorted(rejected.group_by("error_code").len().iter_rows())),
     )
 
 
@@ -692,9 +720,13 @@ def format_plan(info: PlanInfo) -> str:
     """The plan as text for a person."""
     lines = [
         f"{info.manifest}: {info.rows} rows, {info.to_submit} to submit "
-        f"({info.urls} URLs, {info.files} files, {info.upload_bytes} bytes to upload), "
+        f"({info.urls} URLs, {info.objects} objects, {info.files} files, {info.upload_bytes} bytes to upload), "
         f"{info.rejected} rejected",
     ]
+    if info.fetch_bytes is not None:
+        lines.append(f"bytes the platform will fetch (from --check-sources): {info.fetch_bytes:,}")
+    if info.rejected_by_code:
+        lines.append("rejected by code: " + ", ".join(f"{k} {v}" for k, v in info.rejected_by_code.items()))
     if info.per_profile:
         lines.append("per profile: " + ", ".join(f"{k} {v}" for k, v in info.per_profile.items()))
     for r in info.rejected_rows:

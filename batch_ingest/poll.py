@@ -28,7 +28,14 @@ from .api.models import EncodeStatusMap, Job, MalformedRecord, Verdict, parse_ap
 from .errors import EndlessListing, MalformedResponse, NotFoundError, TransientApiError
 from .journal import JobUpdate, Journal, RowTask
 from .progress import Progress
-from .vocabulary import EXISTING_MESSAGE, RESEND_ON_FAILURE, TIMED_OUT_MESSAGE, Follow, RowState
+from .vocabulary import (
+    EXISTING_MESSAGE,
+    RESEND_ON_FAILURE,
+    TIMED_OUT_MESSAGE,
+    Follow,
+    RowState,
+    SourceType,
+)
 
 OVERLAP_S = 2.0  # re-read this much before the last change seen: the platform's commit lag
 TARGET_CHANGES_PER_POLL = 3 * MAX_PAGE_SIZE  # three full pages of changes per poll
@@ -51,6 +58,7 @@ class Tracked:
     key: str | None = None
     ref_id: str | None = None
     follow: str | None = None  # see journal.py: a re-checked or existing job, not created by this attempt
+    signed_until: float | None = None  # an object source: when its signed URL stops working (platform time)
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class PollPolicy:
     rate_per_minute: float = 0.0  # 0: unknown or no limit
     fallback_after: float | None = None  # a job unseen this long is read on its own; None: from max_interval
     status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
+    presign_ttl: float | None = None  # the lifetime of the URLs signed for object sources (--presign-ttl)
 
 
 class Poller:
@@ -87,6 +96,7 @@ class Poller:
         self.job_timeout = policy.job_timeout
         self.min_interval = policy.min_interval
         self.max_interval = policy.max_interval
+        self.presign_ttl = policy.presign_ttl
         # What the engine wires to the submitter after construction (alone, a poller needs none of it):
         self.on_final: Callable[[str], None] = lambda outcome: None  # a row reached its final state
         self.on_resend: Callable[[int], None] = lambda row: None  # a followed job failed or vanished
@@ -134,6 +144,17 @@ class Poller:
             ref_id=ref_id,
             follow=follow,
         )
+        tracked = self._jobs.get(job.id)
+        if (
+            tracked is not None
+            and task is not None
+            and task.source_type == SourceType.OBJECT
+            and self.presign_ttl
+        ):
+            # On the platform's clock (the URL was signed just before the job was created): a failure
+            # reported after this is one the platform met when the signature no longer worked.
+            created = parse_api_date(job.created_at)
+            tracked.signed_until = (created.timestamp() if created else submitted_at) + self.presign_ttl
 
     def _track(
         self,
@@ -293,8 +314,18 @@ class Poller:
             state, row=job.row, key=job.key, ref_id=job.ref_id, job_id=job.job_id, encode_status=status
         )
         self.on_final(state)
+        failed = ("ENCODE_FAILED", f"the encode ended with encode_status {status}")
+        ended = parse_api_date(updated_at)
+        if job.signed_until is not None and ended is not None and ended.timestamp() >= job.signed_until:
+            failed = (
+                "SIGNATURE_EXPIRED",
+                f"the encode ended with encode_status {status} after the URL signed for this object had "
+                f"expired (--presign-ttl {self.presign_ttl:g} s): the platform probably fetched it "
+                "too late; `batch-ingest retry` signs again: give it a --presign-ttl longer than the "
+                "platform's queue",
+            )
         code, message = {
-            RowState.FAILED: ("ENCODE_FAILED", f"the encode ended with encode_status {status}"),
+            RowState.FAILED: failed,
             RowState.TIMED_OUT: ("JOB_TIMEOUT", TIMED_OUT_MESSAGE),
             RowState.SKIPPED: (None, EXISTING_MESSAGE),  # a followed existing job succeeded
         }.get(state, (None, None))

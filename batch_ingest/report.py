@@ -41,12 +41,27 @@ REPORT_COLUMNS = (
     "source_status",
     "source_bytes",
     "source_content_type",
+    "media_duration_s",
+    "media_format",
+    "video_codec",
+    "width",
+    "height",
+    "audio_codec",
     "encode_s",
     "key",
 )
 # What `--check-sources` found of a URL source (sources.py); null when the source was not checked
 # (not asked for, a local file, or a run folder written before the checks existed).
 SOURCE_CHECK_COLUMNS = {"source_status": pl.Int64, "source_bytes": pl.Int64, "source_content_type": pl.String}
+# What `--probe` found of a row's media (sources.py, probe.py); null when it was not probed.
+MEDIA_COLUMNS = {
+    "media_duration_s": pl.Float64,
+    "media_format": pl.String,
+    "video_codec": pl.String,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    "audio_codec": pl.String,
+}
 FIRST_FAILURES = 10
 REPORT_CHUNK_ROWS = 100_000  # report rows built and written at a time (about 50 MB each)
 
@@ -64,7 +79,9 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
     unfinished = pl.col("state").is_in([s.value for s in INTERRUPTED_STATES])
     frame = plan.join(journal, on="row", how="left", suffix="_journal", maintain_order="left")
     unchecked = [
-        pl.lit(None, dtype).alias(c) for c, dtype in SOURCE_CHECK_COLUMNS.items() if c not in plan.columns
+        pl.lit(None, dtype).alias(c)
+        for c, dtype in {**SOURCE_CHECK_COLUMNS, **MEDIA_COLUMNS}.items()
+        if c not in plan.columns
     ]
     frame = frame.with_columns(*unchecked).with_columns(
         pl.when(unfinished)
@@ -113,9 +130,16 @@ class ReportFacts:
     failures: int = 0  # rows whose outcome counts as not succeeded (vocabulary.is_failure)
     without_ref_id: int = 0  # sent (or to send) rows with no ref_id: --skip-existing cannot ask about them
     without_ref_id_first: list[int] = field(default_factory=list)
+    media_probed: int = 0  # rows whose media `--probe` read (rejected ones left out)
+    media_seconds: float = 0.0  # their duration together: the video to ingest
 
     def add(self, chunk: pl.DataFrame) -> None:
         self.rows += chunk.height
+        probed = chunk.filter(
+            pl.col("media_duration_s").is_not_null() & (pl.col("outcome") != Outcome.REJECTED)
+        )
+        self.media_probed += probed.height
+        self.media_seconds += float(probed["media_duration_s"].sum() or 0.0)
         for outcome, n in outcome_counts(chunk).items():
             self.outcomes[outcome] += n
         failed = chunk.filter(did_not_succeed())
@@ -284,6 +308,7 @@ class Summary(TypedDict, total=False):
     retry_of: dict[str, Any]  # only for a retry run
     subsets: list[dict[str, Any]]  # only for a canary run
     resume_all: str
+    media: dict[str, Any]  # only with --probe: rows probed and the minutes of video they hold
 
 
 def read_summary(run_dir: Path) -> Summary | None:
@@ -315,6 +340,9 @@ def format_summary(summary: Summary) -> str:
     ]
     if summary.get("abort_reason"):
         lines.append(f"aborted: {summary['abort_reason']}")
+    if summary.get("media"):
+        media = summary["media"]
+        lines.append(f"video probed: {media['rows']} rows, {media['minutes']:,.1f} minutes to ingest")
     if counts.get(Outcome.HELD):
         steps = ", then ".join(
             f"{s['kind']} {s['selection']} took {s['taken']}" for s in summary.get("subsets") or []

@@ -88,11 +88,10 @@ async def run_manifest_async(
     started = time.time()
     async with settings.make_client(transport=transport) as client:
         plan = await plan_run(manifest, options, client)
-        if options.check_sources is not None:  # before the canary chooses: held rows are checked too
-            from .sources import apply_checks, check_plan_sources
+        if options.check_sources is not None or options.probe is not None:
+            from .sources import examine  # before the canary chooses: held rows are checked too
 
-            checks = await check_plan_sources(plan)
-            plan = apply_checks(plan, checks, reject=options.check_sources == "reject")
+            plan = await examine(plan, settings, check=options.check_sources, probe=options.probe)
         taken = choose_subset(plan, options.subset)
         run_id = options.run_dir.name if options.run_dir else new_run_id()
         path = options.run_dir or DEFAULT_REPORTS / run_id

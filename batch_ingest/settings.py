@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from .api.client import SmartStreamClient
     from .api.ratelimit import RateLimiter
+    from .objects import ObjectStores
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -92,8 +93,13 @@ class HeaderText(Kind):
         return text
 
 
+@dataclass(frozen=True)
 class ApiUrl(Kind):
-    """An http(s) base URL without credentials in it."""
+    """An http(s) base URL without credentials in it (`example` is the one error messages show, and
+    `credentials` where the credentials go instead)."""
+
+    example: str = DEFAULT_API_URL
+    credentials: str = "the API key and token are given with SMARTSTREAM_API_KEY and SMARTSTREAM_TOKEN (or email and password)"
 
     def __call__(self, source: str, value: Any, secret: bool) -> str:
         text = str(value).strip().rstrip("/")
@@ -103,17 +109,14 @@ class ApiUrl(Kind):
             parts.port  # noqa: B018 - raises ValueError for a port out of range
         except ValueError:
             raise ConfigError(
-                f"{source} is not a valid URL (got {redact_url(text)!r}): use e.g. {DEFAULT_API_URL}"
+                f"{source} is not a valid URL (got {redact_url(text)!r}): use e.g. {self.example}"
             ) from None
         if parts.scheme not in ("http", "https") or not host:
             raise ConfigError(
-                f"{source} must be an http(s) URL such as {DEFAULT_API_URL}, got {redact_url(text)!r}"
+                f"{source} must be an http(s) URL such as {self.example}, got {redact_url(text)!r}"
             )
         if parts.username is not None or parts.password is not None:
-            raise ConfigError(
-                f"{source} holds credentials (user:password@): remove them; the API key and token are given "
-                "with SMARTSTREAM_API_KEY and SMARTSTREAM_TOKEN (or email and password)"
-            )
+            raise ConfigError(f"{source} holds credentials (user:password@): remove them; {self.credentials}")
         if parts.query or parts.fragment:
             raise ConfigError(f"{source} must be a base URL without ?query or #fragment")
         return text
@@ -385,6 +388,40 @@ class Settings:
         ),
     )
 
+    presign_ttl: int = field(
+        default=24 * 3600,
+        metadata=setting(
+            Whole(1, 7 * 24 * 3600),
+            "seconds the GET URL signed for an `s3://`, `gs://` or `az://` source stays valid; signed anew "
+            "for each attempt, so it must outlast the platform's queue (7 days is the most S3 and GCS allow)",
+            default_text="86400 (24 h)",
+        ),
+    )
+    s3_endpoint: str | None = field(
+        default=None,
+        metadata=setting(
+            ApiUrl(
+                example="http://127.0.0.1:9000",
+                credentials="give them with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ),
+            "endpoint of an S3-compatible store (MinIO, Ceph, Wasabi, R2) for `s3://` sources",
+            default_text="`AWS_ENDPOINT_URL`, else AWS",
+        ),
+    )
+    check_concurrency: int = field(
+        default=32,
+        metadata=setting(
+            Whole(1, 1024),
+            "source checks and probes (`--check-sources`, `--probe`) in flight; they never touch the API",
+        ),
+    )
+    check_per_host: int = field(
+        default=8,
+        metadata=setting(
+            Whole(1, 1024), "source checks in flight to one host or bucket, within `--check-concurrency`"
+        ),
+    )
+
     def require_api(self) -> Settings:
         """Self, or ConfigError naming the flag and the variable of the first missing setting."""
         if not self.merchant_id:
@@ -447,6 +484,12 @@ class Settings:
             get_retries=self.retries,
             bwlimit=self.bwlimit,
         )
+
+    def make_object_stores(self) -> ObjectStores:
+        """What signs and looks at `s3://`, `gs://` and `az://` sources, configured from these settings."""
+        from .objects import ObjectStores
+
+        return ObjectStores(presign_ttl_s=self.presign_ttl, s3_endpoint=self.s3_endpoint)
 
 
 def _declared() -> tuple[Setting, ...]:

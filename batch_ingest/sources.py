@@ -24,13 +24,21 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 import polars as pl
 
+from .objects import ObjectError, ObjectStores, head_objects, parse_object_url
+from .options import ProbeOptions
 from .plan import Plan
+from .text import first_few
 from .vocabulary import PlanStatus, SourceType
+
+if TYPE_CHECKING:
+    from .probe import MediaInfo
+    from .settings import Settings
 
 SOURCE_NOT_FOUND = "SOURCE_NOT_FOUND"
 SOURCE_FORBIDDEN = "SOURCE_FORBIDDEN"
@@ -210,13 +218,50 @@ async def check_plan_sources(
     per_host: int = PER_HOST,
     timeout_s: float = TIMEOUT_S,
     transport: httpx.AsyncBaseTransport | None = None,
+    objects: ObjectStores | None = None,
 ) -> list[SourceCheck]:
-    """Check every ready URL row of `plan` (a credential-bearing URL in its real form, from memory)."""
-    ready = plan.ready.filter(pl.col("source_type") == SourceType.URL).select("row", "source")
-    urls = [(row, plan.secrets.get(row, source)) for row, source in ready.iter_rows()]
-    return await check_urls(
-        urls, concurrency=concurrency, per_host=per_host, timeout_s=timeout_s, transport=transport
+    """Check every ready URL row of `plan` (a credential-bearing URL in its real form, from memory) and
+    ask the store of every ready object row for the object's size; in row order."""
+    ready = plan.ready.select("row", "source", "source_type")
+    urls = [
+        (row, plan.secrets.get(row, source))
+        for row, source, kind in ready.iter_rows()
+        if kind == SourceType.URL
+    ]
+    blobs = [(row, source) for row, source, kind in ready.iter_rows() if kind == SourceType.OBJECT]
+    url_checks, object_checks = await asyncio.gather(
+        check_urls(
+            urls, concurrency=concurrency, per_host=per_host, timeout_s=timeout_s, transport=transport
+        ),
+        check_objects(objects or ObjectStores(), blobs, concurrency=concurrency),
     )
+    return sorted([*url_checks, *object_checks], key=lambda c: c.row)
+
+
+async def check_objects(
+    stores: ObjectStores, sources: list[tuple[int, str]], *, concurrency: int = CONCURRENCY
+) -> list[SourceCheck]:
+    """Existence and size of each object, asked of its store (never through a signed URL)."""
+    if not sources:
+        return []
+    started = time.monotonic()
+    found = await head_objects(stores, sources, concurrency=concurrency)
+    elapsed = round(time.monotonic() - started, 3)
+    buckets = dict(sources)
+    checks = []
+    for row, size, error in found:
+        bucket = parse_object_url(buckets[row]).bucket
+        code: str | None = None
+        reason: str | None = None
+        if error is not None:
+            code, reason = error.code, error.reason
+        elif size == 0:
+            code, reason = (
+                SOURCE_NOT_VIDEO,
+                f"{buckets[row]} is empty (0 bytes): upload the video again or drop the row",
+            )
+        checks.append(SourceCheck(row, code, reason, None, size, None, bucket, elapsed))
+    return checks
 
 
 def apply_checks(plan: Plan, checks: list[SourceCheck], *, reject: bool) -> Plan:
@@ -238,29 +283,155 @@ def apply_checks(plan: Plan, checks: list[SourceCheck], *, reject: bool) -> Plan
     by_code = Counter(c.code for c in failed.values())
     fetched = sum(size for row, size in sizes.items() if row not in failed and size is not None)
     note = (
-        f"sources checked: {len(checks)} URL(s), {len(checks) - len(failed)} fine, "
+        f"sources checked: {len(checks)} remote source(s), {len(checks) - len(failed)} fine, "
         f"{fetched:,} bytes for the platform to fetch"
     )
     if failed:
         note += "; failed: " + ", ".join(f"{code} {n}" for code, n in sorted(by_code.items()))
     notes = [*plan.notes, note]
     if failed and reject:
-        hit = pl.col("row").is_in(list(failed))
-        codes = {row: c.code for row, c in failed.items()}
-        reasons = {row: c.reason for row, c in failed.items()}
-        frame = frame.with_columns(
-            pl.when(hit).then(pl.lit(PlanStatus.REJECTED.value)).otherwise(pl.col("status")).alias("status"),
-            # As for every rejected row: the key is the row's, so that a journal could hold it.
-            pl.when(hit).then(pl.format("rejected:{}", pl.col("row"))).otherwise(pl.col("key")).alias("key"),
-            pl.when(hit)
-            .then(pl.col("row").replace_strict(codes, default=None, return_dtype=pl.String))
-            .otherwise(pl.col("error_code"))
-            .alias("error_code"),
-            pl.when(hit)
-            .then(pl.col("row").replace_strict(reasons, default=None, return_dtype=pl.String))
-            .otherwise(pl.col("reason"))
-            .alias("reason"),
-        )
+        frame = _rejected(frame, {row: (c.code or "", c.reason or "") for row, c in failed.items()})
     elif failed:
         notes.append(f"--check-sources=warn: {len(failed)} row(s) would have been rejected; they are kept")
     return replace(plan, frame=frame, notes=notes)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the media probe found of one row: `info`, or `reason` when it is not a video to ingest."""
+
+    row: int
+    info: MediaInfo | None
+    reason: str | None
+
+
+async def probe_plan_media(
+    plan: Plan,
+    options: ProbeOptions,
+    *,
+    concurrency: int = CONCURRENCY,
+    objects: ObjectStores | None = None,
+) -> list[ProbeResult]:
+    """Open every ready local file as media (and, with `options.remote`, every URL and object, read
+    through ranged GETs); in threads, `concurrency` at a time; in row order."""
+    from .probe import MediaInvalid, probe_file, probe_url
+
+    kinds = [SourceType.FILE.value] + (
+        [SourceType.URL.value, SourceType.OBJECT.value] if options.remote else []
+    )
+    ready = plan.ready.filter(pl.col("source_type").is_in(kinds)).select(
+        "row", "source", "source_type", "source_path"
+    )
+    stores = objects or ObjectStores()
+    gate = asyncio.Semaphore(concurrency)
+    found: list[ProbeResult] = []
+
+    async def one(row: int, source: str, kind: str, path: str | None) -> None:
+        try:
+            if kind == SourceType.FILE:
+                info = await asyncio.to_thread(
+                    probe_file, path or source, max_size=options.max_size, max_duration=options.max_duration
+                )
+            else:
+                url = (
+                    await stores.sign(source) if kind == SourceType.OBJECT else plan.secrets.get(row, source)
+                )
+                info = await asyncio.to_thread(
+                    probe_url, url, max_size=options.max_size, max_duration=options.max_duration
+                )
+            found.append(ProbeResult(row, info, None))
+        except MediaInvalid as exc:
+            found.append(ProbeResult(row, None, str(exc)))
+        except ObjectError as exc:
+            found.append(ProbeResult(row, None, exc.reason))
+        finally:
+            gate.release()
+
+    async with asyncio.TaskGroup() as group:
+        for row, source, kind, path in ready.iter_rows():
+            await gate.acquire()
+            group.create_task(one(row, source, kind, path))
+    return sorted(found, key=lambda r: r.row)
+
+
+def apply_probes(plan: Plan, probes: list[ProbeResult], options: ProbeOptions) -> Plan:
+    """The plan with the media columns of every probed row, its failures `rejected` with MEDIA_INVALID
+    and the prober's reason, and notes with the total duration and the warnings (moov at the end)."""
+    from .probe import MEDIA_INVALID
+
+    infos = {p.row: p.info for p in probes if p.info is not None}
+    failed = {p.row: p.reason for p in probes if p.info is None}
+
+    def column(name: str, attribute: str, dtype: pl.DataType) -> pl.Expr:
+        values = {row: getattr(info, attribute) for row, info in infos.items()}
+        return pl.col("row").replace_strict(values, default=None, return_dtype=dtype).alias(name)
+
+    frame = plan.frame.with_columns(
+        column("media_duration_s", "duration_s", pl.Float64()),
+        column("media_format", "format", pl.String()),
+        column("video_codec", "video_codec", pl.String()),
+        column("width", "width", pl.Int64()),
+        column("height", "height", pl.Int64()),
+        column("audio_codec", "audio_codec", pl.String()),
+    )
+    minutes = sum(info.duration_s or 0.0 for info in infos.values()) / 60
+    note = f"media probed: {len(probes)} source(s), {len(infos)} fine, {minutes:,.1f} minutes of video"
+    if failed:
+        note += f"; {len(failed)} rejected ({MEDIA_INVALID})"
+    notes = [*plan.notes, note]
+    warned: dict[str, list[int]] = {}
+    for row, info in infos.items():
+        for warning in info.warnings:
+            warned.setdefault(warning, []).append(row)
+    notes += [f"{warning} (rows {first_few(sorted(rows))})" for warning, rows in warned.items()]
+    if failed:
+        frame = _rejected(frame, {row: (MEDIA_INVALID, reason or "") for row, reason in failed.items()})
+    return replace(plan, frame=frame, notes=notes)
+
+
+def _rejected(frame: pl.DataFrame, rows: dict[int, tuple[str, str]]) -> pl.DataFrame:
+    """`frame` with these rows rejected, each with its (code, reason)."""
+    hit = pl.col("row").is_in(list(rows))
+    codes = {row: code for row, (code, _) in rows.items()}
+    reasons = {row: reason for row, (_, reason) in rows.items()}
+    return frame.with_columns(
+        pl.when(hit).then(pl.lit(PlanStatus.REJECTED.value)).otherwise(pl.col("status")).alias("status"),
+        # As for every rejected row: the key is the row's, so that a journal could hold it.
+        pl.when(hit).then(pl.format("rejected:{}", pl.col("row"))).otherwise(pl.col("key")).alias("key"),
+        pl.when(hit)
+        .then(pl.col("row").replace_strict(codes, default=None, return_dtype=pl.String))
+        .otherwise(pl.col("error_code"))
+        .alias("error_code"),
+        pl.when(hit)
+        .then(pl.col("row").replace_strict(reasons, default=None, return_dtype=pl.String))
+        .otherwise(pl.col("reason"))
+        .alias("reason"),
+    )
+
+
+async def examine(
+    plan: Plan,
+    settings: Settings,
+    *,
+    check: str | None,
+    probe: ProbeOptions | None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Plan:
+    """The plan after `--check-sources` (`check`: "reject" or "warn") and `--probe`, as `run` and
+    `validate` both do them, before a canary chooses its rows. Neither touches the SmartSTREAM API."""
+    if check is None and probe is None:
+        return plan
+    objects = settings.make_object_stores()
+    if check is not None:
+        checks = await check_plan_sources(
+            plan,
+            concurrency=settings.check_concurrency,
+            per_host=settings.check_per_host,
+            transport=transport,
+            objects=objects,
+        )
+        plan = apply_checks(plan, checks, reject=check == "reject")
+    if probe is not None:
+        probes = await probe_plan_media(plan, probe, concurrency=settings.check_concurrency, objects=objects)
+        plan = apply_probes(plan, probes, probe)
+    return plan

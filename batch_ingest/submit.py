@@ -38,6 +38,7 @@ from .errors import (
     TransientApiError,
 )
 from .journal import Journal, RowTask
+from .objects import ObjectError, ObjectStores, without_query
 from .progress import Progress
 from .redact import redact_url
 from .vocabulary import EXISTING_FAILED_MESSAGE, EXISTING_MESSAGE, Follow, RowState, SkipExisting, SourceType
@@ -83,6 +84,7 @@ class Submitter:
         progress: Progress,
         stop: asyncio.Event,
         secret_sources: dict[int, str] | None = None,
+        objects: ObjectStores | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -92,6 +94,7 @@ class Submitter:
         self.progress = progress
         self.stop = stop
         self.secret_sources = secret_sources or {}  # row -> real URL of a source stored redacted
+        self.objects = objects  # signs s3://, gs://, az:// sources per attempt (None: made when first needed)
         # What the engine wires to the poller after construction (alone, a submitter needs none of it):
         self.on_submitted: Callable[[int, Job, float, RowTask], None] = lambda row, job, now, task: None
         # hand a job found by --skip-existing, still encoding, to the poller
@@ -345,10 +348,15 @@ class Submitter:
             )
         return real
 
+    def _stores(self) -> ObjectStores:
+        if self.objects is None:
+            self.objects = ObjectStores()
+        return self.objects
+
     async def _submit_row(self, task: RowTask) -> None:
         try:
             await self._submit_row_or_raise(task)
-        except SourceUnreadable as exc:
+        except (SourceUnreadable, ObjectError) as exc:
             self._set_on_wire(False)
             self.journal.mark_error(
                 task.row, http_status=None, code=exc.code, message=str(exc), now=self._clock()
@@ -503,10 +511,16 @@ class Submitter:
         self.count_failure()
 
     async def _create(self, task: RowTask, admitted: Callable[[], Awaitable[None]]) -> Job:
-        if task.source_type == SourceType.URL:
+        if task.source_type in (SourceType.URL, SourceType.OBJECT):
             assert task.job_profile_id is not None
+            # An object is signed for this attempt only: the URL lives in this call and nowhere else.
+            source = (
+                await self._stores().sign(task.source)
+                if task.source_type == SourceType.OBJECT
+                else self._source(task)
+            )
             return await self.client.create_job(
-                self._source(task),
+                source,
                 task.job_profile_id,
                 ref_id=task.ref_id,
                 name=task.name,
@@ -535,16 +549,18 @@ class Submitter:
     async def _look_up(self, task: RowTask, sent_at: float | None) -> Job | None:
         """The job an in-doubt create made, if the platform has it and this attempt could have made it."""
         earliest = self.client.platform_clock.floor(sent_at) if sent_at is not None else float("-inf")
+        # A signed object URL differs at each attempt: the platform's echo is compared by its address.
+        address = await self._stores().address(task.source) if task.source_type == SourceType.OBJECT else None
         if task.ref_id:
             try:
                 job = await self.client.get_job_by_ref(task.ref_id)
             except NotFoundError:
                 return None
-            return job if self._plausible(job, task, earliest) else None
+            return job if self._plausible(job, task, earliest, address) else None
         page = 1
         while page <= LOOKUP_PAGES:
             result = await self.client.list_jobs(limit=100, page=page, sort="created_at", order="DESC")
-            candidates = [j for j in result.items if self._plausible(j, task, earliest)]
+            candidates = [j for j in result.items if self._plausible(j, task, earliest, address)]
             if candidates:
                 return min(candidates, key=lambda j: j.created_at or "")
             oldest = parse_api_date(result.items[-1].created_at) if result.items else None
@@ -553,13 +569,16 @@ class Submitter:
             page += 1
         return None
 
-    def _plausible(self, job: Job, task: RowTask, earliest: float) -> bool:
+    def _plausible(self, job: Job, task: RowTask, earliest: float, address: str | None) -> bool:
         if self.journal.knows_job(job.id):  # another row's, or one this run must never adopt
             return False
         created = parse_api_date(job.created_at)
         if created is not None and created.timestamp() < earliest:
             return False
-        if task.source_type == SourceType.URL:
+        if task.source_type == SourceType.OBJECT:
+            if job.source_url is not None and without_query(job.source_url) != address:
+                return False
+        elif task.source_type == SourceType.URL:
             real = self.secret_sources.get(task.row) if task.source_secret else task.source
             if job.source_url is not None and (
                 job.source_url != real if real is not None else redact_url(job.source_url) != task.source

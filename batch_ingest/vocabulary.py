@@ -90,6 +90,7 @@ class SourceType(StrEnum):
 
     FILE = "file"  # a local file, uploaded
     URL = "url"  # a remote URL the platform fetches
+    OBJECT = "object"  # s3://, gs://, az://: the platform fetches a URL signed for each attempt
 
 
 class PlanStatus(StrEnum):

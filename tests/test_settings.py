@@ -50,6 +50,7 @@ def test_every_declared_flag_is_an_option_of_the_api_commands():
 def test_every_setting_resolves_from_its_environment_variable_and_its_config_key():
     samples = {
         "api_url": "https://api.example.com",
+        "s3_endpoint": "http://127.0.0.1:9000",
         "bwlimit": "1M",
         "encode_status_map": "succeeded=2;failed=3",
         "allow_http": "true",

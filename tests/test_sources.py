@@ -208,7 +208,7 @@ def test_validate_check_sources_rejects_what_the_platform_could_not_fetch(tmp_pa
         (3, SOURCE_NOT_VIDEO),
     }
     assert any(
-        "sources checked: 4 URL(s), 2 fine, 2,000 bytes" in n and "SOURCE_NOT_FOUND 1" in n
+        "sources checked: 4 remote source(s), 2 fine, 2,000 bytes" in n and "SOURCE_NOT_FOUND 1" in n
         for n in plan["notes"]
     )
     assert ("GET", "/ranged.mp4?X-Amz-Signature=abc123secret&X-Amz-Credential=AKIDEXAMPLE", "bytes=0-0") in (

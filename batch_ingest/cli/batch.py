@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import EXIT_ROWS_FAILED, BatchIngestError
+
+if TYPE_CHECKING:
+    from ..options import ProbeOptions
 from .common import (
     api_options,
     build_settings,
@@ -33,6 +37,62 @@ check_sources_option = click.option(
     "create, and reject rows whose source is missing, forbidden, unreachable or not a video; =warn only "
     "reports them.",
 )
+
+
+def probe_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--probe`, `--max-size` and `--max-duration`, given to the command as one `probe` (None: off)."""
+
+    for option in reversed(
+        [
+            click.option(
+                "--probe",
+                type=click.Choice(["files", "all"]),
+                is_flag=False,
+                flag_value="files",
+                default=None,
+                help="Open every local file as media before sending (PyAV): the container opens, a video "
+                "stream decodes, the duration is above zero; reject the others as MEDIA_INVALID. =all "
+                "also reads URLs and objects (ranged GETs).",
+            ),
+            click.option(
+                "--max-size",
+                metavar="SIZE",
+                help="With --probe (implied): reject a video over this size (10G, 500M).",
+            ),
+            click.option(
+                "--max-duration",
+                type=click.FloatRange(min=0, min_open=True),
+                metavar="SECONDS",
+                help="With --probe (implied): reject a video longer than this.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _probe(probe: str | None, max_size: str | None, max_duration: float | None) -> ProbeOptions | None:
+    """The probe options from the flags; a limit alone implies --probe (files)."""
+    from ..options import ProbeOptions
+
+    if probe is None and max_size is None and max_duration is None:
+        return None
+    size = None
+    if max_size is not None:
+        from ..api.ratelimit import parse_bandwidth
+
+        try:
+            size = int(parse_bandwidth(max_size))
+        except (ValueError, IndexError):
+            size = 0
+        if size < 1:
+            raise click.BadParameter(
+                f"{max_size!r}: give a size such as 10G, 500M or 2000000 (bytes), at least 1 byte",
+                param_hint="--max-size",
+            )
+    return ProbeOptions(remote=probe == "all", max_size=size, max_duration=max_duration)
+
+
 extra_columns_option = click.option(
     "--extra-columns",
     metavar="COL[,COL...]",
@@ -133,6 +193,7 @@ def submit_options(fn):
     "--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report."
 )
 @check_sources_option
+@probe_options
 @extra_columns_option
 @subset_options("ready rows")
 @submit_options
@@ -149,6 +210,9 @@ def run(
     html,
     quiet,
     check_sources,
+    probe,
+    max_size,
+    max_duration,
     extra_columns,
     limit,
     rows_range,
@@ -165,6 +229,7 @@ def run(
     configuration or manifest error; 3 run aborted; 4 internal error; 130 interrupted.
     """
     subset = _subset(limit, rows_range, sample, seed)
+    probing = _probe(probe, max_size, max_duration)
     if dry_run:
         options.pop("log_file", None), options.pop("log_format", None)
         _validate(
@@ -176,6 +241,7 @@ def run(
             extra_columns=extra_columns,
             skip_existing=skip_existing,
             check_sources=check_sources,
+            probe=probing,
             subset=subset,
         )
         return
@@ -196,6 +262,7 @@ def run(
             handle_signals=True,
             subset=subset,
             check_sources=check_sources,
+            probe=probing,
         )
         result = run_manifest(manifest, settings, run_options, progress=progress)
     if html is not None:
@@ -237,6 +304,7 @@ def _validate(
     skip_existing: str | None = None,
     upload_rate: str | None = None,
     check_sources: str | None = None,
+    probe: ProbeOptions | None = None,
     subset=None,
 ) -> None:
     import asyncio  # with httpx, loaded only by the commands that talk to the API
@@ -273,11 +341,10 @@ def _validate(
                 return await plan_run(manifest, run_options, client)
 
         plan = asyncio.run(go())
-        if check_sources is not None:  # as `run` does: before a canary chooses among the ready rows
-            from ..sources import apply_checks, check_plan_sources
+        if check_sources is not None or probe is not None:  # as `run` does: before a canary chooses
+            from ..sources import examine
 
-            checks = asyncio.run(check_plan_sources(plan))
-            plan = apply_checks(plan, checks, reject=check_sources == "reject")
+            plan = asyncio.run(examine(plan, settings, check=check_sources, probe=probe))
         if subset is not None:
             from ..subset import canary_plan
 
@@ -323,6 +390,7 @@ def _validate(
     "[default: --bwlimit when set, else uploads are left out of the estimate and it says so].",
 )
 @check_sources_option
+@probe_options
 @extra_columns_option
 @subset_options("ready rows")
 @api_options
@@ -336,6 +404,9 @@ def validate(
     skip_existing,
     upload_rate,
     check_sources,
+    probe,
+    max_size,
+    max_duration,
     extra_columns,
     limit,
     rows_range,
@@ -348,7 +419,8 @@ def validate(
 
     Profiles are checked against the platform when API settings are available. The estimate is
     the API requests over --rate (about 1.05 per job, measured), and uploads over --upload-rate.
-    With --check-sources every URL source is fetched (its first byte) before anything else.
+    With --check-sources every URL source is fetched (its first byte), and every object looked up in
+    its store, before anything else; with --probe every local file is opened as media.
     """
     _validate(
         manifest,
@@ -361,6 +433,7 @@ def validate(
         skip_existing=skip_existing,
         upload_rate=upload_rate,
         check_sources=check_sources,
+        probe=_probe(probe, max_size, max_duration),
         subset=_subset(limit, rows_range, sample, seed),
     )
 
