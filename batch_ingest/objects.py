@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from obstore.store import AzureStore, GCSStore, S3Store
@@ -114,6 +114,17 @@ def without_query(url: str) -> str:
     """A signed URL as the object's plain address (what a job's echoed `source_url` is compared by)."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def names_object(url: str, source: str) -> bool:
+    """Whether a signed URL (the platform's echo of one) is of the object `source`, judged by its
+    bucket and key alone: for when the store's own address of the object cannot be had."""
+    ref = parse_object_url(source)
+    parts = urlsplit(url)
+    path = unquote(parts.path)
+    if not path.endswith("/" + ref.key):
+        return False
+    return path[: -len(ref.key) - 1].endswith("/" + ref.bucket) or parts.netloc.startswith(ref.bucket + ".")
 
 
 def _aws_shared_files() -> dict[str, str]:

@@ -38,7 +38,7 @@ from .errors import (
     TransientApiError,
 )
 from .journal import Journal, RowTask
-from .objects import ObjectError, ObjectStores, without_query
+from .objects import ObjectError, ObjectStores, names_object, without_query
 from .progress import Progress
 from .redact import redact_url
 from .vocabulary import EXISTING_FAILED_MESSAGE, EXISTING_MESSAGE, Follow, RowState, SkipExisting, SourceType
@@ -550,7 +550,14 @@ class Submitter:
         """The job an in-doubt create made, if the platform has it and this attempt could have made it."""
         earliest = self.client.platform_clock.floor(sent_at) if sent_at is not None else float("-inf")
         # A signed object URL differs at each attempt: the platform's echo is compared by its address.
-        address = await self._stores().address(task.source) if task.source_type == SourceType.OBJECT else None
+        address = None
+        if task.source_type == SourceType.OBJECT:
+            try:
+                address = await self._stores().address(task.source)
+            except ObjectError:
+                # Cannot sign now (credentials gone since the create?): compare by bucket and key
+                # instead of giving up on a job that may exist (the row must never be sent twice).
+                address = None
         if task.ref_id:
             try:
                 job = await self.client.get_job_by_ref(task.ref_id)
@@ -576,7 +583,11 @@ class Submitter:
         if created is not None and created.timestamp() < earliest:
             return False
         if task.source_type == SourceType.OBJECT:
-            if job.source_url is not None and without_query(job.source_url) != address:
+            if job.source_url is not None and not (
+                without_query(job.source_url) == address
+                if address is not None
+                else names_object(job.source_url, task.source)
+            ):
                 return False
         elif task.source_type == SourceType.URL:
             real = self.secret_sources.get(task.row) if task.source_secret else task.source

@@ -15,9 +15,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 from batch_ingest.emulator import EmulatorConfig
-from batch_ingest.objects import ObjectStores, parse_object_url, without_query
+from batch_ingest.objects import ObjectStores, names_object, parse_object_url, without_query
 
-from .helpers import FAST, FLAGS, report_of, run_cli, summary_of
+from .helpers import FAST, FLAGS, QUICK_DOUBT, report_of, run_cli, summary_of
 from .media import make_mp4
 
 ACCESS_KEY = "AKIAQUITESECRETKEY01"
@@ -271,3 +271,40 @@ def assert_no_signature(*places: Path | str) -> None:
                 assert not SIGNATURE.search(text), f"{path} holds a signature or the access key"
         else:
             assert not SIGNATURE.search(place), "the command's output holds a signature or the access key"
+
+
+@pytest.mark.parametrize(
+    ("url", "matches"),
+    [
+        ("http://127.0.0.1:9000/videos/in%20folder/good%20copy.mp4?X-Amz-Signature=x", True),
+        ("https://videos.s3.eu-west-3.amazonaws.com/in%20folder/good%20copy.mp4?X-Amz-Signature=x", True),
+        ("https://s3.amazonaws.com/videos/in%20folder/good%20copy.mp4", True),
+        ("https://s3.amazonaws.com/other/in%20folder/good%20copy.mp4", False),
+        ("https://s3.amazonaws.com/videos/good%20copy.mp4", False),
+        ("https://s3.amazonaws.com/videos/in%20folder/good%20copy.mp4.bak", False),
+    ],
+)
+def test_without_a_signature_an_echo_is_matched_by_bucket_and_key(url, matches):
+    """A create in doubt whose row can no longer be signed is still looked up, not sent twice."""
+    assert names_object(url, "s3://videos/in folder/good copy.mp4") is matches
+
+
+def test_a_create_in_doubt_is_adopted_by_its_address_not_sent_twice(tmp_path, s3, emulator_server):
+    """Every create loses its answer: the job is found by the object's address (the echo's signature
+    differs from any new one), rows without a ref_id included."""
+    server = emulator_server(EmulatorConfig(**FAST, fetch_sources=True, drop_after_create_rate=1.0))
+    manifest = manifest_of(
+        tmp_path,
+        [
+            {"source": "s3://videos/good.mp4", "profile": "100", "ref_id": ""},
+            {"source": "s3://videos/in folder/good copy.mp4", "profile": "100", "ref_id": "copy"},
+        ],
+    )
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), *FLAGS], {**server.env(), **s3, **QUICK_DOUBT}
+    )
+    assert result.exit_code == 0, result.output
+    assert report_of(run_dir)["outcome"].to_list() == ["succeeded", "succeeded"]
+    assert len(server.jobs()) == 2 and summary_of(run_dir)["adopted_after_doubt"] == 2
+    assert_no_signature(run_dir, result.output)
