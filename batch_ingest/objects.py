@@ -46,6 +46,10 @@ _GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$")
 _AZ_CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 MAX_KEY_BYTES = 1024
+# obstore's defaults retry for 3 minutes: a store (or a credential endpoint) that does not answer
+# would hold each row that long. Ten seconds a request, two retries, 15 s in all.
+CLIENT_OPTIONS: Any = {"timeout": "10s", "connect_timeout": "5s"}
+RETRY_CONFIG: Any = {"max_retries": 2, "retry_timeout": timedelta(seconds=15)}
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,14 @@ def parse_object_url(source: str) -> ObjectRef:
         raise ValueError(f"{source!r} names a folder (it ends with /), not an object: give the video's key")
     if len(key.encode()) > MAX_KEY_BYTES:
         raise ValueError(f"the object key is over {MAX_KEY_BYTES} bytes, longer than any store allows")
-    if "?" in source or "#" in source:
+    if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(
-            f"{scheme}:// sources take no query or fragment: give {scheme}://bucket/key; "
-            "batch-ingest signs the URL itself"
+            f"the key {key!r} has an empty, '.' or '..' segment, which the signer cannot address: "
+            "rename the object (or copy it to a plain key) and give that key"
         )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise ValueError("the key holds a control character: rename the object and give the new key")
+    # `?` and `#` are part of the key, as `aws s3` reads them: batch-ingest signs the URL itself.
     return ObjectRef(scheme, bucket, key)
 
 
@@ -116,15 +123,32 @@ def without_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+def scrub_signed(text: str, signed: str) -> str:
+    """`text` (an API error message) without any piece of a URL signed here: each query value of it
+    (signature, credential with the access key id, date), as written, percent-encoded or HTML-escaped."""
+    from urllib.parse import parse_qsl, quote
+
+    for _, value in parse_qsl(urlsplit(signed).query):
+        if len(value) < 8:
+            continue
+        for form in {value, quote(value, safe=""), quote(value, safe="/"), value.replace("/", "%2F")}:
+            text = text.replace(form, "REDACTED")
+        access_key = value.split("/", 1)[0]
+        if len(access_key) >= 12:
+            text = text.replace(access_key, "REDACTED")
+    return text
+
+
 def names_object(url: str, source: str) -> bool:
-    """Whether a signed URL (the platform's echo of one) is of the object `source`, judged by its
-    bucket and key alone: for when the store's own address of the object cannot be had."""
+    """Whether a signed URL (the platform's echo of one) is of the object `source`, by its bucket and
+    key alone, in either addressing style: `host/bucket/key` or `bucket.host/key`. The host is left out
+    on purpose: a resume may reach the same object through another endpoint or region spelling."""
     ref = parse_object_url(source)
     parts = urlsplit(url)
     path = unquote(parts.path)
-    if not path.endswith("/" + ref.key):
-        return False
-    return path[: -len(ref.key) - 1].endswith("/" + ref.bucket) or parts.netloc.startswith(ref.bucket + ".")
+    return path == f"/{ref.bucket}/{ref.key}" or (
+        parts.netloc.lower().startswith(ref.bucket + ".") and path == f"/{ref.key}"
+    )
 
 
 def _aws_shared_files() -> dict[str, str]:
@@ -162,7 +186,8 @@ class ObjectStores:
             s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         )
         self._stores: dict[tuple[str, str], Any] = {}
-        self._bases: dict[str, str] = {}  # object URL -> its signed URL without the query
+        # (scheme, bucket) -> why signing failed there: later rows fail at once, not after a timeout each.
+        self._sign_failures: dict[tuple[str, str], str] = {}
 
     def store(self, ref: ObjectRef) -> Store:
         cached = self._stores.get((ref.scheme, ref.bucket))
@@ -195,11 +220,11 @@ class ObjectStores:
                     "virtual_hosted_style_request",
                     os.environ.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "").lower() in ("1", "true"),
                 )
-            store = S3Store(ref.bucket, **config)
+            store = S3Store(ref.bucket, **config, client_options=CLIENT_OPTIONS, retry_config=RETRY_CONFIG)
         elif ref.scheme == "gs":
-            store = GCSStore(ref.bucket)
+            store = GCSStore(ref.bucket, client_options=CLIENT_OPTIONS, retry_config=RETRY_CONFIG)
         else:
-            store = AzureStore(ref.bucket)
+            store = AzureStore(ref.bucket, client_options=CLIENT_OPTIONS, retry_config=RETRY_CONFIG)
         self._stores[(ref.scheme, ref.bucket)] = store
         return store
 
@@ -210,18 +235,16 @@ class ObjectStores:
         import obstore
 
         ref = parse_object_url(source)
+        known = self._sign_failures.get((ref.scheme, ref.bucket))
+        if known is not None:
+            raise ObjectError("SOURCE_SIGN_FAILED", known)
         try:
             url = await obstore.sign_async(self.store(ref), "GET", ref.key, self.presign_ttl)
         except Exception as exc:  # noqa: BLE001 - obstore raises its own and built-in errors; each is a reason
-            raise ObjectError("SOURCE_SIGN_FAILED", _sign_reason(ref, exc)) from None
-        self._bases[source] = without_query(url)
+            reason = _sign_reason(ref, exc)
+            self._sign_failures[(ref.scheme, ref.bucket)] = reason
+            raise ObjectError("SOURCE_SIGN_FAILED", reason) from None
         return url
-
-    async def address(self, source: str) -> str:
-        """The object's URL without a signature: what the platform's echo of a signed URL is compared by."""
-        if source not in self._bases:
-            await self.sign(source)
-        return self._bases[source]
 
     async def head(self, source: str) -> int:
         """The object's size, asked of the store; ObjectError with a code and a reason otherwise."""
@@ -233,7 +256,8 @@ class ObjectStores:
         except FileNotFoundError:
             raise ObjectError(
                 "SOURCE_NOT_FOUND",
-                f"{ref.scheme}://{ref.bucket} has no object {ref.key!r}: fix the key or drop the row",
+                f"no object {ref.key!r} in {ref.scheme}://{ref.bucket} (or no such bucket): check the bucket "
+                "and the key, or drop the row",
             ) from None
         except Exception as exc:  # noqa: BLE001 - obstore's errors by class name; every one becomes a reason
             raise ObjectError(*_head_failure(ref, exc)) from None

@@ -59,6 +59,7 @@ class Tracked:
     ref_id: str | None = None
     follow: str | None = None  # see journal.py: a re-checked or existing job, not created by this attempt
     signed_until: float | None = None  # an object source: when its signed URL stops working (platform time)
+    progressed: bool = False  # seen in another in-progress status than at first (it left the queue)
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,12 @@ class Poller:
         self.on_final(state)
         failed = ("ENCODE_FAILED", f"the encode ended with encode_status {status}")
         ended = parse_api_date(updated_at)
-        if job.signed_until is not None and ended is not None and ended.timestamp() >= job.signed_until:
+        if (
+            job.signed_until is not None
+            and not job.progressed  # seen encoding: the platform had fetched the source
+            and ended is not None
+            and ended.timestamp() >= job.signed_until
+        ):
             failed = (
                 "SIGNATURE_EXPIRED",
                 f"the encode ended with encode_status {status} after the URL signed for this object had "
@@ -439,8 +445,10 @@ class Poller:
             return False
         tracked.last_seen = now
         changed = job.encode_status != tracked.status
-        tracked.status = job.encode_status
         verdict = self.status_map.classify(job.encode_status)
+        if changed and verdict == Verdict.IN_PROGRESS and tracked.status is not None:
+            tracked.progressed = True
+        tracked.status = job.encode_status
         if verdict != Verdict.IN_PROGRESS:
             self._final(
                 tracked,

@@ -303,6 +303,7 @@ class ProbeResult:
     row: int
     info: MediaInfo | None
     reason: str | None
+    code: str | None = None  # when it failed for another cause than the media (MEDIA_INVALID)
 
 
 async def probe_plan_media(
@@ -342,8 +343,8 @@ async def probe_plan_media(
             found.append(ProbeResult(row, info, None))
         except MediaInvalid as exc:
             found.append(ProbeResult(row, None, str(exc)))
-        except ObjectError as exc:
-            found.append(ProbeResult(row, None, exc.reason))
+        except ObjectError as exc:  # not the media's fault: its own code
+            found.append(ProbeResult(row, None, exc.reason, exc.code))
         finally:
             gate.release()
 
@@ -360,7 +361,7 @@ def apply_probes(plan: Plan, probes: list[ProbeResult], options: ProbeOptions) -
     from .probe import MEDIA_INVALID
 
     infos = {p.row: p.info for p in probes if p.info is not None}
-    failed = {p.row: p.reason for p in probes if p.info is None}
+    failed = {p.row: (p.code or MEDIA_INVALID, p.reason or "") for p in probes if p.info is None}
 
     def column(name: str, attribute: str, dtype: pl.DataType) -> pl.Expr:
         values = {row: getattr(info, attribute) for row, info in infos.items()}
@@ -377,7 +378,8 @@ def apply_probes(plan: Plan, probes: list[ProbeResult], options: ProbeOptions) -
     minutes = sum(info.duration_s or 0.0 for info in infos.values()) / 60
     note = f"media probed: {len(probes)} source(s), {len(infos)} fine, {minutes:,.1f} minutes of video"
     if failed:
-        note += f"; {len(failed)} rejected ({MEDIA_INVALID})"
+        by_code = Counter(code for code, _ in failed.values())
+        note += "; rejected: " + ", ".join(f"{code} {n}" for code, n in sorted(by_code.items()))
     notes = [*plan.notes, note]
     warned: dict[str, list[int]] = {}
     for row, info in infos.items():
@@ -385,7 +387,7 @@ def apply_probes(plan: Plan, probes: list[ProbeResult], options: ProbeOptions) -
             warned.setdefault(warning, []).append(row)
     notes += [f"{warning} (rows {first_few(sorted(rows))})" for warning, rows in warned.items()]
     if failed:
-        frame = _rejected(frame, {row: (MEDIA_INVALID, reason or "") for row, reason in failed.items()})
+        frame = _rejected(frame, failed)
     return replace(plan, frame=frame, notes=notes)
 
 

@@ -38,7 +38,7 @@ from .errors import (
     TransientApiError,
 )
 from .journal import Journal, RowTask
-from .objects import ObjectError, ObjectStores, names_object, without_query
+from .objects import ObjectError, ObjectStores, names_object, scrub_signed
 from .progress import Progress
 from .redact import redact_url
 from .vocabulary import EXISTING_FAILED_MESSAGE, EXISTING_MESSAGE, Follow, RowState, SkipExisting, SourceType
@@ -514,13 +514,23 @@ class Submitter:
         if task.source_type in (SourceType.URL, SourceType.OBJECT):
             assert task.job_profile_id is not None
             # An object is signed for this attempt only: the URL lives in this call and nowhere else.
-            source = (
-                await self._stores().sign(task.source)
-                if task.source_type == SourceType.OBJECT
-                else self._source(task)
-            )
+            if task.source_type == SourceType.OBJECT:
+                signed = await self._stores().sign(task.source)
+                try:
+                    return await self.client.create_job(
+                        signed,
+                        task.job_profile_id,
+                        ref_id=task.ref_id,
+                        name=task.name,
+                        description=task.description,
+                        on_admitted=admitted,
+                    )
+                except ApiError as exc:  # a server that echoes the URL, in whatever form, must not leak it
+                    exc.message = scrub_signed(exc.message, signed)
+                    exc.args = (exc.message,)
+                    raise
             return await self.client.create_job(
-                source,
+                self._source(task),
                 task.job_profile_id,
                 ref_id=task.ref_id,
                 name=task.name,
@@ -549,25 +559,16 @@ class Submitter:
     async def _look_up(self, task: RowTask, sent_at: float | None) -> Job | None:
         """The job an in-doubt create made, if the platform has it and this attempt could have made it."""
         earliest = self.client.platform_clock.floor(sent_at) if sent_at is not None else float("-inf")
-        # A signed object URL differs at each attempt: the platform's echo is compared by its address.
-        address = None
-        if task.source_type == SourceType.OBJECT:
-            try:
-                address = await self._stores().address(task.source)
-            except ObjectError:
-                # Cannot sign now (credentials gone since the create?): compare by bucket and key
-                # instead of giving up on a job that may exist (the row must never be sent twice).
-                address = None
         if task.ref_id:
             try:
                 job = await self.client.get_job_by_ref(task.ref_id)
             except NotFoundError:
                 return None
-            return job if self._plausible(job, task, earliest, address) else None
+            return job if self._plausible(job, task, earliest) else None
         page = 1
         while page <= LOOKUP_PAGES:
             result = await self.client.list_jobs(limit=100, page=page, sort="created_at", order="DESC")
-            candidates = [j for j in result.items if self._plausible(j, task, earliest, address)]
+            candidates = [j for j in result.items if self._plausible(j, task, earliest)]
             if candidates:
                 return min(candidates, key=lambda j: j.created_at or "")
             oldest = parse_api_date(result.items[-1].created_at) if result.items else None
@@ -576,18 +577,16 @@ class Submitter:
             page += 1
         return None
 
-    def _plausible(self, job: Job, task: RowTask, earliest: float, address: str | None) -> bool:
+    def _plausible(self, job: Job, task: RowTask, earliest: float) -> bool:
         if self.journal.knows_job(job.id):  # another row's, or one this run must never adopt
             return False
         created = parse_api_date(job.created_at)
         if created is not None and created.timestamp() < earliest:
             return False
         if task.source_type == SourceType.OBJECT:
-            if job.source_url is not None and not (
-                without_query(job.source_url) == address
-                if address is not None
-                else names_object(job.source_url, task.source)
-            ):
+            # A signed URL differs at each attempt, and the host may be spelled otherwise after a resume
+            # (endpoint, region): the platform's echo is compared by bucket and key.
+            if job.source_url is not None and not names_object(job.source_url, task.source):
                 return False
         elif task.source_type == SourceType.URL:
             real = self.secret_sources.get(task.row) if task.source_secret else task.source

@@ -15,13 +15,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 from batch_ingest.emulator import EmulatorConfig
-from batch_ingest.objects import ObjectStores, names_object, parse_object_url, without_query
+from batch_ingest.objects import ObjectStores, names_object, parse_object_url, scrub_signed, without_query
 
 from .helpers import FAST, FLAGS, QUICK_DOUBT, report_of, run_cli, summary_of
 from .media import make_mp4
 
 ACCESS_KEY = "AKIAQUITESECRETKEY01"
 SECRET_KEY = "s3cr3t/for+the+tests"
+SIGNATURE_VALUE = re.compile(r"[0-9a-f]{64}")  # a SigV4 signature's value
 SIGNATURE = re.compile(
     r"X-Amz-Signature|X-Goog-Signature|X-Amz-Credential|" + ACCESS_KEY + "|" + re.escape(SECRET_KEY)
 )
@@ -71,7 +72,10 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         ("s3://videos", "no object key"),
         ("s3://videos/", "no object key"),
         ("s3://videos/folder/", "names a folder"),
-        ("s3://videos/v.mp4?X-Amz-Signature=abc", "take no query"),
+        ("s3://videos/Episode #3 what?.mp4", None),  # ? and # belong to the key, as in `aws s3`
+        ("s3://videos//lead.mp4", "empty, '.' or '..' segment"),
+        ("s3://videos/a/../b.mp4", "empty, '.' or '..' segment"),
+        ("s3://videos/a\tb.mp4", "control character"),
         ("az://a--b/v.mp4", "not a valid Azure container name"),
     ],
 )
@@ -129,18 +133,26 @@ def test_check_sources_asks_the_store_for_each_object(tmp_path, s3):
     assert not SIGNATURE.search(result.output)
 
 
-def test_a_signed_url_is_compared_by_its_address_and_its_lifetime_capped(s3, monkeypatch):
+def test_a_signed_url_names_its_object_and_its_lifetime_is_capped(s3, monkeypatch):
     for name, value in s3.items():
         monkeypatch.setenv(name, value)
-    stores = ObjectStores(presign_ttl_s=60)
-
-    async def sign() -> tuple[str, str]:
-        return await stores.sign("s3://videos/good.mp4"), await stores.address("s3://videos/good.mp4")
-
-    url, address = asyncio.run(sign())
+    url = asyncio.run(ObjectStores(presign_ttl_s=60).sign("s3://videos/Episode #3.mp4"))
     assert "X-Amz-Expires=60&" in url and "X-Amz-Signature=" in url
-    assert without_query(url) == address == f"{s3['AWS_ENDPOINT_URL']}/videos/good.mp4"
+    assert without_query(url) == f"{s3['AWS_ENDPOINT_URL']}/videos/Episode%20%233.mp4"
+    assert names_object(url, "s3://videos/Episode #3.mp4")
     assert ObjectStores(presign_ttl_s=30 * 86400).presign_ttl.total_seconds() == 7 * 86400
+
+
+def test_an_api_error_that_echoes_the_signed_url_is_scrubbed(s3, monkeypatch):
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    url = asyncio.run(ObjectStores().sign("s3://videos/good.mp4"))
+    import html
+    from urllib.parse import quote
+
+    for echo in (url, quote(url, safe=""), html.escape(url), url.split("://", 1)[1]):
+        scrubbed = scrub_signed(f"Request parameter is invalid: {echo}", url)
+        assert not SIGNATURE_VALUE.search(scrubbed) and ACCESS_KEY not in scrubbed, scrubbed
 
 
 def test_objects_are_signed_fetched_by_the_platform_and_no_signature_is_kept(tmp_path, s3, emulator_server):
@@ -282,6 +294,7 @@ def assert_no_signature(*places: Path | str) -> None:
         ("https://s3.amazonaws.com/other/in%20folder/good%20copy.mp4", False),
         ("https://s3.amazonaws.com/videos/good%20copy.mp4", False),
         ("https://s3.amazonaws.com/videos/in%20folder/good%20copy.mp4.bak", False),
+        ("https://s3.amazonaws.com/other/videos/in%20folder/good%20copy.mp4", False),
     ],
 )
 def test_without_a_signature_an_echo_is_matched_by_bucket_and_key(url, matches):
@@ -308,3 +321,26 @@ def test_a_create_in_doubt_is_adopted_by_its_address_not_sent_twice(tmp_path, s3
     assert report_of(run_dir)["outcome"].to_list() == ["succeeded", "succeeded"]
     assert len(server.jobs()) == 2 and summary_of(run_dir)["adopted_after_doubt"] == 2
     assert_no_signature(run_dir, result.output)
+
+
+def test_an_encode_that_fails_after_it_started_is_not_blamed_on_the_signature(tmp_path, s3, emulator_server):
+    """The job was seen encoding (so the platform had fetched the source) and failed after the
+    signature's end: an encode failure, not SIGNATURE_EXPIRED."""
+    server = emulator_server(
+        EmulatorConfig(**FAST).with_changes(
+            queue_seconds=1,
+            encode_seconds=120,
+            jitter=0,
+            time_scale=100,
+            failure_rate=1.0,
+            fetch_sources=True,
+        )
+    )
+    manifest = manifest_of(tmp_path, [{"source": "s3://videos/good.mp4", "profile": "100"}])
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--presign-ttl", "60", *FLAGS],
+        {**server.env(), **s3},
+    )
+    assert result.exit_code == 1, result.output
+    assert report_of(run_dir)["error_code"].to_list() == ["ENCODE_FAILED"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +91,10 @@ def _probe(probe: str | None, max_size: str | None, max_duration: float | None) 
                 f"{max_size!r}: give a size such as 10G, 500M or 2000000 (bytes), at least 1 byte",
                 param_hint="--max-size",
             )
+    if max_duration is not None and not math.isfinite(max_duration):
+        raise click.BadParameter(
+            f"{max_duration}: give a number of seconds such as 7200", param_hint="--max-duration"
+        )
     return ProbeOptions(remote=probe == "all", max_size=size, max_duration=max_duration)
 
 
