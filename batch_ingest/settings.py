@@ -416,9 +416,10 @@ class Settings:
         ),
     )
     check_per_host: int = field(
-        default=8,
+        default=16,
         metadata=setting(
-            Whole(1, 1024), "source checks in flight to one host or bucket, within `--check-concurrency`"
+            Whole(1, 1024),
+            "source checks in flight to one host, within `--check-concurrency` (a cap for a fragile origin)",
         ),
     )
 

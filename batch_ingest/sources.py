@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import Counter, defaultdict
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -46,7 +46,11 @@ SOURCE_UNREACHABLE = "SOURCE_UNREACHABLE"
 SOURCE_NOT_VIDEO = "SOURCE_NOT_VIDEO"
 
 CONCURRENCY = 32  # checks in flight in all
-PER_HOST = 4  # checks in flight to one host
+PER_HOST = 16  # checks in flight to one host
+KEEP_ALIVE_BODY = 64 * 1024  # a body up to this is read, to keep its connection; a larger one is dropped
+# Connections are spread over pools of at most this many: httpcore scans a pool's every connection
+# for each request, so one pool of 32 costs more CPU than four of 8 (see api/client.py).
+CONNECTIONS_PER_POOL = 8
 TIMEOUT_S = 10.0  # connect and each read
 MAX_REDIRECTS = 5
 _CONTENT_RANGE = re.compile(r"^bytes\s+(?:\d+-\d+|\*)/(\d+)\s*$", re.IGNORECASE)
@@ -91,7 +95,12 @@ async def check_url(client: httpx.AsyncClient, row: int, url: str) -> SourceChec
         try:
             request = client.build_request("GET", url, headers={"Range": "bytes=0-0"})
             response = await client.send(request, stream=True)
-            await response.aclose()  # the status and headers are all a check needs
+            # The status and headers are all a check needs; a small body (the one byte asked for, a
+            # redirect's page) is read all the same, so that the connection serves the next check.
+            length = response.headers.get("content-length", "")
+            if length.isdigit() and int(length) <= KEEP_ALIVE_BODY:
+                await response.aread()
+            await response.aclose()
         except httpx.TimeoutException:
             return done(
                 SOURCE_UNREACHABLE,
@@ -184,30 +193,68 @@ async def check_urls(
     timeout_s: float = TIMEOUT_S,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> list[SourceCheck]:
-    """Check (row, url) pairs, `concurrency` at a time and at most `per_host` to one host; in row order."""
-    todo = list(urls)
-    everyone = asyncio.Semaphore(concurrency)
-    hosts: defaultdict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(per_host))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    timeout = httpx.Timeout(timeout_s)
-    async with httpx.AsyncClient(
-        transport=transport, limits=limits, timeout=timeout, follow_redirects=False, trust_env=False
-    ) as client:
+    """Check (row, url) pairs, `concurrency` at a time and at most `per_host` to one host; in row order.
 
-        async def one(row: int, url: str) -> None:
+    `concurrency` workers take turns over the hosts that have work and a free slot, so a manifest
+    sorted by host keeps every host busy, not one host at a time; only `concurrency` checks (and
+    their coroutines) exist at once, whatever the manifest's size."""
+    queues: dict[str, deque[tuple[int, str]]] = {}
+    for row, url in urls:
+        queues.setdefault(urlsplit(url).hostname or "", deque()).append((row, url))
+    waiting = sum(len(q) for q in queues.values())  # not yet taken by a worker
+    busy: Counter[str] = Counter()
+    turns = deque(queues)  # hosts with work and a free slot, each once, in turn
+    in_turns = set(queues)
+    turn_freed = asyncio.Event()
+    found: list[SourceCheck] = []
+    limits = httpx.Limits(
+        max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL
+    )
+    pools = 1 if transport is not None else -(-concurrency // CONNECTIONS_PER_POOL)
+    clients = [
+        httpx.AsyncClient(
+            transport=transport,
+            limits=limits,
+            timeout=httpx.Timeout(timeout_s),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        for _ in range(pools)
+    ]
+
+    def offer(host: str) -> None:
+        if host not in in_turns and queues[host] and busy[host] < per_host:
+            turns.append(host)
+            in_turns.add(host)
+            turn_freed.set()
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal waiting
+        while waiting:
+            if not turns:  # every host with work is at its cap: wait for a check to end
+                turn_freed.clear()
+                await turn_freed.wait()
+                continue
+            host = turns.popleft()
+            in_turns.discard(host)
+            row, url = queues[host].popleft()
+            waiting -= 1
+            busy[host] += 1
+            offer(host)
             try:
-                async with hosts[urlsplit(url).hostname or ""]:
-                    found.append(await check_url(client, row, url))
+                found.append(await check_url(client, row, url))
             finally:
-                everyone.release()
+                busy[host] -= 1
+                offer(host)
+        turn_freed.set()  # the others may be waiting for a turn that will never come: let them end
 
-        found: list[SourceCheck] = []
+    try:
         async with asyncio.TaskGroup() as group:
-            for row, url in todo:
-                # A slot before the task exists: a 200,000-row manifest never holds more than
-                # `concurrency` checks (and their coroutines) at once.
-                await everyone.acquire()
-                group.create_task(one(row, url))
+            for i in range(min(concurrency, waiting)):
+                group.create_task(worker(clients[i % pools]))  # at most CONNECTIONS_PER_POOL per pool
+    finally:
+        for client in clients:
+            await client.aclose()
     return sorted(found, key=lambda c: c.row)
 
 

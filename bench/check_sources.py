@@ -281,13 +281,16 @@ def measure(config: Config, rows: int, latency: float, folder: Path) -> dict[str
 
 
 def configurations() -> list[Config]:
+    from batch_ingest.settings import Settings  # the CLI's own defaults, not a copy of them
+
+    c, p = Settings().check_concurrency, Settings().check_per_host
     return [
-        Config("fixed", "fixed cost: validate without --check-sources", 32, 8, kind="fixed"),
+        Config("fixed", "fixed cost: validate without --check-sources", c, p, kind="fixed"),
         Config("ref", "reference: bare asyncio client, no httpx, 32 connections", 32, 32, kind="bare"),
         Config("a", "(a) one host, 32/32", 32, 32),
-        Config("b", "(b) one host, defaults 32/8", 32, 8),
-        Config("c", "(c) 8 hosts, defaults 32/8, rows interleaved", 32, 8, hosts=8),
-        Config("c", "(c') 8 hosts, defaults 32/8, rows in blocks by host", 32, 8, hosts=8, order="blocks"),
+        Config("b", f"(b) one host, defaults {c}/{p}", c, p),
+        Config("c", f"(c) 8 hosts, defaults {c}/{p}, rows interleaved", c, p, hosts=8),
+        Config("c", f"(c') 8 hosts, defaults {c}/{p}, rows in blocks by host", c, p, hosts=8, order="blocks"),
         Config("d", "(d) one host, 64/64", 64, 64),
         Config("d", "(d) one host, 128/128", 128, 128),
     ]
