@@ -188,6 +188,7 @@ class ObjectStores:
         self._stores: dict[tuple[str, str], Any] = {}
         # (scheme, bucket) -> why signing failed there: later rows fail at once, not after a timeout each.
         self._sign_failures: dict[tuple[str, str], str] = {}
+        self._head_failures: dict[tuple[str, str], str] = {}  # the same for a store that cannot be reached
 
     def store(self, ref: ObjectRef) -> Store:
         cached = self._stores.get((ref.scheme, ref.bucket))
@@ -251,6 +252,9 @@ class ObjectStores:
         import obstore
 
         ref = parse_object_url(source)
+        known = self._head_failures.get((ref.scheme, ref.bucket))
+        if known is not None:
+            raise ObjectError("SOURCE_UNREACHABLE", known)
         try:
             meta = await obstore.head_async(self.store(ref), ref.key)
         except FileNotFoundError:
@@ -260,7 +264,10 @@ class ObjectStores:
                 "and the key, or drop the row",
             ) from None
         except Exception as exc:  # noqa: BLE001 - obstore's errors by class name; every one becomes a reason
-            raise ObjectError(*_head_failure(ref, exc)) from None
+            code, reason = _head_failure(ref, exc)
+            if code == "SOURCE_UNREACHABLE":  # the bucket's, not the object's: later rows fail at once
+                self._head_failures[(ref.scheme, ref.bucket)] = reason
+            raise ObjectError(code, reason) from None
         return int(meta["size"])
 
 

@@ -344,3 +344,21 @@ def test_an_encode_that_fails_after_it_started_is_not_blamed_on_the_signature(tm
     )
     assert result.exit_code == 1, result.output
     assert report_of(run_dir)["error_code"].to_list() == ["ENCODE_FAILED"]
+
+
+def test_a_store_that_cannot_be_reached_fails_its_rows_at_once_not_one_timeout_each(tmp_path, monkeypatch):
+    """Nothing listens at the endpoint: the first row of the bucket finds out (within obstore's
+    bounded retries), the rest of that bucket are told the same at once."""
+    from batch_ingest.emulator.server import free_port
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    stores = ObjectStores(s3_endpoint=f"http://127.0.0.1:{free_port()}")
+    from batch_ingest.sources import check_objects
+
+    sources = [(i, f"s3://videos/v{i}.mp4") for i in range(1, 41)]
+    checks = asyncio.run(check_objects(stores, sources, concurrency=4))
+    assert [c.code for c in checks] == ["SOURCE_UNREACHABLE"] * 40
+    assert "check the bucket, the region and the credentials" in (checks[-1].reason or "")
+    assert len(stores._head_failures) == 1
