@@ -169,6 +169,8 @@ class InFlight:
     submitted_at: float | None
     job_updated_at: str | None
     follow: str | None
+    source_type: str | None = None
+    job_created_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,7 +430,8 @@ class Journal:
         """Every submitted, unfinished row."""
         self.flush()
         cur = self._conn.execute(
-            "SELECT row, key, ref_id, job_id, submitted_at, job_updated_at, follow FROM rows WHERE state = ? "
+            "SELECT row, key, ref_id, job_id, submitted_at, job_updated_at, follow, source_type, job_created_at "
+            "FROM rows WHERE state = ? "
             "ORDER BY row",
             (RowState.SUBMITTED,),
         )

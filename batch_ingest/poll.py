@@ -145,16 +145,16 @@ class Poller:
             ref_id=ref_id,
             follow=follow,
         )
-        tracked = self._jobs.get(job.id)
-        if (
-            tracked is not None
-            and task is not None
-            and task.source_type == SourceType.OBJECT
-            and self.presign_ttl
-        ):
-            # On the platform's clock (the URL was signed just before the job was created): a failure
-            # reported after this is one the platform met when the signature no longer worked.
-            created = parse_api_date(job.created_at)
+        if task is not None and task.source_type == SourceType.OBJECT:
+            self._signed(job.id, job.created_at, submitted_at)
+
+    def _signed(self, job_id: str, created_at: str | None, submitted_at: float) -> None:
+        """Note when the URL signed for an object's job stops working, on the platform's clock (it was
+        signed just before the job was created): a failure reported after it is one the platform may
+        have met because the signature no longer worked."""
+        tracked = self._jobs.get(job_id)
+        if tracked is not None and self.presign_ttl:
+            created = parse_api_date(created_at)
             tracked.signed_until = (created.timestamp() if created else submitted_at) + self.presign_ttl
 
     def _track(
@@ -199,6 +199,8 @@ class Poller:
                 ref_id=f.ref_id,
                 follow=f.follow,
             )
+            if f.source_type == SourceType.OBJECT:  # signed with the run's --presign-ttl (kept by resume)
+                self._signed(f.job_id, f.job_created_at, f.submitted_at or self._clock())
 
     @property
     def in_flight(self) -> int:

@@ -518,3 +518,41 @@ async def test_a_fallback_read_stamps_the_jobs_end_when_its_answer_came(platform
     assert platform.requests == ["list 1", "get job-1"]
     finished = journal.to_frame().filter(pl.col("row") == 1)["finished_at"].item()
     assert finished == T0 + 706.0
+
+
+async def test_an_object_job_resumed_after_a_crash_still_tells_an_expired_signature(
+    platform, clock, journal_dir
+):
+    """A job of an object source, submitted before a crash, failing after its URL's signature ended:
+    the poller of the resume (which never saw the create) says SIGNATURE_EXPIRED; a URL row's job
+    failing alike is an ENCODE_FAILED."""
+    rows = [
+        {
+            "row": r,
+            "key": f"k{r}",
+            "source": source,
+            "source_type": kind,
+            "job_profile_id": 100,
+            "status": "ready",
+        }
+        for r, source, kind in (
+            (1, "s3://videos/a.mp4", "object"),
+            (2, "https://cdn.example.com/b.mp4", "url"),
+        )
+    ]
+    journal = Journal.create(journal_dir / "journal.sqlite", pl.DataFrame(rows, schema=PLAN_SCHEMA), {})
+    try:
+        async with api(platform) as client:
+            before = poller(client, journal, clock, presign_ttl=60.0)
+            for row in (1, 2):
+                follow(before, journal, platform, row, QUEUED, T0 - 10_000)
+            # The process dies; the resume's poller knows the jobs from the journal only.
+            after = poller(client, journal, clock, presign_ttl=60.0)
+            after.resume_in_flight()
+            for row in (1, 2):
+                platform.put(f"job-{row}", FAILED, T0 - 10_000 + 120)  # 120 s after the create
+            await after.poll_once()
+        found = states(journal, 1, 2)
+        assert found[1][2] == "SIGNATURE_EXPIRED" and found[2][2] == "ENCODE_FAILED", found
+    finally:
+        journal.close()
