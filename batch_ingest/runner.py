@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 
 from .api.client import SmartStreamClient
 from .engine import Work, work
@@ -24,6 +25,7 @@ from .rundir import RunDir, RunResult
 from .settings import SECRET_FIELDS as SECRET_SETTINGS
 from .settings import Settings
 from .subset import choose_subset, held_message, subset_record
+from .vocabulary import SourceType
 
 DEFAULT_REPORTS = Path("reports")
 
@@ -92,6 +94,10 @@ async def run_manifest_async(
             from .sources import examine  # before the canary chooses: held rows are checked too
 
             plan = await examine(plan, settings, check=options.check_sources, probe=options.probe)
+        if not plan.ready.filter(pl.col("source_type") == SourceType.OBJECT).is_empty():
+            from .sources import check_signing
+
+            await check_signing(plan, settings.make_object_stores())
         taken = choose_subset(plan, options.subset)
         run_id = options.run_dir.name if options.run_dir else new_run_id()
         path = options.run_dir or DEFAULT_REPORTS / run_id

@@ -30,6 +30,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import polars as pl
 
+from .errors import ConfigError
 from .objects import ObjectError, ObjectStores, head_objects, parse_object_url
 from .options import ProbeOptions
 from .plan import Plan
@@ -484,3 +485,19 @@ async def examine(
         probes = await probe_plan_media(plan, probe, concurrency=settings.check_concurrency, objects=objects)
         plan = apply_probes(plan, probes, probe)
     return plan
+
+
+async def check_signing(plan: Plan, stores: ObjectStores) -> None:
+    """Sign one URL in each bucket the plan's ready object rows name, before anything is sent: a
+    store that cannot sign (no credentials, a wrong endpoint) stops the command with exit 2 and one
+    message, instead of failing every row of the bucket one by one."""
+    ready = plan.ready.filter(pl.col("source_type") == SourceType.OBJECT)
+    first: dict[tuple[str, str], str] = {}
+    for source in ready["source"].to_list():
+        ref = parse_object_url(source)
+        first.setdefault((ref.scheme, ref.bucket), source)
+    for source in first.values():
+        try:
+            await stores.sign(source)
+        except ObjectError as exc:
+            raise ConfigError(f"{exc.reason}; nothing was sent") from None

@@ -228,23 +228,31 @@ def test_a_resumed_run_signs_again(tmp_path, s3, emulator_server):
     assert_no_signature(run_dir, canary.output + rest.output)
 
 
-def test_an_object_that_cannot_be_signed_is_an_error_row_not_a_crash(tmp_path, emulator_server, monkeypatch):
+def test_objects_that_cannot_be_signed_stop_the_run_before_anything_is_sent(
+    tmp_path, emulator_server, monkeypatch
+):
+    """No credentials anywhere: `run` exits 2 with the variables to set, and no run folder or job;
+    `validate` warns (the run may be meant for a machine that has them)."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: no instance role
     server = emulator_server(EmulatorConfig(**FAST))
-    manifest = manifest_of(tmp_path, [{"source": "s3://videos/good.mp4", "profile": "100"}])
+    manifest = manifest_of(
+        tmp_path,
+        [
+            {"source": "s3://videos/good.mp4", "profile": "100"},
+            {"source": "s3://videos/b.mp4", "profile": "100"},
+        ],
+    )
     run_dir = tmp_path / "run"
     result = run_cli(["run", str(manifest), "--report-dir", str(run_dir), *FLAGS], server.env())
-    row = report_of(run_dir).row(0, named=True)
-    if row["outcome"] == "succeeded":  # obstore may sign without credentials (an anonymous URL)
-        pytest.skip("this obstore signs without credentials")
-    assert result.exit_code == 1 and row["outcome"] == "error", result.output
-    assert row["error_code"] == "SOURCE_SIGN_FAILED" and "AWS_ACCESS_KEY_ID" in row["error_message"]
-    assert server.jobs() == []
+    assert result.exit_code == 2, result.output
+    assert "cannot sign a URL for s3://videos" in result.output and "AWS_ACCESS_KEY_ID" in result.output
+    assert "nothing was sent" in result.output and not run_dir.exists() and server.jobs() == []
+    checked = run_cli(["validate", str(manifest)])
+    assert checked.exit_code == 0 and "warning: cannot sign a URL for s3://videos" in checked.output
 
 
 def test_the_shared_credentials_file_is_read_when_the_environment_has_no_keys(tmp_path, s3, monkeypatch):
@@ -362,3 +370,32 @@ def test_a_store_that_cannot_be_reached_fails_its_rows_at_once_not_one_timeout_e
     assert [c.code for c in checks] == ["SOURCE_UNREACHABLE"] * 40
     assert "check the bucket, the region and the credentials" in (checks[-1].reason or "")
     assert len(stores._head_failures) == 1
+
+
+def test_a_resume_without_credentials_ends_the_unsigned_rows_as_errors_and_retry_mends_them(
+    tmp_path, s3, emulator_server, monkeypatch
+):
+    """The canary ran where the credentials were; `resume --all` runs where they are not: the held
+    rows end `error` SOURCE_SIGN_FAILED (no create, no crash), and a retry with them sends those."""
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
+    server = emulator_server(EmulatorConfig(**FAST, fetch_sources=True))
+    manifest = manifest_of(
+        tmp_path, [{"source": "s3://videos/good.mp4", "profile": "100", "ref_id": f"r{i}"} for i in range(3)]
+    )
+    run_dir = tmp_path / "run"
+    canary = run_cli(
+        ["run", str(manifest), "--report-dir", str(run_dir), "--limit", "1", *FLAGS], {**server.env(), **s3}
+    )
+    assert canary.exit_code == 0, canary.output
+    without = {**server.env(), "AWS_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"]}
+    rest = run_cli(["resume", str(run_dir), "--all", *FLAGS], without)
+    assert rest.exit_code == 1, rest.output
+    report = report_of(run_dir).sort("row")
+    assert report["outcome"].to_list() == ["succeeded", "error", "error"]
+    assert report["error_code"].to_list()[1:] == ["SOURCE_SIGN_FAILED"] * 2 and len(server.jobs()) == 1
+    again = tmp_path / "again"
+    retried = run_cli(["retry", str(run_dir), "--report-dir", str(again), *FLAGS], {**server.env(), **s3})
+    assert retried.exit_code == 0, retried.output
+    assert report_of(again)["outcome"].to_list() == ["succeeded", "succeeded"] and len(server.jobs()) == 3

@@ -350,6 +350,13 @@ def _validate(
             from ..sources import examine
 
             plan = asyncio.run(examine(plan, settings, check=check_sources, probe=probe))
+        if (plan.ready["source_type"] == "object").any():
+            from ..sources import check_signing
+
+            try:  # a warning here: the run may be meant for a machine that has the credentials
+                asyncio.run(check_signing(plan, settings.make_object_stores()))
+            except BatchIngestError as exc:
+                plan.notes.append(f"warning: {str(exc).removesuffix('; nothing was sent')}: `run` would stop")
         if subset is not None:
             from ..subset import canary_plan
 
