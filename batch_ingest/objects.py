@@ -24,6 +24,7 @@ import asyncio
 import configparser
 import os
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -47,8 +48,9 @@ _AZ_CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
 _IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 MAX_KEY_BYTES = 1024
 # obstore's defaults retry for 3 minutes: a store (or a credential endpoint) that does not answer
-# would hold each row that long. Ten seconds a request, two retries, 15 s in all.
+# would hold each row that long. Ten seconds a request, two retries: about 20 s at most.
 CLIENT_OPTIONS: Any = {"timeout": "10s", "connect_timeout": "5s"}
+MEMO_S = 60.0  # how long a bucket's failure to sign or to answer is taken as the answer for its rows
 RETRY_CONFIG: Any = {"max_retries": 2, "retry_timeout": timedelta(seconds=15)}
 
 
@@ -102,6 +104,11 @@ def parse_object_url(source: str) -> ObjectRef:
             f"the key {key!r} has an empty, '.' or '..' segment, which the signer cannot address: "
             "rename the object (or copy it to a plain key) and give that key"
         )
+    if "?versionId=" in key:
+        raise ValueError(
+            f"{source!r} names an object version, which batch-ingest cannot sign: copy that version to a "
+            "key of its own and give that key (a `?` in a key is otherwise part of the key)"
+        )
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
         raise ValueError("the key holds a control character: rename the object and give the new key")
     # `?` and `#` are part of the key, as `aws s3` reads them: batch-ingest signs the URL itself.
@@ -139,16 +146,26 @@ def scrub_signed(text: str, signed: str) -> str:
     return text
 
 
-def names_object(url: str, source: str) -> bool:
-    """Whether a signed URL (the platform's echo of one) is of the object `source`, by its bucket and
-    key alone, in either addressing style: `host/bucket/key` or `bucket.host/key`. The host is left out
-    on purpose: a resume may reach the same object through another endpoint or region spelling."""
+def names_object(url: str, source: str, address: str | None = None) -> bool:
+    """Whether a signed URL (the platform's echo of one) is of the object `source`, by its path: the
+    host is left out, so that a resume through another spelling of the endpoint or region still
+    finds the job (a row must never be sent twice).
+
+    With `address` (the object's unsigned URL as this process's store spells it), the path must be
+    the address's, whatever comes before `/bucket/key` there (Azurite's account segment, a gateway's
+    `/s3`); without it (the store cannot sign here), `/bucket/key` or, virtual-hosted, `bucket.host`
+    with `/key`."""
     ref = parse_object_url(source)
     parts = urlsplit(url)
     path = unquote(parts.path)
-    return path == f"/{ref.bucket}/{ref.key}" or (
-        parts.netloc.lower().startswith(ref.bucket + ".") and path == f"/{ref.key}"
-    )
+    virtual = parts.netloc.lower().startswith(ref.bucket + ".") and path == f"/{ref.key}"
+    if address is None:
+        return path == f"/{ref.bucket}/{ref.key}" or virtual
+    own = urlsplit(address)
+    own_path = unquote(own.path)
+    if own_path == f"/{ref.key}" and own.netloc.lower().startswith(ref.bucket + "."):
+        return virtual
+    return path == own_path
 
 
 def _aws_shared_files() -> dict[str, str]:
@@ -186,9 +203,11 @@ class ObjectStores:
             s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         )
         self._stores: dict[tuple[str, str], Any] = {}
-        # (scheme, bucket) -> why signing failed there: later rows fail at once, not after a timeout each.
-        self._sign_failures: dict[tuple[str, str], str] = {}
-        self._head_failures: dict[tuple[str, str], str] = {}  # the same for a store that cannot be reached
+        # (scheme, bucket) -> (until when, why) signing failed there, or the store could not be reached:
+        # the bucket's later rows are told at once for MEMO_S, not after a timeout each.
+        self._sign_failures: dict[tuple[str, str], tuple[float, str]] = {}
+        self._head_failures: dict[tuple[str, str], tuple[float, str]] = {}
+        self._addresses: dict[str, str] = {}  # object URL -> its signed URL without the query
 
     def store(self, ref: ObjectRef) -> Store:
         cached = self._stores.get((ref.scheme, ref.bucket))
@@ -236,23 +255,41 @@ class ObjectStores:
         import obstore
 
         ref = parse_object_url(source)
-        known = self._sign_failures.get((ref.scheme, ref.bucket))
+        known = self._remembered(self._sign_failures, ref)
         if known is not None:
             raise ObjectError("SOURCE_SIGN_FAILED", known)
         try:
             url = await obstore.sign_async(self.store(ref), "GET", ref.key, self.presign_ttl)
         except Exception as exc:  # noqa: BLE001 - obstore raises its own and built-in errors; each is a reason
             reason = _sign_reason(ref, exc)
-            self._sign_failures[(ref.scheme, ref.bucket)] = reason
+            self._sign_failures[(ref.scheme, ref.bucket)] = (time.monotonic() + MEMO_S, reason)
             raise ObjectError("SOURCE_SIGN_FAILED", reason) from None
+        self._addresses[source] = without_query(url)
         return url
+
+    async def address(self, source: str) -> str | None:
+        """The object's URL without a signature, as this process's store spells it (None when it cannot
+        sign): what the platform's echo of a URL signed for the object is compared with first."""
+        if source not in self._addresses:
+            try:
+                await self.sign(source)
+            except ObjectError:
+                return None
+        return self._addresses[source]
+
+    @staticmethod
+    def _remembered(memo: dict[tuple[str, str], tuple[float, str]], ref: ObjectRef) -> str | None:
+        found = memo.get((ref.scheme, ref.bucket))
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
 
     async def head(self, source: str) -> int:
         """The object's size, asked of the store; ObjectError with a code and a reason otherwise."""
         import obstore
 
         ref = parse_object_url(source)
-        known = self._head_failures.get((ref.scheme, ref.bucket))
+        known = self._remembered(self._head_failures, ref)
         if known is not None:
             raise ObjectError("SOURCE_UNREACHABLE", known)
         try:
@@ -265,8 +302,12 @@ class ObjectStores:
             ) from None
         except Exception as exc:  # noqa: BLE001 - obstore's errors by class name; every one becomes a reason
             code, reason = _head_failure(ref, exc)
-            if code == "SOURCE_UNREACHABLE":  # the bucket's, not the object's: later rows fail at once
-                self._head_failures[(ref.scheme, ref.bucket)] = reason
+            if code == "SOURCE_UNREACHABLE" and _no_connection(exc):  # the store's, not the object's
+                self._head_failures[(ref.scheme, ref.bucket)] = (
+                    time.monotonic() + MEMO_S,
+                    f"cannot reach the store of {ref.scheme}://{ref.bucket} ({_first_line(exc)}): check the "
+                    "endpoint, the region and the network",
+                )
             raise ObjectError(code, reason) from None
         return int(meta["size"])
 
@@ -293,6 +334,12 @@ def _sign_reason(ref: ObjectRef, exc: Exception) -> str:
         "az": "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY",
     }[ref.scheme]
     return f"cannot sign a URL for {ref.scheme}://{ref.bucket} ({_first_line(exc)}): {hint}"
+
+
+def _no_connection(exc: Exception) -> bool:
+    """Whether obstore's error says the store was not reached at all (not a status it answered)."""
+    text = str(exc).lower()
+    return any(s in text for s in ("error sending request", "connect", "timed out", "timeout", "dns"))
 
 
 def _head_failure(ref: ObjectRef, exc: Exception) -> tuple[str, str]:

@@ -59,7 +59,7 @@ class Tracked:
     ref_id: str | None = None
     follow: str | None = None  # see journal.py: a re-checked or existing job, not created by this attempt
     signed_until: float | None = None  # an object source: when its signed URL stops working (platform time)
-    progressed: bool = False  # seen in another in-progress status than at first (it left the queue)
+    progressed_at: float | None = None  # platform time it was first seen in another in-progress status
 
 
 @dataclass(frozen=True)
@@ -321,7 +321,8 @@ class Poller:
         ended = parse_api_date(updated_at)
         if (
             job.signed_until is not None
-            and not job.progressed  # seen encoding: the platform had fetched the source
+            # seen encoding while the signature still worked: the platform had fetched the source
+            and (job.progressed_at is None or job.progressed_at >= job.signed_until)
             and ended is not None
             and ended.timestamp() >= job.signed_until
         ):
@@ -448,8 +449,14 @@ class Poller:
         tracked.last_seen = now
         changed = job.encode_status != tracked.status
         verdict = self.status_map.classify(job.encode_status)
-        if changed and verdict == Verdict.IN_PROGRESS and tracked.status is not None:
-            tracked.progressed = True
+        if (
+            changed
+            and verdict == Verdict.IN_PROGRESS
+            and tracked.status is not None
+            and tracked.progressed_at is None
+        ):
+            moved = parse_api_date(job.updated_at)  # it left the queue: the source was fetched by then
+            tracked.progressed_at = moved.timestamp() if moved else float("-inf")
         tracked.status = job.encode_status
         if verdict != Verdict.IN_PROGRESS:
             self._final(

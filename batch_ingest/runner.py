@@ -94,11 +94,11 @@ async def run_manifest_async(
             from .sources import examine  # before the canary chooses: held rows are checked too
 
             plan = await examine(plan, settings, check=options.check_sources, probe=options.probe)
-        if not plan.ready.filter(pl.col("source_type") == SourceType.OBJECT).is_empty():
-            from .sources import check_signing
-
-            await check_signing(plan, settings.make_object_stores())
         taken = choose_subset(plan, options.subset)
+        if not plan.ready.filter(pl.col("source_type") == SourceType.OBJECT).is_empty():
+            from .sources import check_signing  # the rows sent now: held ones may go from elsewhere
+
+            await check_signing(plan, settings.make_object_stores(), rows=taken.taken if taken else None)
         run_id = options.run_dir.name if options.run_dir else new_run_id()
         path = options.run_dir or DEFAULT_REPORTS / run_id
         meta = run_meta(

@@ -76,7 +76,7 @@ async def check_url(client: httpx.AsyncClient, row: int, url: str) -> SourceChec
     started = time.monotonic()
     seen = [url]
     status: int | None = None
-    host = urlsplit(url).hostname
+    host = _host(url)
 
     def done(
         code: str | None, reason: str | None, *, size: int | None = None, content_type: str | None = None
@@ -100,7 +100,12 @@ async def check_url(client: httpx.AsyncClient, row: int, url: str) -> SourceChec
             # redirect's page) is read all the same, so that the connection serves the next check.
             length = response.headers.get("content-length", "")
             if length.isdigit() and int(length) <= KEEP_ALIVE_BODY:
-                await response.aread()
+                try:  # raw (never decoded), and within the timeout in all: a trickling body is let go
+                    async with asyncio.timeout(client.timeout.read or TIMEOUT_S):
+                        async for _ in response.aiter_raw():
+                            pass
+                except (TimeoutError, httpx.HTTPError, httpx.StreamError):
+                    pass  # the answer's head is what counts; the connection is dropped instead of kept
             await response.aclose()
         except httpx.TimeoutException:
             return done(
@@ -112,10 +117,20 @@ async def check_url(client: httpx.AsyncClient, row: int, url: str) -> SourceChec
                 SOURCE_UNREACHABLE,
                 f"cannot reach {host} ({type(exc).__name__}): check the host name and that it is up",
             )
+        except (
+            httpx.HTTPError,
+            httpx.StreamError,
+            ValueError,
+            UnicodeError,
+        ) as exc:  # a URL httpx cannot ask for
+            return done(
+                SOURCE_UNREACHABLE,
+                f"the URL cannot be requested ({type(exc).__name__}: {str(exc)[:80]}): fix the URL",
+            )
         status = response.status_code
         if status in (301, 302, 303, 307, 308) and "location" in response.headers:
             url = urljoin(url, response.headers["location"])
-            host = urlsplit(url).hostname
+            host = _host(url)
             if url in seen:
                 return done(
                     SOURCE_UNREACHABLE, f"the redirects loop back to {host}: give the video's final URL"
@@ -177,6 +192,14 @@ async def check_url(client: httpx.AsyncClient, row: int, url: str) -> SourceChec
     return done(None, None, size=size, content_type=content_type)
 
 
+def _host(url: str) -> str | None:
+    """The URL's host, or None when it has none that can be read (a malformed IPv6 literal)."""
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
 def _size(response: httpx.Response) -> int | None:
     """The whole source's size: from Content-Range on a 206, Content-Length on a 200."""
     if response.status_code == 206:
@@ -201,7 +224,7 @@ async def check_urls(
     their coroutines) exist at once, whatever the manifest's size."""
     queues: dict[str, deque[tuple[int, str]]] = {}
     for row, url in urls:
-        queues.setdefault(urlsplit(url).hostname or "", deque()).append((row, url))
+        queues.setdefault(_host(url) or "", deque()).append((row, url))
     waiting = sum(len(q) for q in queues.values())  # not yet taken by a worker
     busy: Counter[str] = Counter()
     turns = deque(queues)  # hosts with work and a free slot, each once, in turn
@@ -487,11 +510,13 @@ async def examine(
     return plan
 
 
-async def check_signing(plan: Plan, stores: ObjectStores) -> None:
-    """Sign one URL in each bucket the plan's ready object rows name, before anything is sent: a
-    store that cannot sign (no credentials, a wrong endpoint) stops the command with exit 2 and one
-    message, instead of failing every row of the bucket one by one."""
+async def check_signing(plan: Plan, stores: ObjectStores, *, rows: list[int] | None = None) -> None:
+    """Sign one URL in each bucket the plan's ready object rows (of `rows`, when given) name, before
+    anything is sent: a store that cannot sign here (no credentials) stops the command with exit 2
+    and one message, instead of failing every row of the bucket one by one."""
     ready = plan.ready.filter(pl.col("source_type") == SourceType.OBJECT)
+    if rows is not None:
+        ready = ready.filter(pl.col("row").is_in(rows))
     first: dict[tuple[str, str], str] = {}
     for source in ready["source"].to_list():
         ref = parse_object_url(source)

@@ -559,16 +559,17 @@ class Submitter:
     async def _look_up(self, task: RowTask, sent_at: float | None) -> Job | None:
         """The job an in-doubt create made, if the platform has it and this attempt could have made it."""
         earliest = self.client.platform_clock.floor(sent_at) if sent_at is not None else float("-inf")
+        address = await self._stores().address(task.source) if task.source_type == SourceType.OBJECT else None
         if task.ref_id:
             try:
                 job = await self.client.get_job_by_ref(task.ref_id)
             except NotFoundError:
                 return None
-            return job if self._plausible(job, task, earliest) else None
+            return job if self._plausible(job, task, earliest, address) else None
         page = 1
         while page <= LOOKUP_PAGES:
             result = await self.client.list_jobs(limit=100, page=page, sort="created_at", order="DESC")
-            candidates = [j for j in result.items if self._plausible(j, task, earliest)]
+            candidates = [j for j in result.items if self._plausible(j, task, earliest, address)]
             if candidates:
                 return min(candidates, key=lambda j: j.created_at or "")
             oldest = parse_api_date(result.items[-1].created_at) if result.items else None
@@ -577,16 +578,16 @@ class Submitter:
             page += 1
         return None
 
-    def _plausible(self, job: Job, task: RowTask, earliest: float) -> bool:
+    def _plausible(self, job: Job, task: RowTask, earliest: float, address: str | None) -> bool:
         if self.journal.knows_job(job.id):  # another row's, or one this run must never adopt
             return False
         created = parse_api_date(job.created_at)
         if created is not None and created.timestamp() < earliest:
             return False
         if task.source_type == SourceType.OBJECT:
-            # A signed URL differs at each attempt, and the host may be spelled otherwise after a resume
-            # (endpoint, region): the platform's echo is compared by bucket and key.
-            if job.source_url is not None and not names_object(job.source_url, task.source):
+            # A signed URL differs at each attempt: the echo is compared without its query with the
+            # store's address of the object, else by bucket and key (see names_object).
+            if job.source_url is not None and not names_object(job.source_url, task.source, address):
                 return False
         elif task.source_type == SourceType.URL:
             real = self.secret_sources.get(task.row) if task.source_secret else task.source

@@ -301,3 +301,12 @@ def test_a_manifest_sorted_by_host_keeps_every_host_busy():
     checks = asyncio.run(check_urls(urls, per_host=2, concurrency=8, transport=transport))
     assert [c.row for c in checks] == list(range(100)) and all(c.code is None for c in checks)
     assert transport.most == 8 and set(transport.most_per_host.values()) == {2}
+
+
+def test_urls_httpx_cannot_even_ask_for_are_unreachable_rows_not_a_crash():
+    """An IDNA-invalid host or a broken IPv6 literal passes the plan's URL rules; its check says
+    what is wrong instead of stopping every other check."""
+    urls = [(1, "http://xn--zz.com/v.mp4"), (2, "http://[::1/v.mp4"), (3, "https://cdn.example/ok.mp4")]
+    checks = asyncio.run(check_urls(urls, transport=_CountingTransport()))
+    assert [c.code for c in checks] == [SOURCE_UNREACHABLE, SOURCE_UNREACHABLE, None]
+    assert all("fix the URL" in (c.reason or "") or "check the host" in (c.reason or "") for c in checks[:2])

@@ -556,3 +556,27 @@ async def test_an_object_job_resumed_after_a_crash_still_tells_an_expired_signat
         assert found[1][2] == "SIGNATURE_EXPIRED" and found[2][2] == "ENCODE_FAILED", found
     finally:
         journal.close()
+
+
+@pytest.mark.parametrize(("left_queue_after", "code"), [(100, "SIGNATURE_EXPIRED"), (30, "ENCODE_FAILED")])
+async def test_an_object_job_is_blamed_on_its_signature_only_when_it_left_the_queue_after_its_end(
+    platform, clock, journal_dir, left_queue_after, code
+):
+    """Signed for 60 s: a job that started encoding 100 s after its create met a dead signature; one
+    that started after 30 s had fetched its source, and its later failure is the encode's."""
+    rows = [
+        {"row": 1, "key": "k1", "source": "s3://videos/a.mp4", "source_type": "object"} | {"status": "ready"}
+    ]
+    journal = Journal.create(journal_dir / "journal.sqlite", pl.DataFrame(rows, schema=PLAN_SCHEMA), {})
+    created = T0 - 10_000
+    try:
+        async with api(platform) as client:
+            p = poller(client, journal, clock, presign_ttl=60.0)
+            follow(p, journal, platform, 1, QUEUED, created, task=journal.task(1))
+            platform.put("job-1", ENCODING, created + left_queue_after)
+            await p.poll_once()
+            platform.put("job-1", FAILED, created + 200)
+            await p.poll_once()
+        assert states(journal, 1)[1][2] == code
+    finally:
+        journal.close()
