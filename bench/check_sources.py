@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -297,15 +296,10 @@ def configurations() -> list[Config]:
 
 
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.platform()}"
+    from run import machine as facts  # bench/run.py, beside this script: one description of the machine
+
+    m = facts()
+    return f"{m['cores']} cores, {m['cpu']}, Python {m['python']}, {m['platform']}"
 
 
 def table(results: list[dict[str, Any]], rows: int, latency: float) -> str:

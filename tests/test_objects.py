@@ -431,3 +431,24 @@ def test_a_resume_without_credentials_ends_the_unsigned_rows_as_errors_and_retry
     retried = run_cli(["retry", str(run_dir), "--report-dir", str(again), *FLAGS], {**server.env(), **s3})
     assert retried.exit_code == 0, retried.output
     assert report_of(again)["outcome"].to_list() == ["succeeded", "succeeded"] and len(server.jobs()) == 3
+
+
+def test_the_same_manifest_tomorrow_with_skip_existing_sends_no_object_twice(tmp_path, s3, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST, fetch_sources=True))
+    env = {**server.env(), **s3}
+    manifest = manifest_of(
+        tmp_path,
+        [
+            {"source": "s3://videos/good.mp4", "profile": "100", "ref_id": "good"},
+            {"source": "s3://videos/in folder/good copy.mp4", "profile": "100", "ref_id": "copy"},
+        ],
+    )
+    today = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "today"), *FLAGS], env)
+    assert today.exit_code == 0, today.output
+    tomorrow = run_cli(
+        ["run", str(manifest), "--report-dir", str(tmp_path / "tomorrow"), "--skip-existing", *FLAGS], env
+    )
+    assert tomorrow.exit_code == 0, tomorrow.output
+    assert report_of(tmp_path / "tomorrow")["outcome"].to_list() == ["skipped", "skipped"]
+    assert len(server.jobs()) == 2
+    assert_no_signature(tmp_path / "today", tmp_path / "tomorrow", today.output + tomorrow.output)
