@@ -98,7 +98,9 @@ def parse_object_url(source: str) -> ObjectRef:
     if key.endswith("/"):
         raise ValueError(f"{source!r} names a folder (it ends with /), not an object: give the video's key")
     if len(key.encode()) > MAX_KEY_BYTES:
-        raise ValueError(f"the object key is over {MAX_KEY_BYTES} bytes, longer than any store allows")
+        raise ValueError(
+            f"the object key is over {MAX_KEY_BYTES} bytes, longer than any store allows: check the row"
+        )
     if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(
             f"the key {key!r} has an empty, '.' or '..' segment, which the signer cannot address: "
