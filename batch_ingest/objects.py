@@ -354,7 +354,8 @@ def _head_failure(ref: ObjectRef, exc: Exception) -> tuple[str, str]:
         )
     return (
         "SOURCE_UNREACHABLE",
-        f"cannot look at {where} ({_first_line(exc)}): check the bucket, the region and the credentials",
+        f"cannot look at {where} ({_first_line(exc)}): check the endpoint (--s3-endpoint, AWS_ENDPOINT_URL), "
+        "the bucket, the region and the credentials",
     )
 
 

@@ -160,7 +160,12 @@ def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
             )
         retryable = [o for o in (Outcome.FAILED, Outcome.ERROR, Outcome.TIMED_OUT) if counts[o]]
         if retryable:
-            next_steps.append(f"batch-ingest retry {run.run_dir} --only {','.join(retryable)}")
+            step = f"batch-ingest retry {run.run_dir} --only {','.join(retryable)}"
+            if "error_code" in mine.columns and (mine["error_code"] == "SIGNATURE_EXPIRED").any():
+                # The signatures ran out in the platform's queue: the same lifetime would fail again.
+                ttl = int((run.summary.get("settings") or {}).get("presign_ttl") or 86_400)
+                step += f" --presign-ttl {min(ttl * 4, 7 * 86_400)}"
+            next_steps.append(step)
     return {
         "reports": [str(r.path) for r in runs],
         "rows": merged.height,

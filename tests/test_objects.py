@@ -198,6 +198,9 @@ def test_an_expired_signature_fails_with_its_code_and_retry_signs_again(tmp_path
     row = report_of(run_dir).row(0, named=True)
     assert row["outcome"] == "failed" and row["error_code"] == "SIGNATURE_EXPIRED", row
     assert "--presign-ttl" in row["error_message"]
+    # What `report` suggests next signs for longer: the same lifetime would expire again.
+    review = run_cli(["report", str(run_dir)])
+    assert f"batch-ingest retry {run_dir} --only failed --presign-ttl 240" in review.output, review.output
     again = tmp_path / "again"
     retried = run_cli(
         ["retry", str(run_dir), "--report-dir", str(again), "--presign-ttl", "3600", *FLAGS], env

@@ -34,9 +34,9 @@ check_sources_option = click.option(
     is_flag=False,
     flag_value="reject",
     default=None,
-    help="Fetch the first byte of every URL source (a ranged GET; never the SmartSTREAM API) before any "
-    "create, and reject rows whose source is missing, forbidden, unreachable or not a video; =warn only "
-    "reports them.",
+    help="Fetch the first byte of every URL source (a ranged GET) and look up every s3://, gs://, az:// "
+    "object in its store, before any create and never through the SmartSTREAM API; reject rows whose "
+    "source is missing, forbidden, unreachable or not a video; =warn only reports them.",
 )
 
 
