@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .shard import Shard
 from .subset import Subset
 from .vocabulary import SkipExisting
 
@@ -33,6 +34,7 @@ class RunOptions:
     subset: Subset | None = None  # a canary run's rows (run), or held rows to take (resume); subset.py
     check_sources: str | None = None  # run: None, "reject" or "warn" (sources.py)
     probe: ProbeOptions | None = None  # run: media probes before sending (sources.py, probe.py)
+    shard: Shard | None = None  # run: this process's part of the manifest; run_dir is then the root
 
     def __post_init__(self) -> None:
         if self.skip_existing is not None and not isinstance(self.skip_existing, SkipExisting):

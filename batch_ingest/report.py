@@ -309,6 +309,7 @@ class Summary(TypedDict, total=False):
     subsets: list[dict[str, Any]]  # only for a canary run
     resume_all: str
     media: dict[str, Any]  # only with --probe: rows probed and the minutes of video they hold
+    shard: dict[str, Any]  # only for a shard's run: index, count, by, origin
 
 
 def read_summary(run_dir: Path) -> Summary | None:

@@ -321,6 +321,8 @@ class RunDir:
                 "rows_without_ref_id": facts.without_ref_id,
                 "rows_without_ref_id_first": facts.without_ref_id_first,
             }
+        if meta.get("shard"):
+            summary["shard"] = meta["shard"]
         if facts.media_probed:
             summary["media"] = {"rows": facts.media_probed, "minutes": round(facts.media_seconds / 60, 2)}
         if "retry_of" in meta:

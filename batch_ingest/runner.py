@@ -24,6 +24,7 @@ from .progress import Progress
 from .rundir import RunDir, RunResult
 from .settings import SECRET_FIELDS as SECRET_SETTINGS
 from .settings import Settings
+from .shard import Shard
 from .subset import choose_subset, held_message, subset_record
 from .vocabulary import SourceType
 
@@ -85,6 +86,10 @@ async def run_manifest_async(
     manifest = Path(manifest)
     progress = progress or Progress()
     settings.require_api()
+    if options.shard is not None:
+        resumed, options, settings = await _shard_start(manifest, settings, options, transport, progress)
+        if resumed is not None:
+            return resumed
     if options.run_dir is not None:
         RunDir.check_new(options.run_dir)  # before a single request
     started = time.time()
@@ -94,6 +99,8 @@ async def run_manifest_async(
             from .sources import examine  # before the canary chooses: held rows are checked too
 
             plan = await examine(plan, settings, check=options.check_sources, probe=options.probe)
+        if options.shard is not None:  # after the checks: each shard checks only its rows, as it sends them
+            plan = _shard_plan(plan, options.shard)
         taken = choose_subset(plan, options.subset)
         if not plan.ready.filter(pl.col("source_type") == SourceType.OBJECT).is_empty():
             from .sources import check_signing  # the rows sent now: held ones may go from elsewhere
@@ -109,6 +116,8 @@ async def run_manifest_async(
             started_at=started,
             extras=plan.extras,
         )
+        if options.shard is not None:
+            meta["shard"] = options.shard.record()
         held = None
         if options.subset is not None and taken is not None:
             meta["subsets"] = [subset_record("run", options.subset, len(taken.taken))]
@@ -134,6 +143,71 @@ async def run_manifest_async(
                 secret_sources=plan.secrets,
             )
             return await work(run, spec)
+
+
+async def _shard_start(
+    manifest: Path,
+    settings: Settings,
+    options: RunOptions,
+    transport: httpx.AsyncBaseTransport | None,
+    progress: Progress,
+) -> tuple[RunResult | None, RunOptions, Settings]:
+    """A shard's folder under the run root: its run resumed when it holds one (a retried pod or array
+    child), else the options and settings of a new run there (this shard's share of the budget)."""
+    from dataclasses import replace
+
+    from .errors import UsageError
+    from .resume import resume_run_async
+    from .runfiles import JOURNAL_FILE
+    from .shard import check_root
+
+    shard = options.shard
+    assert shard is not None
+    if options.run_dir is None:
+        raise UsageError(
+            "--shard needs --report-dir ROOT: the folder the shards share (a volume), where shard I of N "
+            "keeps its run in ROOT/shard-I-of-N and finds it again when it is started again"
+        )
+    path = check_root(options.run_dir, shard)
+    if settings.rate and shard.count > 1:
+        # --rate is the account's: N shards share it (until a shared store paces them together).
+        settings = replace(settings, rate=settings.rate / shard.count)
+        progress.message(
+            f"{shard.describe()}: this shard paces itself at {settings.rate:g} requests per minute, "
+            f"1/{shard.count} of --rate"
+        )
+    if (path / JOURNAL_FILE).exists():
+        with RunDir.open(path, error_log=False) as run:
+            recorded = run.meta().get("shard") or {}
+        if recorded.get("count") != shard.count or recorded.get("index") != shard.index:
+            raise UsageError(
+                f"{path} holds a run that is not shard {shard.index} of {shard.count}: check --shard"
+            )
+        progress.message(f"{path} holds this shard's run: resuming it")
+        kept = replace(options, run_dir=path, shard=None, subset=None)
+        return (
+            await resume_run_async(path, settings, kept, transport=transport, progress=progress),
+            options,
+            settings,
+        )
+    return None, replace(options, run_dir=path), settings
+
+
+def _shard_plan(plan: Plan, shard: Shard) -> Plan:
+    """The plan's rows of this shard, with a note saying which and how many."""
+    from dataclasses import replace
+
+    from .shard import select
+
+    frame = select(plan.frame, shard)
+    rows = set(frame["row"].to_list())
+    note = f"{shard.describe()}: {frame.height} of the manifest's {plan.frame.height} rows"
+    return replace(
+        plan,
+        frame=frame,
+        secrets={r: url for r, url in plan.secrets.items() if r in rows},
+        notes=[*plan.notes, note],
+    )
 
 
 def run_manifest(

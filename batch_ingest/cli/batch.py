@@ -201,6 +201,18 @@ def submit_options(fn):
 @probe_options
 @extra_columns_option
 @subset_options("ready rows")
+@click.option(
+    "--shard",
+    "shard_spec",
+    metavar="I/N",
+    help="Run shard I (0-based) of N: the rows whose key hashes to I. auto/N takes I from "
+    "JOB_COMPLETION_INDEX (Kubernetes), AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch) or PARALLEL_SEQ (GNU "
+    "parallel). The run lives in REPORT_DIR/shard-I-of-N and resumes when started again; each shard "
+    "takes 1/N of --rate.",
+)
+@click.option(
+    "--shard-by", metavar="COLUMN", help="With --shard: hash this column's value instead of the row's key."
+)
 @submit_options
 @handle_errors
 def run(
@@ -223,6 +235,8 @@ def run(
     rows_range,
     sample,
     seed,
+    shard_spec,
+    shard_by,
     **options: Any,
 ) -> None:
     """Submit every row of MANIFEST, poll until every job finished, and write the report.
@@ -235,6 +249,13 @@ def run(
     """
     subset = _subset(limit, rows_range, sample, seed)
     probing = _probe(probe, max_size, max_duration)
+    shard = None
+    if shard_spec is not None:
+        from ..shard import parse_shard
+
+        shard = parse_shard(shard_spec, by=shard_by)
+    elif shard_by is not None:
+        raise click.UsageError("--shard-by needs --shard I/N")
     if dry_run:
         options.pop("log_file", None), options.pop("log_format", None)
         _validate(
@@ -268,6 +289,7 @@ def run(
             subset=subset,
             check_sources=check_sources,
             probe=probing,
+            shard=shard,
         )
         result = run_manifest(manifest, settings, run_options, progress=progress)
     if html is not None:
@@ -559,8 +581,10 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
     examples, duration percentiles, and the commands that retry or resume what did not succeed.
     """
     from ..review import format_review, load_run, merge_runs, not_succeeded, summarize, write_frame
+    from ..shard import shard_folders
 
-    runs = [load_run(p) for p in paths]
+    # A shards' run root stands for its shard folders.
+    runs = [load_run(run) for p in paths for run in (shard_folders(p) or [p])]
     merged = merge_runs(runs)
     info = summarize(merged, runs)
     shown = not_succeeded(merged) if failed else merged

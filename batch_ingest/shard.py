@@ -1,0 +1,127 @@
+"""Shards: one manifest split between N processes (`run --shard I/N`), on any engine.
+
+Row r belongs to shard `hash(key) mod N`, or with `--shard-by COLUMN` to `hash(value) mod N` (so that
+"the files on host X" stay together). The hash is SHA-256, so the split is the same on every
+machine, in every run and in every Python; every manifest row (rejected ones too) lands in exactly
+one shard, and keeps its manifest row number there. `auto/N` takes I from the engine:
+`JOB_COMPLETION_INDEX` (Kubernetes Indexed Job, 0-based), `AWS_BATCH_JOB_ARRAY_INDEX` (AWS Batch
+array job, 0-based) or `PARALLEL_SEQ` (GNU parallel's job sequence number, 1-based: its job slot
+`PARALLEL_JOBSLOT` is reused by later jobs, the sequence number is not).
+
+Shard I of N keeps its run in `ROOT/shard-I-of-N/` (ROOT is `--report-dir`): starting it again (a
+retried pod or array child) resumes that run; a ROOT that holds shards of another N is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from .errors import UsageError
+
+# Where `auto` looks for the index, in this order: (variable, what it is, offset to 0-based).
+ENGINES = (
+    ("JOB_COMPLETION_INDEX", "Kubernetes Indexed Job", 0),
+    ("AWS_BATCH_JOB_ARRAY_INDEX", "AWS Batch array job", 0),
+    ("PARALLEL_SEQ", "GNU parallel", -1),
+)
+_SPEC = re.compile(r"^\s*(auto|\d+)\s*/\s*(\d+)\s*$")
+_FOLDER = re.compile(r"^shard-(\d+)-of-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 0-based
+    count: int
+    by: str | None = None  # a column's value instead of the row's key
+    origin: str = "--shard"  # where the index came from
+
+    @property
+    def folder(self) -> str:
+        return f"shard-{self.index}-of-{self.count}"
+
+    def describe(self) -> str:
+        what = f"by column {self.by!r}" if self.by else "by row key"
+        return f"shard {self.index} of {self.count} (0-based, {what}; index from {self.origin})"
+
+    def record(self) -> dict[str, object]:
+        return {"index": self.index, "count": self.count, "by": self.by, "origin": self.origin}
+
+
+def parse_shard(text: str, *, by: str | None = None, env: Mapping[str, str] | None = None) -> Shard:
+    """`I/N` or `auto/N`; UsageError naming the fix otherwise."""
+    match = _SPEC.match(text)
+    if match is None:
+        raise UsageError(f"--shard {text!r}: give I/N (0 <= I < N, e.g. 0/8) or auto/N")
+    count = int(match.group(2))
+    if count < 1:
+        raise UsageError(f"--shard {text!r}: N must be at least 1")
+    if match.group(1) != "auto":
+        index, origin = int(match.group(1)), "--shard"
+    else:
+        env = os.environ if env is None else env
+        for name, engine, offset in ENGINES:
+            raw = env.get(name, "").strip()
+            if raw:
+                if not raw.isdigit():
+                    raise UsageError(f"--shard auto/{count}: {name}={raw!r} is not a whole number ({engine})")
+                index, origin = int(raw) + offset, f"{name} ({engine})"
+                break
+        else:
+            names = ", ".join(name for name, _, _ in ENGINES)
+            raise UsageError(
+                f"--shard auto/{count}: none of {names} is set: give the index as --shard I/{count}"
+            )
+    if not 0 <= index < count:
+        raise UsageError(f"--shard: index {index} (from {origin}) is not in 0..{count - 1} for N = {count}")
+    return Shard(index, count, by, origin)
+
+
+def shard_of(values: pl.Series, count: int) -> pl.Series:
+    """Each value's shard: the first 8 bytes of its SHA-256, mod `count` (null counts as empty)."""
+    return pl.Series(
+        [
+            int.from_bytes(hashlib.sha256((v or "").encode()).digest()[:8], "big") % count
+            for v in values.cast(pl.String).to_list()
+        ],
+        dtype=pl.Int64,
+    )
+
+
+def select(frame: pl.DataFrame, shard: Shard) -> pl.DataFrame:
+    """The plan's rows of this shard (the plan's row numbers and keys stay those of the whole manifest)."""
+    column = shard.by or "key"
+    if column not in frame.columns:
+        known = ", ".join(c for c in frame.columns if not c.startswith("_"))
+        raise UsageError(f"--shard-by {column!r}: the plan has no such column; choose one of: {known}")
+    # Rejected rows are keyed by their row number, so they spread over the shards like the others.
+    return frame.filter(shard_of(frame[column], shard.count) == shard.index)
+
+
+def check_root(root: Path, shard: Shard) -> Path:
+    """The shard's run folder under `root`; UsageError when `root` holds shards of another N."""
+    others = sorted(
+        {int(m.group(2)) for p in root.iterdir() if (m := _FOLDER.match(p.name)) and p.is_dir()}
+        if root.is_dir()
+        else set()
+    )
+    if any(n != shard.count for n in others):
+        raise UsageError(
+            f"{root} holds shards of N = {', '.join(map(str, others))}, not {shard.count}: keep N for a run "
+            "root (a different N would send rows twice), or give another --report-dir"
+        )
+    return root / shard.folder
+
+
+def shard_folders(path: Path) -> list[Path]:
+    """The shard run folders in a run root, in index order (empty when `path` is not a run root)."""
+    if not path.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in path.iterdir() if (m := _FOLDER.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
