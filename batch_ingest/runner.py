@@ -69,6 +69,10 @@ async def plan_run(manifest: Path, options: RunOptions, client: SmartStreamClien
         default_profile=options.default_profile,
         extra_columns=options.extra_columns,
     )
+    if options.shard is not None:
+        # On the plan the manifest alone makes: a row's shard never depends on what one process saw
+        # of the platform (profiles) or of the sources (checks), and each shard checks only its rows.
+        plan = _shard_plan(plan, options.shard)
     if client is not None:
         plan = await resolve_profiles(plan, client)
     return plan
@@ -99,8 +103,6 @@ async def run_manifest_async(
             from .sources import examine  # before the canary chooses: held rows are checked too
 
             plan = await examine(plan, settings, check=options.check_sources, probe=options.probe)
-        if options.shard is not None:  # after the checks: each shard checks only its rows, as it sends them
-            plan = _shard_plan(plan, options.shard)
         taken = choose_subset(plan, options.subset)
         if not plan.ready.filter(pl.col("source_type") == SourceType.OBJECT).is_empty():
             from .sources import check_signing  # the rows sent now: held ones may go from elsewhere
@@ -168,7 +170,12 @@ async def _shard_start(
             "--shard needs --report-dir ROOT: the folder the shards share (a volume), where shard I of N "
             "keeps its run in ROOT/shard-I-of-N and finds it again when it is started again"
         )
-    path = check_root(options.run_dir, shard)
+    try:
+        path = check_root(options.run_dir, shard, manifest)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot use {manifest} or --report-dir {options.run_dir} ({exc.strerror}): check both paths"
+        ) from None
     if settings.rate and shard.count > 1:
         # --rate is the account's: N shards share it (until a shared store paces them together).
         settings = replace(settings, rate=settings.rate / shard.count)
@@ -179,11 +186,27 @@ async def _shard_start(
     if (path / JOURNAL_FILE).exists():
         with RunDir.open(path, error_log=False) as run:
             recorded = run.meta().get("shard") or {}
-        if recorded.get("count") != shard.count or recorded.get("index") != shard.index:
+        mine = (shard.count, shard.index, shard.by)
+        if (recorded.get("count"), recorded.get("index"), recorded.get("by")) != mine:
             raise UsageError(
-                f"{path} holds a run that is not shard {shard.index} of {shard.count}: check --shard"
+                f"{path} holds a run that is not shard {shard.index} of {shard.count} by "
+                f"{shard.by or 'key'}: check --shard and --shard-by"
             )
         progress.message(f"{path} holds this shard's run: resuming it")
+        ignored = [
+            flag
+            for flag, given in (
+                ("--limit/--rows/--sample", options.subset is not None),
+                ("--check-sources", options.check_sources is not None),
+                ("--probe", options.probe is not None),
+            )
+            if given
+        ]
+        if ignored:
+            progress.message(
+                f"{', '.join(ignored)} ignored: the shard's run resumes as it was planned "
+                f"(`batch-ingest resume {path} --all` sends rows a canary held back)"
+            )
         kept = replace(options, run_dir=path, shard=None, subset=None)
         return (
             await resume_run_async(path, settings, kept, transport=transport, progress=progress),
@@ -199,7 +222,7 @@ def _shard_plan(plan: Plan, shard: Shard) -> Plan:
 
     from .shard import select
 
-    frame = select(plan.frame, shard)
+    frame = select(plan.frame, shard, plan.extras)
     rows = set(frame["row"].to_list())
     note = f"{shard.describe()}: {frame.height} of the manifest's {plan.frame.height} rows"
     return replace(

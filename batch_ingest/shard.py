@@ -15,6 +15,7 @@ retried pod or array child) resumes that run; a ROOT that holds shards of anothe
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -69,7 +70,7 @@ def parse_shard(text: str, *, by: str | None = None, env: Mapping[str, str] | No
         for name, engine, offset in ENGINES:
             raw = env.get(name, "").strip()
             if raw:
-                if not raw.isdigit():
+                if not (raw.isascii() and raw.isdigit()):
                     raise UsageError(f"--shard auto/{count}: {name}={raw!r} is not a whole number ({engine})")
                 index, origin = int(raw) + offset, f"{name} ({engine})"
                 break
@@ -84,28 +85,45 @@ def parse_shard(text: str, *, by: str | None = None, env: Mapping[str, str] | No
 
 
 def shard_of(values: pl.Series, count: int) -> pl.Series:
-    """Each value's shard: the first 8 bytes of its SHA-256, mod `count` (null counts as empty)."""
+    """Each value's shard: the first 8 bytes of its SHA-256, mod `count` (null counts as empty; a
+    value that is not text, as its text)."""
     return pl.Series(
         [
-            int.from_bytes(hashlib.sha256((v or "").encode()).digest()[:8], "big") % count
-            for v in values.cast(pl.String).to_list()
+            int.from_bytes(hashlib.sha256(("" if v is None else str(v)).encode()).digest()[:8], "big") % count
+            for v in values.to_list()
         ],
         dtype=pl.Int64,
     )
 
 
-def select(frame: pl.DataFrame, shard: Shard) -> pl.DataFrame:
-    """The plan's rows of this shard (the plan's row numbers and keys stay those of the whole manifest)."""
+# Columns a shard may be chosen by: the manifest's own (and the key), never a column the checks write.
+SHARD_BY = ("key", "source", "profile", "ref_id", "name", "description")
+
+
+def select(frame: pl.DataFrame, shard: Shard, extras: list[str] | tuple[str, ...] = ()) -> pl.DataFrame:
+    """The plan's rows of this shard (the plan's row numbers and keys stay those of the whole manifest).
+
+    Called on the plan as the manifest alone makes it, before profiles are looked up or sources
+    checked: a row's shard never depends on what one process saw of the network."""
     column = shard.by or "key"
-    if column not in frame.columns:
-        known = ", ".join(c for c in frame.columns if not c.startswith("_"))
-        raise UsageError(f"--shard-by {column!r}: the plan has no such column; choose one of: {known}")
+    allowed = [c for c in (*SHARD_BY, *extras) if c in frame.columns]
+    if column not in allowed:
+        raise UsageError(
+            f"--shard-by {column!r}: not a column of the manifest; choose one of: {', '.join(allowed)}"
+        )
     # Rejected rows are keyed by their row number, so they spread over the shards like the others.
     return frame.filter(shard_of(frame[column], shard.count) == shard.index)
 
 
-def check_root(root: Path, shard: Shard) -> Path:
-    """The shard's run folder under `root`; UsageError when `root` holds shards of another N."""
+ROOT_RECORD = "shards.json"
+
+
+def check_root(root: Path, shard: Shard, manifest: Path) -> Path:
+    """The shard's run folder under `root`, after checking (or, for the first shard, writing) the
+    root's record: N, --shard-by and the manifest's SHA-256 must be those of every shard, or rows
+    would land in no shard or in two. UsageError naming the fix otherwise."""
+    if (root / "journal.sqlite").exists():
+        raise UsageError(f"{root} holds a run of its own: give the shards a new --report-dir")
     others = sorted(
         {int(m.group(2)) for p in root.iterdir() if (m := _FOLDER.match(p.name)) and p.is_dir()}
         if root.is_dir()
@@ -116,7 +134,47 @@ def check_root(root: Path, shard: Shard) -> Path:
             f"{root} holds shards of N = {', '.join(map(str, others))}, not {shard.count}: keep N for a run "
             "root (a different N would send rows twice), or give another --report-dir"
         )
+    mine = {
+        "count": shard.count,
+        "by": shard.by,
+        "manifest_sha256": _sha256(manifest),
+        "manifest": str(manifest),
+    }
+    record = root / ROOT_RECORD
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        with open(record, "x", encoding="utf-8") as f:  # the first shard of the root writes it
+            json.dump(mine, f, indent=2)
+        os.chmod(record, 0o600)
+    except FileExistsError:
+        try:
+            theirs = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            theirs = {}
+        for key, what in (("count", "N"), ("by", "--shard-by"), ("manifest_sha256", "manifest")):
+            if theirs.get(key) != mine[key]:
+                raise UsageError(
+                    f"{root} holds shards of another {what} ({record} says {theirs.get(key if key != 'manifest_sha256' else 'manifest')!r}): "
+                    "every shard of a root runs the same manifest with the same --shard N and --shard-by; "
+                    "give a new --report-dir for another"
+                ) from None
     return root / shard.folder
+
+
+def expected(path: Path) -> int | None:
+    """N of a run root (from its record), or None when `path` is not one."""
+    try:
+        return int(json.loads((path / ROOT_RECORD).read_text(encoding="utf-8"))["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def shard_folders(path: Path) -> list[Path]:

@@ -31,11 +31,12 @@ def test_shard_by_a_column_keeps_its_values_together():
         {"row": range(1, 61), "key": [f"k{i}" for i in range(60)], "host": ["a", "b", "c"] * 20}
     )
     for i in range(4):
-        hosts = select(frame, Shard(i, 4, by="host"))["host"].unique().to_list()
+        hosts = select(frame, Shard(i, 4, by="host"), ["host"])["host"].unique().to_list()
         for host in hosts:  # a host's rows are all in this shard
-            assert select(frame, Shard(i, 4, by="host")).filter(pl.col("host") == host).height == 20
-    with pytest.raises(UsageError, match=r"--shard-by 'nas'.*choose one of: row, key, host"):
-        select(frame, Shard(0, 2, by="nas"))
+            assert select(frame, Shard(i, 4, by="host"), ["host"]).filter(pl.col("host") == host).height == 20
+    # Only the manifest's columns: never one the checks write (a row's shard would move with them).
+    with pytest.raises(UsageError, match=r"--shard-by 'row'.*choose one of: key, host"):
+        select(frame, Shard(0, 2, by="row"), ["host"])
 
 
 @pytest.mark.parametrize(
@@ -122,3 +123,46 @@ def test_a_shard_needs_a_root_and_takes_its_share_of_the_rate(tmp_path, emulator
     assert shared.exit_code == 0, shared.output
     assert "300 requests per minute, 1/2 of --rate" in shared.output
     assert summary_of(tmp_path / "r" / "shard-0-of-2")["settings"]["rate"] == 300
+
+
+def test_a_rows_shard_does_not_depend_on_what_one_shard_saw_of_its_sources(tmp_path, emulator_server):
+    """Shard 0 checks sources that cannot be reached (all rejected there), shard 1 does not check:
+    still every row in exactly one shard, none sent twice (the split comes before any check)."""
+    from batch_ingest.emulator.server import free_port
+
+    server = emulator_server(EmulatorConfig(**FAST))
+    dead = f"http://127.0.0.1:{free_port()}"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("source,profile\n" + "".join(f"{dead}/v{i}.mp4,100\n" for i in range(20)))
+    root = tmp_path / "root"
+    first = run_cli(
+        ["run", str(manifest), "--report-dir", str(root), "--shard", "0/2", "--check-sources", *FLAGS],
+        server.env(),
+    )
+    assert first.exit_code == 1, first.output  # its rows are rejected
+    second = run_cli(
+        ["run", str(manifest), "--report-dir", str(root), "--shard", "1/2", *FLAGS], server.env()
+    )
+    assert second.exit_code == 0, second.output
+    rows = [report_of(root / f"shard-{i}-of-2")["row"].to_list() for i in range(2)]
+    assert sorted(rows[0] + rows[1]) == list(range(1, 21)) and not set(rows[0]) & set(rows[1])
+    assert len(server.jobs()) == len(rows[1])
+
+
+def test_a_root_keeps_one_manifest_one_n_and_one_shard_by(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = mixed_manifest(tmp_path, 10)
+    root = tmp_path / "root"
+    ok = run_cli(["run", str(manifest), "--report-dir", str(root), "--shard", "0/2", *FLAGS], server.env())
+    assert ok.exit_code == 0, ok.output
+    by = run_cli(
+        ["run", str(manifest), "--report-dir", str(root), "--shard", "1/2", "--shard-by", "source", *FLAGS],
+        server.env(),
+    )
+    assert by.exit_code == 2 and "another --shard-by" in by.output
+    other = tmp_path / "other.csv"
+    other.write_text(manifest.read_text() + "https://cdn.example.com/extra.mp4,100,,x\n")
+    changed = run_cli(["run", str(other), "--report-dir", str(root), "--shard", "1/2", *FLAGS], server.env())
+    assert changed.exit_code == 2 and "another manifest" in changed.output
+    half = run_cli(["report", str(root)])
+    assert "lacks shard-1-of-2" in half.output

@@ -256,6 +256,8 @@ def run(
         shard = parse_shard(shard_spec, by=shard_by)
     elif shard_by is not None:
         raise click.UsageError("--shard-by needs --shard I/N")
+    if shard is not None and dry_run:
+        raise click.UsageError("--dry-run plans the whole manifest: leave out --shard (or use validate)")
     if dry_run:
         options.pop("log_file", None), options.pop("log_format", None)
         _validate(
@@ -581,10 +583,18 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
     examples, duration percentiles, and the commands that retry or resume what did not succeed.
     """
     from ..review import format_review, load_run, merge_runs, not_succeeded, summarize, write_frame
-    from ..shard import shard_folders
+    from ..shard import expected, shard_folders
 
-    # A shards' run root stands for its shard folders.
+    # A shards' run root stands for its shard folders; one it is missing is named, not left out quietly.
     runs = [load_run(run) for p in paths for run in (shard_folders(p) or [p])]
+    for p in paths:
+        if (count := expected(p)) is not None and len(shard_folders(p)) < count:
+            found = {f.name for f in shard_folders(p)}
+            missing = [f"shard-{i}-of-{count}" for i in range(count) if f"shard-{i}-of-{count}" not in found]
+            echo(
+                f"batch-ingest: warning: {p} lacks {', '.join(missing)}: their rows are not in this report",
+                err=True,
+            )
     merged = merge_runs(runs)
     info = summarize(merged, runs)
     shown = not_succeeded(merged) if failed else merged
