@@ -203,6 +203,23 @@ class CarriedRow:
     job_profile_id: int | None = None
 
 
+NEW_SUFFIX = ".new"  # a journal being built (see Journal.create)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (best effort where a folder cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class Journal:
     """Open with `Journal.create` (new run) or `Journal.open` (resume, report)."""
 
@@ -237,10 +254,16 @@ class Journal:
             raise UsageError(
                 f"{path} already exists: a run folder holds one journal; resume that run instead"
             )
+        # Built whole beside its place, then renamed into it: a process killed meanwhile (a 200,000-row
+        # journal takes seconds) leaves no half journal that every later start would refuse, only a
+        # `.new` file that a new run in the folder clears (nothing was sent before the journal was).
+        building = path.with_name(path.name + NEW_SUFFIX)
+        for leftover in (building, *(building.with_name(building.name + s) for s in ("-wal", "-shm"))):
+            leftover.unlink(missing_ok=True)
         # Created private first: SQLite gives the -wal and -shm files the database file's mode.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-        conn = cls._connect(path)
-        journal = cls(path, conn)
+        os.close(os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        conn = cls._connect(building)
+        journal = cls(building, conn)
         conn.executescript(_SCHEMA)
         is_held = pl.col("row").is_in(held[0]) if held else pl.lit(False)
         frame = plan.select(
@@ -280,7 +303,11 @@ class Journal:
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [("schema_version", str(SCHEMA_VERSION))] + [(k, json.dumps(v)) for k, v in meta.items()],
             )
-        return journal
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()  # the last connection: the -wal and -shm files go with it
+        os.replace(building, path)
+        _fsync_folder(path.parent)
+        return cls(path, cls._connect(path))
 
     @classmethod
     def open(cls, path: Path, *, migrate: bool = True) -> Journal:

@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from .errors import EXIT_ABORTED, EXIT_INTERRUPTED, UsageError, error_log_folder
-from .journal import Journal
+from .journal import NEW_SUFFIX, Journal
 from .report import (
     ReportFacts,
     Summary,
@@ -33,7 +33,7 @@ from .report import (
     write_report_in_chunks,
     write_summary,
 )
-from .runfiles import JOURNAL_FILE, LOCK_FILE, PLAN_PARQUET, REPORT_CSV, REPORT_PARQUET
+from .runfiles import ERROR_LOG, JOURNAL_FILE, LOCK_FILE, PLAN_PARQUET, REPORT_CSV, REPORT_PARQUET
 from .runlock import RunLock, make_private
 from .vocabulary import SkipExisting
 
@@ -158,7 +158,10 @@ class RunDir:
         if path.exists() and not path.is_dir():
             raise UsageError(f"--report-dir {path} is a file, not a folder")
         foreign = sorted(p.name for p in path.iterdir() if p.name != LOCK_FILE) if path.is_dir() else []
-        if foreign:
+        # What a run's creation leaves when it dies before its journal is in place: nothing was sent
+        # yet, so a new run may take the folder (its plan and journal replace these).
+        unfinished = {PLAN_PARQUET, ERROR_LOG, *(JOURNAL_FILE + NEW_SUFFIX + s for s in ("", "-wal", "-shm"))}
+        if foreign and not set(foreign) <= unfinished:
             more = ", ..." if len(foreign) > 5 else ""
             raise UsageError(
                 f"{path} is not empty and holds no run ({', '.join(foreign[:5])}{more}): "

@@ -166,3 +166,20 @@ def test_a_root_keeps_one_manifest_one_n_and_one_shard_by(tmp_path, emulator_ser
     assert changed.exit_code == 2 and "another manifest" in changed.output
     half = run_cli(["report", str(root)])
     assert "lacks shard-1-of-2" in half.output
+
+
+def test_a_shard_killed_while_creating_its_run_starts_again(tmp_path, emulator_server):
+    """What a kill -9 leaves before the journal is in place (the plan, a journal being built): the
+    restarted shard takes the folder, since nothing was sent yet."""
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = mixed_manifest(tmp_path, 8)
+    folder = tmp_path / "root" / "shard-0-of-2"
+    folder.mkdir(parents=True)
+    (folder / "plan.parquet").write_bytes(b"half a plan")
+    (folder / "journal.sqlite.new").write_bytes(b"half a journal")
+    result = run_cli(
+        ["run", str(manifest), "--report-dir", str(tmp_path / "root"), "--shard", "0/2", *FLAGS], server.env()
+    )
+    assert result.exit_code == 0, result.output
+    assert not (folder / "journal.sqlite.new").exists()
+    assert len(server.jobs()) == report_of(folder).filter(pl.col("outcome") == "succeeded").height

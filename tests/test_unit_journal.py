@@ -313,3 +313,22 @@ def test_open_refuses_a_journal_of_a_newer_schema(journal, path):
     journal.close()
     with pytest.raises(UsageError, match="schema 99"):
         Journal.open(path)
+
+
+def test_a_journal_that_dies_while_being_built_leaves_no_half_journal(path, monkeypatch):
+    """Killed (here: failing) while its rows go in, a new journal leaves only its `.new` file, which
+    the next creation clears: never a `journal.sqlite` without its meta that every start refuses."""
+    import types
+
+    def dies(value: Any) -> str:
+        raise KeyboardInterrupt  # as a kill -9 would: after the rows went in, before the meta
+
+    monkeypatch.setattr("batch_ingest.journal.json", types.SimpleNamespace(dumps=dies))
+    with pytest.raises(KeyboardInterrupt):
+        Journal.create(path, plan(3), {"run_id": "r1"})
+    monkeypatch.undo()
+    assert not path.exists() and path.with_name(path.name + ".new").exists()
+    j = Journal.create(path, plan(3), {"run_id": "r2"})
+    assert j.meta()["run_id"] == "r2" and j.counts() == {"pending": 3}
+    assert not path.with_name(path.name + ".new").exists()
+    j.close()
