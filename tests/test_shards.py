@@ -165,7 +165,11 @@ def test_a_root_keeps_one_manifest_one_n_and_one_shard_by(tmp_path, emulator_ser
     changed = run_cli(["run", str(other), "--report-dir", str(root), "--shard", "1/2", *FLAGS], server.env())
     assert changed.exit_code == 2 and "another manifest" in changed.output
     half = run_cli(["report", str(root)])
-    assert "lacks shard-1-of-2" in half.output
+    assert "no report yet from shard-1-of-2" in half.output
+    (root / "shard-1-of-2").mkdir()  # started, no report yet: named as well, the rest still reported
+    (root / "shard-1-of-2" / "plan.parquet").write_bytes(b"x")
+    running = run_cli(["report", str(root)])
+    assert running.exit_code == 0 and "no report yet from shard-1-of-2" in running.output
 
 
 def test_a_shard_killed_while_creating_its_run_starts_again(tmp_path, emulator_server):

@@ -585,16 +585,31 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
     from ..review import format_review, load_run, merge_runs, not_succeeded, summarize, write_frame
     from ..shard import expected, shard_folders
 
-    # A shards' run root stands for its shard folders; one it is missing is named, not left out quietly.
-    runs = [load_run(run) for p in paths for run in (shard_folders(p) or [p])]
+    # A shards' run root stands for its shard folders; one it lacks, or one without a report yet (still
+    # running, or stopped before it wrote one), is named, not left out quietly.
+    runs = []
     for p in paths:
-        if (count := expected(p)) is not None and len(shard_folders(p)) < count:
-            found = {f.name for f in shard_folders(p)}
-            missing = [f"shard-{i}-of-{count}" for i in range(count) if f"shard-{i}-of-{count}" not in found]
+        shards = shard_folders(p)
+        if not shards:
+            runs.append(load_run(p))
+            continue
+        count = expected(p) or len(shards)
+        names = {f.name for f in shards}
+        unreported = [f"shard-{i}-of-{count}" for i in range(count) if f"shard-{i}-of-{count}" not in names]
+        for folder in shards:
+            try:
+                runs.append(load_run(folder))
+            except BatchIngestError:
+                unreported.append(folder.name)
+        if unreported:
             echo(
-                f"batch-ingest: warning: {p} lacks {', '.join(missing)}: their rows are not in this report",
+                f"batch-ingest: warning: {p}: no report yet from {', '.join(sorted(unreported))} (not started, "
+                "running, or stopped: `batch-ingest resume` on its folder finishes it): their rows are not in "
+                "this report",
                 err=True,
             )
+    if not runs:
+        raise click.UsageError("no shard of these run roots has a report yet")
     merged = merge_runs(runs)
     info = summarize(merged, runs)
     shown = not_succeeded(merged) if failed else merged
