@@ -64,10 +64,6 @@ class ObjectRef:
         return f"{self.scheme}://{self.bucket}/{self.key}"
 
 
-def is_object_url(source: str) -> bool:
-    return source.split("://", 1)[0].lower() in SCHEMES and "://" in source
-
-
 def parse_object_url(source: str) -> ObjectRef:
     """The bucket and key of an object URL; ValueError with a reason that names the fix."""
     match = _OBJECT_URL.match(source)
@@ -361,18 +357,21 @@ def _head_failure(ref: ObjectRef, exc: Exception) -> tuple[str, str]:
 
 async def head_objects(
     stores: ObjectStores, sources: Iterable[tuple[int, str]], *, concurrency: int
-) -> list[tuple[int, int | None, ObjectError | None]]:
-    """(row, size, error) for each object source, `concurrency` store requests at a time, in row order."""
+) -> list[tuple[int, int | None, ObjectError | None, float]]:
+    """(row, size, error, seconds taken) for each object source, `concurrency` store requests at a
+    time, in row order."""
     gate = asyncio.Semaphore(concurrency)
-    found: list[tuple[int, int | None, ObjectError | None]] = []
+    found: list[tuple[int, int | None, ObjectError | None, float]] = []
 
     async def one(row: int, source: str) -> None:
+        started = time.monotonic()
         try:
-            found.append((row, await stores.head(source), None))
+            size, error = await stores.head(source), None
         except ObjectError as exc:
-            found.append((row, None, exc))
+            size, error = None, exc
         finally:
             gate.release()
+        found.append((row, size, error, round(time.monotonic() - started, 3)))
 
     async with asyncio.TaskGroup() as group:
         for row, source in sources:

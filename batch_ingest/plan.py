@@ -23,7 +23,7 @@ from polars.expr.whenthen import ChainedThen, Then
 from .errors import ManifestError, NotFoundError
 from .journal import FRAME_SCHEMA
 from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
-from .objects import object_problem
+from .objects import SCHEMES, object_problem
 from .redact import redact_url
 from .report import REPORT_COLUMNS
 from .text import first_few
@@ -34,7 +34,7 @@ DUPLICATE_KEY = "DUPLICATE_KEY"
 PROFILE_NOT_FOUND = "JOB_PROFILE_NOT_FOUND"
 _SCHEME = r"^[A-Za-z][A-Za-z0-9+.\-]*:"
 _DRIVE = r"^[A-Za-z]:[\\/]"
-_OBJECT_SCHEME = r"(?i)^(s3|gs|az)://"
+_OBJECT_SCHEME = rf"(?i)^({'|'.join(SCHEMES)})://"
 _HTTP = r"(?i)^https?://(?:[^/\s?#@]*@)?[^/\s?#@]+(?:[/?#]\S*)?$"
 # Plan columns in order; the manifest's own other columns follow them.
 PLAN_COLUMNS = (

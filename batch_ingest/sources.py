@@ -320,12 +320,10 @@ async def check_objects(
     """Existence and size of each object, asked of its store (never through a signed URL)."""
     if not sources:
         return []
-    started = time.monotonic()
     found = await head_objects(stores, sources, concurrency=concurrency)
-    elapsed = round(time.monotonic() - started, 3)
     buckets = dict(sources)
     checks = []
-    for row, size, error in found:
+    for row, size, error, elapsed in found:
         bucket = parse_object_url(buckets[row]).bucket
         code: str | None = None
         reason: str | None = None

@@ -514,29 +514,21 @@ class Submitter:
         if task.source_type in (SourceType.URL, SourceType.OBJECT):
             assert task.job_profile_id is not None
             # An object is signed for this attempt only: the URL lives in this call and nowhere else.
-            if task.source_type == SourceType.OBJECT:
-                signed = await self._stores().sign(task.source)
-                try:
-                    return await self.client.create_job(
-                        signed,
-                        task.job_profile_id,
-                        ref_id=task.ref_id,
-                        name=task.name,
-                        description=task.description,
-                        on_admitted=admitted,
-                    )
-                except ApiError as exc:  # a server that echoes the URL, in whatever form, must not leak it
+            signed = await self._stores().sign(task.source) if task.source_type == SourceType.OBJECT else None
+            try:
+                return await self.client.create_job(
+                    signed or self._source(task),
+                    task.job_profile_id,
+                    ref_id=task.ref_id,
+                    name=task.name,
+                    description=task.description,
+                    on_admitted=admitted,
+                )
+            except ApiError as exc:  # a server that echoes a signed URL, in whatever form, must not leak it
+                if signed is not None:
                     exc.message = scrub_signed(exc.message, signed)
                     exc.args = (exc.message,)
-                    raise
-            return await self.client.create_job(
-                self._source(task),
-                task.job_profile_id,
-                ref_id=task.ref_id,
-                name=task.name,
-                description=task.description,
-                on_admitted=admitted,
-            )
+                raise
         async with self._uploads:
             return await self.client.upload_job(
                 task.source_path or task.source,
