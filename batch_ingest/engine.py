@@ -72,6 +72,11 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     )
     for note in spec.notes:
         progress.message(note)
+    if (members := getattr(client.limiter, "members_seen", None)) is not None:
+        progress.message(
+            f"rate: --rate {settings.rate:g} per minute is shared through the rate store by {members} "
+            "process(es) now, this one included"
+        )
     no_ref = run.journal.rows_without_ref() if options.skip_existing else []
     if no_ref:
         progress.message(

@@ -176,8 +176,12 @@ async def _shard_start(
         raise UsageError(
             f"cannot use {manifest} or --report-dir {options.run_dir} ({exc.strerror}): check both paths"
         ) from None
-    if settings.rate and shard.count > 1:
-        # --rate is the account's: N shards share it (until a shared store paces them together).
+    if settings.rate and shard.count > 1 and settings.rate_store:
+        progress.message(
+            f"{shard.describe()}: --rate {settings.rate:g} is shared with every process on the rate store"
+        )
+    elif settings.rate and shard.count > 1:
+        # --rate is the account's: without a shared store, N shards split it evenly.
         settings = replace(settings, rate=settings.rate / shard.count)
         progress.message(
             f"{shard.describe()}: this shard paces itself at {settings.rate:g} requests per minute, "

@@ -122,6 +122,35 @@ class ApiUrl(Kind):
         return text
 
 
+class StoreUrl(Kind):
+    """The address of a shared rate store: `redis://HOST:PORT/DB` (also `rediss://` for TLS, `valkey://`,
+    and `redis+unix:///path`). A password in it is kept, and masked wherever settings are shown."""
+
+    def __call__(self, source: str, value: Any, secret: bool) -> str:
+        from .api.sharedrate import SCHEMES
+
+        text = str(value).strip()
+        example = "redis://127.0.0.1:6379/0"
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            raise ConfigError(
+                f"{source} is not a valid URL (got {redact_url(text)!r}): use e.g. {example}"
+            ) from None
+        unix = parts.scheme.endswith("+unix")
+        if parts.scheme not in SCHEMES or (not unix and not parts.hostname) or (unix and not parts.path):
+            raise ConfigError(
+                f"{source} must name a Redis (or Valkey) server such as {example}, got {redact_url(text)!r}"
+            )
+        db = parts.path.strip("/")
+        if not unix and db and not (db.isascii() and db.isdigit()):
+            raise ConfigError(
+                f"{source}: the database after the host is a number (e.g. {example}), got {db!r}"
+            )
+        return text
+
+
 @dataclass(frozen=True)
 class Number(Kind):
     """A finite number, at least `minimum`."""
@@ -368,6 +397,15 @@ class Settings:
             "(0: no pacing, a minute's budget at once)",
         ),
     )
+    rate_store: str | None = field(
+        default=None,
+        metadata=setting(
+            StoreUrl(),
+            "a Redis (`redis://HOST:PORT/DB`) through which every process naming it shares one `--rate`: "
+            "shards and independent runs of the same account alike",
+            default_text="none: this process alone (a shard: `--rate` / N)",
+        ),
+    )
     max_in_flight: int = field(
         default=0,
         metadata=setting(
@@ -452,6 +490,8 @@ class Settings:
             value = getattr(self, spec.name)
             if spec.secret or spec.private:
                 value = "********" if value else ""
+            elif isinstance(spec.kind, StoreUrl) and value:
+                value = redact_url(value)  # a password in the store's URL
             elif isinstance(value, EncodeStatusMap):
                 value = str(value)
             out[spec.name] = value
@@ -469,7 +509,6 @@ class Settings:
         # without loading httpx.
         from .api.auth import Auth
         from .api.client import SmartStreamClient
-        from .api.ratelimit import RateLimiter
 
         self.require_api()
         assert self.merchant_id and self.api_key
@@ -477,7 +516,7 @@ class Settings:
             base_url=self.api_url,
             merchant_id=self.merchant_id,
             auth=Auth(self.api_key, token=self.token, email=self.email, password=self.password),
-            limiter=limiter or RateLimiter(self.rate, burst=self.burst or None),
+            limiter=limiter or self._make_limiter(),
             transport=transport,
             max_connections=max_connections or self.concurrency + 1,
             connect_timeout=self.connect_timeout,
@@ -485,6 +524,21 @@ class Settings:
             get_retries=self.retries,
             bwlimit=self.bwlimit,
         )
+
+    def _make_limiter(self) -> RateLimiter:
+        from .api.ratelimit import RateLimiter
+
+        if self.rate_store and self.rate > 0:
+            from .api.sharedrate import SharedRateLimiter, namespace_for
+
+            assert self.merchant_id
+            return SharedRateLimiter(
+                self.rate_store,
+                self.rate,
+                namespace=namespace_for(self.api_url, self.merchant_id),
+                burst=self.burst or None,
+            )
+        return RateLimiter(self.rate, burst=self.burst or None)
 
     def make_object_stores(self) -> ObjectStores:
         """What signs and looks at `s3://`, `gs://` and `az://` sources, configured from these settings."""

@@ -17,6 +17,7 @@ import pytest
 from batch_ingest.emulator import EmulatorConfig, EmulatorProcess, EmulatorServer
 
 from .helpers import Api, FakeClock, asgi_api, client_for
+from .redis_server import RedisServer
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +63,15 @@ def emulator_process() -> Iterator[Callable[..., EmulatorProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real `redis-server` on a free loopback port for this test (stopped with it)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(params=["socket", "asgi"])

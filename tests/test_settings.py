@@ -51,6 +51,7 @@ def test_every_setting_resolves_from_its_environment_variable_and_its_config_key
     samples = {
         "api_url": "https://api.example.com",
         "s3_endpoint": "http://127.0.0.1:9000",
+        "rate_store": "redis://127.0.0.1:6379/0",
         "bwlimit": "1M",
         "encode_status_map": "succeeded=2;failed=3",
         "allow_http": "true",
@@ -70,6 +71,8 @@ def test_defaults_are_the_declared_ones_and_secrets_are_masked():
     assert {"api_key", "token", "password"} == SECRET_FIELDS
     shown = resolve_settings(env={"SMARTSTREAM_TOKEN": "t0ken", "SMARTSTREAM_EMAIL": "a@b.c"}).masked()
     assert shown["token"] == shown["email"] == "********" and shown["api_key"] == ""
+    store = resolve_settings(env={"SMARTSTREAM_RATE_STORE": "redis://:pa55@redis:6379/1"}).masked()
+    assert "pa55" not in store["rate_store"] and store["rate_store"].endswith("@redis:6379/1")
 
 
 @pytest.mark.parametrize(

@@ -114,7 +114,7 @@ class SmartStreamClient:
         self.platform_clock = PlatformClock()
         # Bytes per second for every upload of this client together (0: no limit).
         self.bandwidth = ByteRate(bwlimit) if bwlimit > 0 else None
-        self.on_notice: Callable[[str], Any] = lambda text: None  # long waits are announced here
+        self._on_notice: Callable[[str], Any] = lambda text: None
         self._announced_until = 0.0
         self._prefix = f"/v1/merchants/{quote(merchant_id, safe='')}"
         timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None)
@@ -157,14 +157,26 @@ class SmartStreamClient:
         """The pool with the most free connections."""
         return max(range(len(self._pools)), key=lambda i: self._sizes[i] - self._busy[i])
 
+    @property
+    def on_notice(self) -> Callable[[str], Any]:
+        """Where long waits and the rate limiter's news are announced."""
+        return self._on_notice
+
+    @on_notice.setter
+    def on_notice(self, notice: Callable[[str], Any]) -> None:
+        self._on_notice = notice
+        self.limiter.on_notice = notice
+
     async def __aenter__(self) -> SmartStreamClient:
+        await self.limiter.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pools."""
+        """Close the connection pools (and leave a shared rate store)."""
+        await self.limiter.aclose()
         for pool in self._pools:
             await pool.aclose()
 

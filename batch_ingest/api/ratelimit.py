@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 from .defaults import BURST as DEFAULT_BURST
 
@@ -90,6 +91,13 @@ class RateLimiter:
         self._factor = 1.0
         self._backoff = BACKOFF_START_S
         self.rate_limited_total = 0
+        self.on_notice: Callable[[str], Any] = lambda text: None  # what the user should hear of
+
+    async def start(self) -> None:
+        """Before the first request (a shared limiter joins its store here)."""
+
+    async def aclose(self) -> None:
+        """After the last request (a shared limiter leaves its store here)."""
 
     @property
     def budget(self) -> int:
