@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from .aio import wait_any
 from .api.client import SmartStreamClient
 from .errors import (
     EXIT_ABORTED,
@@ -62,6 +63,7 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     progress, options, settings, client = spec.progress, spec.options, spec.settings, spec.client
     signals = _Signals(stop, progress, run) if options.handle_signals else None
     client.on_notice = progress.message
+    run.journal.set_meta(no_wait=options.no_wait)  # the report says `submitted`, not `interrupted`
     counts = run.journal.counts()
     to_submit = sum(counts.get(s, 0) for s in (RowState.PENDING, RowState.SENDING))
     progress.start(
@@ -107,6 +109,8 @@ async def work(run: RunDir, spec: Work) -> RunResult:
             in_doubt_delay=settings.in_doubt_delay,
             max_failures=options.max_failures,
             skip_existing=options.skip_existing,
+            adopt_existing=options.adopt_existing,
+            send_without_ref_id=options.send_without_ref_id,
             max_in_flight=settings.max_in_flight,
             status_map=settings.encode_status_map,
         ),
@@ -124,9 +128,12 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     poller.on_resend = submitter.resend
     poller.on_follow_end = submitter.wake
     poller.on_job_end = submitter.job_ended
+    if options.no_wait:
+        # Jobs are left to `collect`: a followed job (re-check, --skip-existing) is not waited for here.
+        submitter.following = lambda: 0
     poller.resume_in_flight()
     try:
-        internal = await _submit_and_poll(submitter, poller, stop, progress)
+        internal = await _submit_and_poll(submitter, poller, stop, progress, wait=not options.no_wait)
     finally:
         if signals is not None:
             signals.remove()
@@ -155,9 +162,12 @@ async def work(run: RunDir, spec: Work) -> RunResult:
 
 
 async def _submit_and_poll(
-    submitter: Submitter, poller: Poller, stop: asyncio.Event, progress: Progress
+    submitter: Submitter, poller: Poller, stop: asyncio.Event, progress: Progress, *, wait: bool = True
 ) -> BaseException | None:
-    """Run both to the end (or to `stop` plus the grace period); the failure that escaped them, if any."""
+    """Run both to the end (or to `stop` plus the grace period); the failure that escaped them, if any.
+
+    Without `wait` (`run --no-wait`) nothing is polled: jobs final in their create answer are
+    recorded, the others stay `submitted` for `collect`."""
     submitting_done = asyncio.Event()
 
     async def submit() -> None:
@@ -167,6 +177,10 @@ async def _submit_and_poll(
             submitting_done.set()
 
     async def poll() -> None:
+        if not wait:
+            await wait_any(submitting_done, stop)
+            poller.finish_ready()
+            return
         try:
             await poller.run(submitting_done, stop)
         except AuthError as exc:

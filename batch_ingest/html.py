@@ -27,6 +27,7 @@ COLORS: dict[str, str] = {
     Outcome.INTERRUPTED: "#546e7a",
     Outcome.SKIPPED: "#1565c0",
     Outcome.HELD: "#9e9d24",
+    Outcome.SUBMITTED: "#00838f",
 }
 MAX_TABLE_ROWS = 5000
 

@@ -35,6 +35,9 @@ class RunOptions:
     check_sources: str | None = None  # run: None, "reject" or "warn" (sources.py)
     probe: ProbeOptions | None = None  # run: media probes before sending (sources.py, probe.py)
     shard: Shard | None = None  # run: this process's part of the manifest; run_dir is then the root
+    no_wait: bool = False  # run: submit and record the job ids, leave following them to `collect`
+    adopt_existing: bool = False  # run: adopt the jobs an earlier run of a row created (a lost run folder)
+    send_without_ref_id: bool = False  # with adopt_existing: send rows that cannot be looked up anyway
 
     def __post_init__(self) -> None:
         if self.skip_existing is not None and not isinstance(self.skip_existing, SkipExisting):

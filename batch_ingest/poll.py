@@ -20,15 +20,16 @@ import heapq
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .aio import unless_stopped, wait_any
 from .api.client import MAX_PAGE_SIZE, MAX_POLL_PAGES, SmartStreamClient
 from .api.models import EncodeStatusMap, Job, MalformedRecord, Verdict, parse_api_date
 from .errors import EndlessListing, MalformedResponse, NotFoundError, TransientApiError
-from .journal import JobUpdate, Journal, RowTask
+from .journal import InFlight, JobUpdate, RowTask
 from .progress import Progress
 from .vocabulary import (
+    ADOPTED_MESSAGE,
     EXISTING_MESSAGE,
     RESEND_ON_FAILURE,
     TIMED_OUT_MESSAGE,
@@ -44,6 +45,16 @@ TAIL_INTERVAL_S = 2.0  # the poll interval once submission is over: the run ends
 SLACK_FOR_QUICK_POLLS = (
     0.5  # while submitting, poll at the tail interval when this share of the budget is unused
 )
+
+
+class PollJournal(Protocol):
+    """What a poller reads and writes: a run's `Journal`, or the journals of many (`collect.Collection`)."""
+
+    def in_flight(self) -> list[InFlight]: ...
+
+    def record_progress(self, updates: list[JobUpdate]) -> None: ...
+
+    def resend(self, row: int, old_job_id: str, reason: str) -> None: ...
 
 
 @dataclass
@@ -82,7 +93,7 @@ class Poller:
     def __init__(
         self,
         client: SmartStreamClient,
-        journal: Journal,
+        journal: PollJournal,
         policy: PollPolicy,
         *,
         progress: Progress,
@@ -228,7 +239,7 @@ class Poller:
                 await wait_any(stop, submitting_done, timeout=interval, sleep=self._sleep)
             if stop.is_set():
                 return
-            self._finish_ready()
+            self.finish_ready()
             if self._jobs:
                 await self._poll_within_deadlines(stop)
 
@@ -255,7 +266,7 @@ class Poller:
         if not poll.cancelled():
             poll.result()
 
-    def _finish_ready(self) -> None:
+    def finish_ready(self) -> None:
         """Record jobs already final (from a create answer) and jobs past their timeout, for free."""
         now = self._clock()
         updates: list[JobUpdate] = []
@@ -338,6 +349,8 @@ class Poller:
             RowState.TIMED_OUT: ("JOB_TIMEOUT", TIMED_OUT_MESSAGE),
             RowState.SKIPPED: (None, EXISTING_MESSAGE),  # a followed existing job succeeded
         }.get(state, (None, None))
+        if job.follow == Follow.ADOPTED:  # the report says where the job came from, however it ended
+            message = f"{message}; {ADOPTED_MESSAGE}" if message else ADOPTED_MESSAGE
         updates.append(JobUpdate(job.row, status, updated_at, state, now, code, message))
 
     def _resend(self, job: Tracked, reason: str) -> None:

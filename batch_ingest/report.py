@@ -74,9 +74,13 @@ def _api_time(name: str) -> pl.Expr:
     return pl.col(name).str.to_datetime("%Y-%m-%dT%H:%M:%S%.3fZ", time_zone="UTC", strict=False)
 
 
-def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -> pl.DataFrame:
-    """Join plan and journal into the report frame, in manifest order."""
-    unfinished = pl.col("state").is_in([s.value for s in INTERRUPTED_STATES])
+def build_report(
+    plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str], *, handed_to_collect: bool = False
+) -> pl.DataFrame:
+    """Join plan and journal into the report frame, in manifest order. With `handed_to_collect` (the
+    run's last segment was `run --no-wait`), a submitted row is `submitted`, not `interrupted`."""
+    handed = (pl.col("state") == RowState.SUBMITTED.value) if handed_to_collect else pl.lit(False)
+    unfinished = pl.col("state").is_in([s.value for s in INTERRUPTED_STATES]) & ~handed
     frame = plan.join(journal, on="row", how="left", suffix="_journal", maintain_order="left")
     unchecked = [
         pl.lit(None, dtype).alias(c)
@@ -86,11 +90,17 @@ def build_report(plan: pl.DataFrame, journal: pl.DataFrame, extras: list[str]) -
     frame = frame.with_columns(*unchecked).with_columns(
         pl.when(unfinished)
         .then(pl.lit(Outcome.INTERRUPTED.value))
+        .when(handed)
+        .then(pl.lit(Outcome.SUBMITTED.value))
         .otherwise(pl.col("state"))
         .alias("outcome"),
         pl.coalesce(pl.col("journal_profile_id"), pl.col("job_profile_id")).alias("job_profile_id"),
         pl.coalesce(pl.col("error_code_journal"), pl.col("error_code")).alias("error_code"),
-        pl.when(unfinished & pl.col("error_message").is_null())
+        pl.when(handed & pl.col("error_message").is_null())
+        .then(
+            pl.lit("submitted without waiting (--no-wait): `batch-ingest collect` follows the job to its end")
+        )
+        .when(unfinished & pl.col("error_message").is_null())
         .then(
             pl.when(pl.col("state") == RowState.SENDING)
             .then(
@@ -163,6 +173,7 @@ def write_report_in_chunks(
     run_dir: Path,
     *,
     chunk_rows: int = REPORT_CHUNK_ROWS,
+    handed_to_collect: bool = False,
 ) -> ReportFacts:
     """Build and write report.parquet and report.csv from the plan and the journal, a chunk
     of rows at a time, so that a million-row report never sits in memory whole; return its facts.
@@ -185,7 +196,7 @@ def write_report_in_chunks(
                     if part.height
                     else journal.to_frame(0, -1)
                 )
-                chunk = build_report(part, states, extras)
+                chunk = build_report(part, states, extras, handed_to_collect=handed_to_collect)
                 if schema is None:
                     schema = dict(chunk.schema)
                 else:  # a column all null in one chunk keeps the type it has in the others

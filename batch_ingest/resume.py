@@ -156,6 +156,9 @@ async def resume_run_async(
             if options.max_failures is not None
             else stored.get("max_failures"),
             skip_existing=options.skip_existing or skip_mode(stored.get("skip_existing")),
+            adopt_existing=options.adopt_existing or bool(stored.get("adopt_existing")),
+            send_without_ref_id=options.send_without_ref_id or bool(stored.get("send_without_ref_id")),
+            no_wait=options.no_wait,
         )
         settings.require_api()
         return await continue_run(

@@ -35,7 +35,7 @@ from .report import (
 )
 from .runfiles import ERROR_LOG, JOURNAL_FILE, LOCK_FILE, PLAN_PARQUET, REPORT_CSV, REPORT_PARQUET
 from .runlock import RunLock, make_private
-from .vocabulary import SkipExisting
+from .vocabulary import Outcome, SkipExisting
 
 # The segment figures a summary adds up over every process that worked the run.
 SEGMENT_SUMS = (
@@ -245,7 +245,10 @@ class RunDir:
 
     def write_report(self) -> ReportFacts:
         """Write the report (Parquet and CSV) from the plan and the journal as they are now."""
-        return write_report_in_chunks(self.plan, self.journal, self.extras, self.path)
+        handed = bool(self.meta().get("no_wait"))  # the last segment left its jobs to `collect`
+        return write_report_in_chunks(
+            self.plan, self.journal, self.extras, self.path, handed_to_collect=handed
+        )
 
     def finished_result(self) -> RunResult | None:
         """The result of a finished run as its files hold it, or None when a file is missing or unreadable."""
@@ -275,6 +278,10 @@ class RunDir:
         (a failure that escaped the workers) wins over an interruption, which wins over an abort."""
         facts = self.write_report()
         exit_code = facts.exit_code
+        if self.meta().get("no_wait") and not facts.outcomes.get(Outcome.INTERRUPTED):
+            # `run --no-wait` did its part once every row is submitted or ended: the verdict on the rows
+            # is `collect`'s (an engine must not hold the collector back for a failed row).
+            exit_code = 0
         if abort_reason:
             exit_code = EXIT_ABORTED
         if interrupted:

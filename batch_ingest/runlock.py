@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import RunInUse, UsageError
 from .runfiles import LOCK_FILE
 
 
@@ -27,7 +27,7 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        """Take the lock, or raise UsageError (exit 2) naming the process that holds it."""
+        """Take the lock, or raise RunInUse (exit 75) naming the process that holds it."""
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
@@ -38,7 +38,7 @@ class RunLock:
             holder = _read_pid(fd)
             os.close(fd)
             who = f"process {holder}" if holder else "another process"
-            raise UsageError(
+            raise RunInUse(
                 f"{self.run_dir} is in use by {who} (batch-ingest run, resume or retry): "
                 "one process per run folder; wait for it to end or stop it, then try again"
             ) from None

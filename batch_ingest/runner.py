@@ -57,6 +57,9 @@ def run_meta(settings: Settings, options: RunOptions, **values: Any) -> dict[str
             "fmt": options.fmt,
             "skip_existing": options.skip_existing,
             "extra_columns": list(options.extra_columns),
+            "no_wait": options.no_wait,
+            "adopt_existing": options.adopt_existing,
+            "send_without_ref_id": options.send_without_ref_id,
         },
     }
 
@@ -90,6 +93,23 @@ async def run_manifest_async(
     manifest = Path(manifest)
     progress = progress or Progress()
     settings.require_api()
+    if options.adopt_existing and options.skip_existing:
+        from .errors import UsageError
+
+        raise UsageError(
+            "--adopt-existing and --skip-existing answer the same question two ways (adopt the job as this "
+            "run's, or skip the row): choose one"
+        )
+    if options.send_without_ref_id and not (options.adopt_existing or options.shard):
+        from .errors import UsageError
+
+        raise UsageError("--send-without-ref-id goes with --adopt-existing (or --shard, which implies it)")
+    if options.no_wait and settings.max_in_flight:
+        from .errors import UsageError
+
+        raise UsageError(
+            "--no-wait cannot keep --max-in-flight: only polling sees jobs end. Leave out one of them"
+        )
     if options.shard is not None:
         resumed, options, settings = await _shard_start(manifest, settings, options, transport, progress)
         if resumed is not None:
@@ -216,6 +236,19 @@ async def _shard_start(
             await resume_run_async(path, settings, kept, transport=transport, progress=progress),
             options,
             settings,
+        )
+    if not options.skip_existing and not options.adopt_existing:
+        # No folder: a first start, or a shard that lost its disk (a pod evicted without a volume). Its
+        # jobs may exist already: rows with a ref_id are looked up before anything is sent.
+        options = replace(options, adopt_existing=True)
+        progress.message(
+            f"{path} holds no run: if this shard ran before and lost its folder, its jobs are on the platform; "
+            "rows with a ref_id are looked up and existing jobs adopted (--adopt-existing, implied)"
+            + (
+                ""
+                if options.send_without_ref_id
+                else "; rows without ref_id are not sent (--send-without-ref-id sends them)"
+            )
         )
     return None, replace(options, run_dir=path), settings
 

@@ -41,7 +41,16 @@ from .journal import Journal, RowTask
 from .objects import ObjectError, ObjectStores, names_object, scrub_signed
 from .progress import Progress
 from .redact import redact_url
-from .vocabulary import EXISTING_FAILED_MESSAGE, EXISTING_MESSAGE, Follow, RowState, SkipExisting, SourceType
+from .vocabulary import (
+    ADOPTED_MESSAGE,
+    EXISTING_FAILED_MESSAGE,
+    EXISTING_MESSAGE,
+    NO_REF_ID_MESSAGE,
+    Follow,
+    RowState,
+    SkipExisting,
+    SourceType,
+)
 
 LOOKUP_PAGES = 5  # newest-jobs pages searched for an in-doubt row without ref_id
 
@@ -68,6 +77,8 @@ class SubmitPolicy:
     in_doubt_delay: float = 2.0
     max_failures: int | None = None  # None: never stop for failures
     skip_existing: SkipExisting | None = None
+    adopt_existing: bool = False  # a row's job made by an earlier run (a lost run folder) is this run's
+    send_without_ref_id: bool = False  # with adopt_existing: send rows that cannot be looked up anyway
     max_in_flight: int = 0  # 0: no cap on jobs queued or encoding on the platform
     status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
 
@@ -142,13 +153,14 @@ class Submitter:
         whose followed job failed, until no followed job is left."""
         stopper = asyncio.create_task(self._abandon_on_stop())
         try:
-            if self.policy.skip_existing:
+            if self.policy.skip_existing or self.policy.adopt_existing:
+                flag = "--skip-existing" if self.policy.skip_existing else "--adopt-existing"
                 try:
                     await unless_stopped(self._prepare_skip_existing(), self.stop)
                 except AuthError as exc:
                     self.abort(f"authentication failed: {exc}")
                 except ApiError as exc:  # a listing without end, a refused or failing read after its retries
-                    self.abort(f"--skip-existing could not read the platform's jobs: {exc}")
+                    self.abort(f"{flag} could not read the platform's jobs: {exc}")
             await self._run_queue()
         finally:
             stopper.cancel()
@@ -336,6 +348,54 @@ class Submitter:
             self.follow(task.row, job, now, task, follow)
         return True
 
+    async def _adopt_if_exists(self, task: RowTask) -> bool:
+        """--adopt-existing: True when the platform holds a job for this row's ref_id that no other row of the
+        run has: it is this run's job now (an earlier run of the row created it and lost its folder).
+
+        A job already final ends the row as it ended (`succeeded` or `failed`, the run's own outcome, not
+        `skipped`); one still encoding is followed to its end like a job this run created."""
+        job = await self._find_existing(task)
+        if job is None or self.journal.knows_job(job.id):
+            return False
+        verdict = self.policy.status_map.classify(job.encode_status)
+        profile_id = _profile_id(job.job_profile_id)
+        now = self._clock()
+        # Claimed by the journal entry written next, with no await in between (see _skip_if_exists).
+        if verdict in (Verdict.SUCCEEDED, Verdict.FAILED):
+            state = RowState.SUCCEEDED if verdict == Verdict.SUCCEEDED else RowState.FAILED
+            self.journal.mark_existing(
+                task.row,
+                state=state,
+                job_id=job.id,
+                media_id=job.media_id,
+                encode_status=job.encode_status,
+                job_profile_id=profile_id,
+                created_at=job.created_at,
+                updated_at=job.updated_at,
+                now=now,
+                message=ADOPTED_MESSAGE,
+            )
+            if state == RowState.FAILED:
+                self.count_failure()
+            self.progress.row_finished(state, row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
+            return True
+        self.journal.mark_submitted(
+            task.row,
+            job_id=job.id,
+            media_id=job.media_id,
+            job_profile_id=profile_id,
+            encode_status=job.encode_status,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            now=now,
+            follow=Follow.ADOPTED,
+            message=ADOPTED_MESSAGE,
+        )
+        self.progress.row_submitted(row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
+        if self.follow is not None:
+            self.follow(task.row, job, now, task, Follow.ADOPTED)
+        return True
+
     def _source(self, task: RowTask) -> str:
         """The URL or path to send: a redacted URL's real form comes from memory only."""
         if not task.source_secret:
@@ -367,9 +427,26 @@ class Submitter:
             self.count_failure()
 
     async def _submit_row_or_raise(self, task: RowTask) -> None:
-        if self.policy.skip_existing and task.ref_id and task.state == RowState.PENDING:
+        adopting = self.policy.adopt_existing and not self.policy.skip_existing
+        if (
+            adopting
+            and not task.ref_id
+            and task.state == RowState.PENDING
+            and not self.policy.send_without_ref_id
+        ):
+            self.journal.mark_error(
+                task.row, http_status=None, code="NO_REF_ID", message=NO_REF_ID_MESSAGE, now=self._clock()
+            )
+            self.progress.row_finished(
+                RowState.ERROR, row=task.row, key=task.key, error=f"NO_REF_ID: {NO_REF_ID_MESSAGE}"
+            )
+            self.count_failure()
+            return
+        if (self.policy.skip_existing or adopting) and task.ref_id and task.state == RowState.PENDING:
             try:
-                if await self._skip_if_exists(task):
+                if await (
+                    self._skip_if_exists(task) if self.policy.skip_existing else self._adopt_if_exists(task)
+                ):
                     return
             except AuthError as exc:
                 self.abort(f"authentication failed: {exc}")

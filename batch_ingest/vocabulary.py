@@ -50,13 +50,15 @@ class Outcome(StrEnum):
     INTERRUPTED = "interrupted"
     SKIPPED = "skipped"
     HELD = "held"
+    SUBMITTED = "submitted"  # `run --no-wait`: created and handed to `collect`, not followed here
 
 
 # The report's outcomes in the order summaries list them.
 OUTCOMES: tuple[Outcome, ...] = tuple(Outcome)
 # Outcomes that are not a failure: the exit code, "not succeeded" lists and retries leave them out.
 # `held`: a canary run's row outside its subset, not yet sent (subset.py).
-NOT_FAILED_OUTCOMES = frozenset({Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.HELD})
+# `submitted`: a `run --no-wait` row whose job `collect` follows.
+NOT_FAILED_OUTCOMES = frozenset({Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.HELD, Outcome.SUBMITTED})
 # Outcomes `retry` takes (rejected rows need a fixed manifest; held rows are sent by `resume --all`).
 RETRYABLE_OUTCOMES = (Outcome.FAILED, Outcome.ERROR, Outcome.TIMED_OUT, Outcome.INTERRUPTED)
 
@@ -79,6 +81,7 @@ class Follow(StrEnum):
     RECHECK = "recheck"  # a timed-out row re-checked by `retry`
     EXISTING = "existing"  # a job --skip-existing found still encoding
     EXISTING_ANY = "existing-any"  # the same under --skip-existing=any: its failure is reported, not resent
+    ADOPTED = "adopted"  # --adopt-existing: a job an earlier run of this row created, this run's own now
 
 
 # A followed job that fails sends its row again under these.
@@ -112,5 +115,12 @@ class SkipExisting(StrEnum):
 EXISTING_MESSAGE = "a job with this ref_id already exists on the platform (--skip-existing)"
 EXISTING_FAILED_MESSAGE = (
     "the job with this ref_id on the platform failed; not sent again (--skip-existing=any)"
+)
+ADOPTED_MESSAGE = (
+    "adopted: the job an earlier run of this row created (--adopt-existing, e.g. a shard that lost its disk)"
+)
+NO_REF_ID_MESSAGE = (
+    "not sent: --adopt-existing cannot look a row without ref_id up, so sending it might ingest it twice; give "
+    "rows ref_ids (or shards a persistent volume), or pass --send-without-ref-id; `batch-ingest retry` sends it"
 )
 TIMED_OUT_MESSAGE = "the job did not finish within --job-timeout"

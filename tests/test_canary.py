@@ -128,7 +128,7 @@ def test_widening_a_run_folder_another_process_holds_is_refused_and_takes_nothin
     lock.write_pid()
     try:
         busy = run_cli(["resume", str(run_dir), "--all", *FLAGS], server.env())
-        assert busy.exit_code == 2 and f"in use by process {os.getpid()}" in busy.output, busy.output
+        assert busy.exit_code == 75 and f"in use by process {os.getpid()}" in busy.output, busy.output
     finally:
         lock.release()
     from batch_ingest.journal import Journal

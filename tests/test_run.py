@@ -94,6 +94,7 @@ def test_mixed_manifest_report_cell_by_cell(tmp_path, emulator_server):
         "interrupted": 0,
         "skipped": 0,
         "held": 0,
+        "submitted": 0,
     }
     assert summary["exit_code"] == 1
     assert summary["api_requests"] == server.stats()["requests_total"]

@@ -365,14 +365,15 @@ def test_a_locked_run_folder_is_refused_naming_the_holder(tmp_path, emulator_ser
     lock.write_pid()
     try:
         holder = f"{run_dir} is in use by process {os.getpid()}"
-        for args, says in (
-            (["resume", str(run_dir)], holder),
-            (["retry", str(run_dir)], holder),
+        for args, says, code in (
+            (["resume", str(run_dir)], holder, 75),  # in use: the same command later succeeds
+            (["retry", str(run_dir)], holder, 75),
+            (["collect", str(run_dir)], holder, 75),
             # A new run is refused for the journal already there, before it would ask for the lock.
-            (["run", str(tmp_path / "manifest.csv"), "--report-dir", str(run_dir)], "already holds a run"),
+            (["run", str(tmp_path / "manifest.csv"), "--report-dir", str(run_dir)], "already holds a run", 2),
         ):
             result = run_cli([*args, *FLAGS], server.env())
-            assert result.exit_code == 2, (args, result.output)
+            assert result.exit_code == code, (args, result.output)
             assert says in result.output, (args, result.output)
     finally:
         lock.release()
@@ -386,8 +387,8 @@ def test_two_resumes_started_together_send_each_row_once(tmp_path, emulator_serv
     procs = [spawn_cli(["resume", str(run_dir), "--max-failures", "1000", *FLAGS], env) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     codes = sorted(p.returncode for p in procs)
-    assert codes == [1, 2], outs  # the winner finishes the run (some rows failed before); the other exits 2
-    loser = outs[[p.returncode for p in procs].index(2)]
+    assert codes == [1, 75], outs  # the winner finishes the run (some rows failed before); the other: in use
+    loser = outs[[p.returncode for p in procs].index(75)]
     assert "in use by process" in loser[1] and "Traceback" not in loser[1]
     check_consistent(run_dir, server, 60)
 

@@ -79,14 +79,27 @@ def test_three_shards_cover_the_manifest_once_and_a_restarted_shard_resumes(tmp_
     root = tmp_path / "root"
     for i in range(3):
         result = run_cli(
-            ["run", str(manifest), "--report-dir", str(root), "--shard", f"{i}/3", *FLAGS], server.env()
+            [
+                "run",
+                str(manifest),
+                "--report-dir",
+                str(root),
+                "--shard",
+                f"{i}/3",
+                "--send-without-ref-id",
+                *FLAGS,
+            ],
+            server.env(),
         )
         assert result.exit_code == 0, result.output
         assert summary_of(root / f"shard-{i}-of-3")["shard"]["count"] == 3
     sent = len(server.jobs())
     assert sent == 30  # every row once, no row twice
     # Shard 1's pod is retried: it finds its run and resumes it, sending nothing again.
-    again = run_cli(["run", str(manifest), "--report-dir", str(root), "--shard", "1/3", *FLAGS], server.env())
+    again = run_cli(
+        ["run", str(manifest), "--report-dir", str(root), "--shard", "1/3", "--send-without-ref-id", *FLAGS],
+        server.env(),
+    )
     assert again.exit_code == 0, again.output
     assert len(server.jobs()) == sent
     # The root stands for its shards: one merged report of the whole manifest, by manifest row.
@@ -96,14 +109,17 @@ def test_three_shards_cover_the_manifest_once_and_a_restarted_shard_resumes(tmp_
     rows = sorted(r for i in range(3) for r in report_of(root / f"shard-{i}-of-3")["row"].to_list())
     assert rows == list(range(1, 31))
     # Another N on the same root would split the rows otherwise: refused.
-    other = run_cli(["run", str(manifest), "--report-dir", str(root), "--shard", "0/4", *FLAGS], server.env())
+    other = run_cli(
+        ["run", str(manifest), "--report-dir", str(root), "--shard", "0/4", "--send-without-ref-id", *FLAGS],
+        server.env(),
+    )
     assert other.exit_code == 2 and "holds shards of N = 3, not 4" in other.output
 
 
 def test_a_shard_needs_a_root_and_takes_its_share_of_the_rate(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 6)
-    lonely = run_cli(["run", str(manifest), "--shard", "0/2", *FLAGS], server.env())
+    lonely = run_cli(["run", str(manifest), "--shard", "0/2", "--send-without-ref-id", *FLAGS], server.env())
     assert lonely.exit_code == 2 and "--shard needs --report-dir ROOT" in lonely.output
     flags = [f for f in FLAGS if f != "-q"]
     shared = run_cli(
@@ -114,6 +130,7 @@ def test_a_shard_needs_a_root_and_takes_its_share_of_the_rate(tmp_path, emulator
             str(tmp_path / "r"),
             "--shard",
             "0/2",
+            "--send-without-ref-id",
             *flags[:-2],
             "--rate",
             "600",
@@ -136,12 +153,23 @@ def test_a_rows_shard_does_not_depend_on_what_one_shard_saw_of_its_sources(tmp_p
     manifest.write_text("source,profile\n" + "".join(f"{dead}/v{i}.mp4,100\n" for i in range(20)))
     root = tmp_path / "root"
     first = run_cli(
-        ["run", str(manifest), "--report-dir", str(root), "--shard", "0/2", "--check-sources", *FLAGS],
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(root),
+            "--shard",
+            "0/2",
+            "--send-without-ref-id",
+            "--check-sources",
+            *FLAGS,
+        ],
         server.env(),
     )
     assert first.exit_code == 1, first.output  # its rows are rejected
     second = run_cli(
-        ["run", str(manifest), "--report-dir", str(root), "--shard", "1/2", *FLAGS], server.env()
+        ["run", str(manifest), "--report-dir", str(root), "--shard", "1/2", "--send-without-ref-id", *FLAGS],
+        server.env(),
     )
     assert second.exit_code == 0, second.output
     rows = [report_of(root / f"shard-{i}-of-2")["row"].to_list() for i in range(2)]
@@ -153,16 +181,33 @@ def test_a_root_keeps_one_manifest_one_n_and_one_shard_by(tmp_path, emulator_ser
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = mixed_manifest(tmp_path, 10)
     root = tmp_path / "root"
-    ok = run_cli(["run", str(manifest), "--report-dir", str(root), "--shard", "0/2", *FLAGS], server.env())
+    ok = run_cli(
+        ["run", str(manifest), "--report-dir", str(root), "--shard", "0/2", "--send-without-ref-id", *FLAGS],
+        server.env(),
+    )
     assert ok.exit_code == 0, ok.output
     by = run_cli(
-        ["run", str(manifest), "--report-dir", str(root), "--shard", "1/2", "--shard-by", "source", *FLAGS],
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(root),
+            "--shard",
+            "1/2",
+            "--send-without-ref-id",
+            "--shard-by",
+            "source",
+            *FLAGS,
+        ],
         server.env(),
     )
     assert by.exit_code == 2 and "another --shard-by" in by.output
     other = tmp_path / "other.csv"
     other.write_text(manifest.read_text() + "https://cdn.example.com/extra.mp4,100,,x\n")
-    changed = run_cli(["run", str(other), "--report-dir", str(root), "--shard", "1/2", *FLAGS], server.env())
+    changed = run_cli(
+        ["run", str(other), "--report-dir", str(root), "--shard", "1/2", "--send-without-ref-id", *FLAGS],
+        server.env(),
+    )
     assert changed.exit_code == 2 and "another manifest" in changed.output
     half = run_cli(["report", str(root)])
     assert "no report yet from shard-1-of-2" in half.output
@@ -182,7 +227,17 @@ def test_a_shard_killed_while_creating_its_run_starts_again(tmp_path, emulator_s
     (folder / "plan.parquet").write_bytes(b"half a plan")
     (folder / "journal.sqlite.new").write_bytes(b"half a journal")
     result = run_cli(
-        ["run", str(manifest), "--report-dir", str(tmp_path / "root"), "--shard", "0/2", *FLAGS], server.env()
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(tmp_path / "root"),
+            "--shard",
+            "0/2",
+            "--send-without-ref-id",
+            *FLAGS,
+        ],
+        server.env(),
     )
     assert result.exit_code == 0, result.output
     assert not (folder / "journal.sqlite.new").exists()

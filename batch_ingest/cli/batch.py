@@ -208,10 +208,28 @@ def submit_options(fn):
     help="Run shard I (0-based) of N: the rows whose key hashes to I. auto/N takes I from "
     "JOB_COMPLETION_INDEX (Kubernetes), AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch) or PARALLEL_SEQ (GNU "
     "parallel). The run lives in REPORT_DIR/shard-I-of-N and resumes when started again; each shard "
-    "takes 1/N of --rate.",
+    "takes 1/N of --rate (all of it, shared, with --rate-store).",
 )
 @click.option(
     "--shard-by", metavar="COLUMN", help="With --shard: hash this column's value instead of the row's key."
+)
+@click.option(
+    "--adopt-existing",
+    is_flag=True,
+    help="Look every row's ref_id up before sending and adopt a job found (follow it, count it as this "
+    "run's): for a run whose folder was lost. Implied for a --shard with no folder yet.",
+)
+@click.option(
+    "--send-without-ref-id",
+    is_flag=True,
+    help="With --adopt-existing (or --shard): send rows without ref_id too, though a run that lost its "
+    "folder may have sent them already.",
+)
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Submit every row, record the job ids and exit (0 when every row was submitted or succeeded); "
+    "`batch-ingest collect` then follows the jobs of many runs with one poller.",
 )
 @submit_options
 @handle_errors
@@ -237,6 +255,9 @@ def run(
     seed,
     shard_spec,
     shard_by,
+    adopt_existing,
+    send_without_ref_id,
+    no_wait,
     **options: Any,
 ) -> None:
     """Submit every row of MANIFEST, poll until every job finished, and write the report.
@@ -292,6 +313,9 @@ def run(
             check_sources=check_sources,
             probe=probing,
             shard=shard,
+            no_wait=no_wait,
+            adopt_existing=adopt_existing,
+            send_without_ref_id=send_without_ref_id,
         )
         result = run_manifest(manifest, settings, run_options, progress=progress)
     if html is not None:
@@ -518,6 +542,61 @@ def resume(
         subset=subset,
     )
     _finish(resume_run(run_dir, settings, run_options, progress=progress), quiet)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The merged report of every run (.parquet, with a .csv beside it; or .csv) "
+    "[default: ROOT/report.parquet when one run root is given].",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@log_options
+@api_options
+@handle_errors
+def collect(paths: tuple[Path, ...], out: Path | None, quiet: bool, **options: Any) -> None:
+    """Follow the submitted jobs of the runs in PATHS (run folders, or the run root of shards) to their
+    end with ONE poller, write each run's report and a merged one.
+
+    Made for `run --no-wait`: shards submit, the collector polls once for all of them instead of each
+    shard reading the whole account's jobs list. It locks every run it works on, is resumable (stop
+    it, start it again), and a collect of finished runs sends nothing. Credentials and the API URL
+    come from flags, environment or config; other non-secret settings default to the first run's.
+
+    Exit codes as for `run`, the worst of the runs': 0 every row succeeded, was skipped or is held; 1 some
+    row did not (rows a shard never sent are `interrupted`: resume that shard); 2 usage or configuration
+    error (a run still in use by its shard, say); 3 aborted; 4 internal error.
+    """
+    from ..collect import collect as collect_runs
+    from ..collect import default_merged, expand
+    from ..report import format_counts
+    from ..resume import stored_settings
+
+    progress = progress_for(quiet, options)
+    explicit_url = options.get("api_url") is not None
+    folders, _ = expand(paths)
+    settings = build_settings(options, stored_settings(folders[0]) if folders else None)
+    merged_out = out or default_merged(list(paths))
+    if merged_out is not None:
+        check_writable(merged_out, "--out")
+    result = collect_runs(
+        list(paths), settings, merged_out=merged_out, allow_api_url_change=explicit_url, progress=progress
+    )
+    try:
+        for run in result.results:
+            if not quiet:
+                echo(run.summary_text())
+            elif run.exit_code != 0:
+                echo(format_counts(run.summary))
+        if not quiet:
+            echo(f"collect: {result.api_requests} API requests for {len(result.results)} run(s)")
+        echo(str(result.merged or "\n".join(str(r.report_path) for r in result.results)))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+    sys.exit(result.exit_code)
 
 
 @main.command()

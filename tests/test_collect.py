@@ -1,0 +1,174 @@
+"""`run --no-wait` then `collect`: shards only submit, one poller follows every job of them all."""
+
+from __future__ import annotations
+
+import polars as pl
+from batch_ingest.emulator import EmulatorConfig
+
+from .helpers import FAST, FLAGS, report_of, run_cli, summary_of, url_manifest
+
+
+def _shard(manifest, root, i, n, env, *extra):
+    return run_cli(
+        ["run", str(manifest), "--report-dir", str(root), "--shard", f"{i}/{n}", "--no-wait", *FLAGS, *extra],
+        env,
+    )
+
+
+def test_shards_submit_without_waiting_and_one_collector_finishes_them_all(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**{**FAST, "encode_seconds": 0.5}))
+    manifest = url_manifest(tmp_path, 24)
+    root = tmp_path / "root"
+    for i in range(3):
+        result = _shard(manifest, root, i, 3, server.env())
+        assert result.exit_code == 0, result.output
+        report = report_of(root / f"shard-{i}-of-3")
+        assert set(report["outcome"].to_list()) <= {"submitted", "succeeded"}
+        assert summary_of(root / f"shard-{i}-of-3")["exit_code"] == 0
+    stats = server.store.stats()
+    assert stats["jobs_created"] == 24
+    # One listing per shard: the implied --adopt-existing look-up of a fresh shard (an empty account
+    # answers it in one page). No shard polls.
+    assert stats["requests"]["GET jobs"] == {"200": 3}, stats["requests"]
+    # A shard's pod retried after it submitted everything: nothing is sent again, still no poll.
+    again = _shard(manifest, root, 1, 3, server.env())
+    assert again.exit_code == 0, again.output
+    assert server.store.stats()["jobs_created"] == 24
+
+    collected = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
+    assert collected.exit_code == 0, collected.output
+    merged = pl.read_parquet(root / "report.parquet")
+    assert sorted(merged["row"].to_list()) == list(range(1, 25))
+    assert set(merged["outcome"].to_list()) == {"succeeded"}
+    assert (root / "report.csv").exists()
+    for i in range(3):
+        assert set(report_of(root / f"shard-{i}-of-3")["outcome"].to_list()) == {"succeeded"}
+        assert [s["kind"] for s in summary_of(root / f"shard-{i}-of-3")["segments"]][-1] == "collect"
+    requests = server.store.stats()["requests"]
+    # Shards: one create per row (and a profile look-up each); the collector: a few listings for all.
+    assert requests["POST jobs"] == {"201": 24} and requests["GET job_profiles/:id"] == {"200": 3}
+    assert 3 + 1 <= sum(requests["GET jobs"].values()) <= 3 + 10, requests
+    # A second collect of finished runs sends nothing and changes nothing.
+    before = server.store.stats()["requests_total"]
+    twice = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
+    assert twice.exit_code == 0, twice.output
+    assert server.store.stats()["requests_total"] == before
+
+
+def test_collect_names_a_shard_with_no_run_and_its_rows_stay_out(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = url_manifest(tmp_path, 10)
+    root = tmp_path / "root"
+    assert _shard(manifest, root, 0, 2, server.env()).exit_code == 0
+    collected = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
+    assert collected.exit_code == 0, collected.output
+    assert "shard-1-of-2 holds no run yet" in collected.output
+    rows = report_of(root / "shard-0-of-2")["row"].to_list()
+    assert sorted(pl.read_parquet(root / "report.parquet")["row"].to_list()) == sorted(rows)
+
+
+def test_collect_refuses_a_run_still_in_use_and_a_folder_that_is_no_run(tmp_path, emulator_server):
+    from batch_ingest.runlock import RunLock
+
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = url_manifest(tmp_path, 4)
+    run_dir = tmp_path / "one"
+    assert (
+        run_cli(
+            ["run", str(manifest), "--report-dir", str(run_dir), "--no-wait", *FLAGS], server.env()
+        ).exit_code
+        == 0
+    )
+    lock = RunLock(run_dir).acquire()
+    try:
+        busy = run_cli(["collect", str(run_dir)], server.env())
+        assert busy.exit_code == 75 and "is in use by" in busy.output
+    finally:
+        lock.release()
+    nothing = run_cli(["collect", str(tmp_path / "media-less")], server.env())
+    assert nothing.exit_code == 2 and "neither a run folder" in nothing.output
+    # Given a run folder (not a root), collect writes its report; no merged file unless --out.
+    done = run_cli(["collect", str(run_dir), "--out", str(tmp_path / "all.csv"), *FLAGS[:-1]], server.env())
+    assert done.exit_code == 0, done.output
+    assert pl.read_csv(tmp_path / "all.csv").height == 4
+
+
+def test_no_wait_refuses_max_in_flight(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    result = run_cli(
+        ["run", str(url_manifest(tmp_path, 2)), "--no-wait", "--max-in-flight", "5", *FLAGS], server.env()
+    )
+    assert result.exit_code == 2 and "--no-wait cannot keep --max-in-flight" in result.output
+
+
+def test_a_shard_that_lost_its_disk_adopts_its_jobs_instead_of_sending_them_again(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**{**FAST, "encode_seconds": 0.5}))
+    manifest = url_manifest(tmp_path, 12)  # every row has a ref_id
+    root = tmp_path / "root"
+    first = _shard(manifest, root, 0, 2, server.env())
+    assert first.exit_code == 0, first.output
+    sent = server.store.stats()["jobs_created"]
+    assert sent > 0
+    # The pod is evicted and its volume with it: the shard starts again on an empty root.
+    import shutil
+
+    shutil.rmtree(root)
+    again = _shard(manifest, root, 0, 2, server.env())
+    assert again.exit_code == 0, again.output
+    assert server.store.stats()["jobs_created"] == sent  # nothing sent twice
+    assert server.store.stats()["duplicate_ref_ids"] == {}
+    collected = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
+    assert collected.exit_code == 0, collected.output
+    report = report_of(root / "shard-0-of-2")
+    assert set(report["outcome"].to_list()) == {"succeeded"}  # adopted jobs are the run's own
+    assert all("adopted" in m for m in report["error_message"].to_list())
+    # A third start after the collector: the run is found, finished; still nothing sent.
+    third = _shard(manifest, root, 0, 2, server.env())
+    assert third.exit_code == 0, third.output
+    assert server.store.stats()["jobs_created"] == sent
+
+
+def test_rows_without_ref_id_are_sent_on_a_fresh_shard_only_when_asked(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = url_manifest(tmp_path, 6, refs=False)
+    held = run_cli(
+        ["run", str(manifest), "--report-dir", str(tmp_path / "a"), "--shard", "0/1", *FLAGS], server.env()
+    )
+    assert held.exit_code == 1, held.output
+    report = report_of(tmp_path / "a" / "shard-0-of-1")
+    assert set(report["error_code"].to_list()) == {"NO_REF_ID"}
+    assert server.jobs() == []
+    # `retry` sends them: the user has seen why they were held and chooses to.
+    retried = run_cli(["retry", str(tmp_path / "a" / "shard-0-of-1"), *FLAGS], server.env())
+    assert retried.exit_code == 0, retried.output
+    assert len(server.jobs()) == 6
+    sent = run_cli(
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(tmp_path / "b"),
+            "--shard",
+            "0/1",
+            "--send-without-ref-id",
+            *FLAGS,
+        ],
+        server.env(),
+    )
+    assert sent.exit_code == 0, sent.output
+    assert len(server.jobs()) == 12
+
+
+def test_adopt_existing_on_a_plain_run_adopts_finished_and_running_jobs(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = url_manifest(tmp_path, 5)
+    first = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "a"), *FLAGS], server.env())
+    assert first.exit_code == 0, first.output
+    again = run_cli(
+        ["run", str(manifest), "--report-dir", str(tmp_path / "b"), "--adopt-existing", *FLAGS], server.env()
+    )
+    assert again.exit_code == 0, again.output
+    assert len(server.jobs()) == 5
+    assert set(report_of(tmp_path / "b")["outcome"].to_list()) == {"succeeded"}
+    both = run_cli(["run", str(manifest), "--adopt-existing", "--skip-existing", *FLAGS], server.env())
+    assert both.exit_code == 2 and "choose one" in both.output
