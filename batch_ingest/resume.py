@@ -42,7 +42,15 @@ def stored_settings(run_dir: Path) -> dict[str, Any]:
         stored = journal.meta().get("settings") or {}
     finally:
         journal.close()
-    return {k: v for k, v in stored.items() if k not in NOT_INHERITED}
+    from .redact import REDACTED
+
+    # A store URL whose password was masked when it was recorded cannot be used again: it comes from
+    # the flags or the environment, as credentials do.
+    return {
+        k: v
+        for k, v in stored.items()
+        if k not in NOT_INHERITED and not (k == "rate_store" and REDACTED in str(v or ""))
+    }
 
 
 def recover_secret_sources(
@@ -149,6 +157,7 @@ async def resume_run_async(
             )
         run.claim()
         check_api_url(run_dir, meta, settings, options)
+        settings = _shard_rate(meta, settings, progress)
         stored = meta.get("options") or {}
         options = replace(
             options,
@@ -164,6 +173,24 @@ async def resume_run_async(
         return await continue_run(
             run, settings, options, kind="resume", started=started, transport=transport, progress=progress
         )
+
+
+def _shard_rate(meta: dict[str, Any], settings: Settings, progress: Progress) -> Settings:
+    """A shard resumed on its own: a --rate other than the one it ran at is the account's (as `run
+    --shard` takes it), so the shard takes its 1/N of it, unless a rate store shares it."""
+    shard = meta.get("shard") or {}
+    count = int(shard.get("count") or 1)
+    ran = meta.get("settings") or {}
+    if count <= 1 or settings.rate_store or not settings.rate:
+        return settings
+    if settings.rate == ran.get("rate") and not ran.get("rate_store"):
+        return settings  # the share it ran at
+
+    progress.message(
+        f"--rate {settings.rate:g} is the account's: this shard of {count} paces itself at "
+        f"{settings.rate / count:g} requests per minute (--rate-store shares the whole of it instead)"
+    )
+    return replace(settings, rate=settings.rate / count)
 
 
 def _take_held(run: RunDir, subset: Subset, progress: Progress) -> None:

@@ -39,7 +39,7 @@ class RunLock:
             os.close(fd)
             who = f"process {holder}" if holder else "another process"
             raise RunInUse(
-                f"{self.run_dir} is in use by {who} (batch-ingest run, resume or retry): "
+                f"{self.run_dir} is in use by {who} (batch-ingest run, resume, retry or collect): "
                 "one process per run folder; wait for it to end or stop it, then try again"
             ) from None
         except OSError as exc:

@@ -196,17 +196,6 @@ async def _shard_start(
         raise UsageError(
             f"cannot use {manifest} or --report-dir {options.run_dir} ({exc.strerror}): check both paths"
         ) from None
-    if settings.rate and shard.count > 1 and settings.rate_store:
-        progress.message(
-            f"{shard.describe()}: --rate {settings.rate:g} is shared with every process on the rate store"
-        )
-    elif settings.rate and shard.count > 1:
-        # --rate is the account's: without a shared store, N shards split it evenly.
-        settings = replace(settings, rate=settings.rate / shard.count)
-        progress.message(
-            f"{shard.describe()}: this shard paces itself at {settings.rate:g} requests per minute, "
-            f"1/{shard.count} of --rate"
-        )
     if (path / JOURNAL_FILE).exists():
         with RunDir.open(path, error_log=False) as run:
             recorded = run.meta().get("shard") or {}
@@ -236,6 +225,17 @@ async def _shard_start(
             await resume_run_async(path, settings, kept, transport=transport, progress=progress),
             options,
             settings,
+        )
+    if settings.rate and shard.count > 1 and settings.rate_store:
+        progress.message(
+            f"{shard.describe()}: --rate {settings.rate:g} is shared with every process on the rate store"
+        )
+    elif settings.rate and shard.count > 1:
+        # --rate is the account's: without a shared store, N shards split it evenly.
+        settings = replace(settings, rate=settings.rate / shard.count)
+        progress.message(
+            f"{shard.describe()}: this shard paces itself at {settings.rate:g} requests per minute, "
+            f"1/{shard.count} of --rate"
         )
     if not options.skip_existing and not options.adopt_existing:
         # No folder: a first start, or a shard that lost its disk (a pod evicted without a volume). Its

@@ -96,7 +96,8 @@ def test_a_store_that_does_not_answer_stops_the_run_before_it_starts(tmp_path, e
     manifest = url_manifest(tmp_path, 3)
     store = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
     result = run_cli(
-        ["run", str(manifest), "--report-dir", str(tmp_path / "r"), "--rate-store", store, *_flags()], server.env()
+        ["run", str(manifest), "--report-dir", str(tmp_path / "r"), "--rate-store", store, *_flags()],
+        server.env(),
     )
     assert result.exit_code == 2, result.output
     assert "the rate store redis://" in result.output and "does not answer" in result.output

@@ -242,3 +242,18 @@ def test_a_shard_killed_while_creating_its_run_starts_again(tmp_path, emulator_s
     assert result.exit_code == 0, result.output
     assert not (folder / "journal.sqlite.new").exists()
     assert len(server.jobs()) == report_of(folder).filter(pl.col("outcome") == "succeeded").height
+
+
+def test_a_shard_resumed_on_its_own_takes_its_share_of_the_accounts_rate(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = mixed_manifest(tmp_path, 8)
+    root = tmp_path / "root"
+    flags = ["--poll-min-interval", "0.05", "--poll-max-interval", "0.2"]
+    base = ["--report-dir", str(root), "--shard", "0/2", "--send-without-ref-id", *flags]
+    canary = run_cli(["run", str(manifest), *base, "--rate", "600", "--limit", "1"], server.env())
+    assert canary.exit_code == 0, canary.output
+    folder = root / "shard-0-of-2"
+    # The account's --rate given again to the shard's own folder: its 1/2, not all of it.
+    resumed = run_cli(["resume", str(folder), "--all", "--rate", "600", *flags], server.env())
+    assert resumed.exit_code == 0, resumed.output
+    assert "this shard of 2 paces itself at 300 requests per minute" in resumed.output

@@ -265,8 +265,9 @@ def run(
     A canary run (--limit, --rows, --sample) takes only some ready rows and holds the rest back:
     they are reported `held`, and `batch-ingest resume RUN_DIR --all` sends them in the same run.
 
-    Exit codes: 0 every row succeeded, was skipped or is held; 1 some row did not; 2 usage,
-    configuration or manifest error; 3 run aborted; 4 internal error; 130 interrupted.
+    Exit codes: 0 every row succeeded, was skipped or is held (with --no-wait: every row was submitted
+    or ended); 1 some row did not; 2 usage, configuration or manifest error; 3 run aborted; 4 internal
+    error; 75 the run folder is in use by another process; 130 interrupted.
     """
     subset = _subset(limit, rows_range, sample, seed)
     probing = _probe(probe, max_size, max_duration)
@@ -567,7 +568,7 @@ def collect(paths: tuple[Path, ...], out: Path | None, quiet: bool, **options: A
 
     Exit codes as for `run`, the worst of the runs': 0 every row succeeded, was skipped or is held; 1 some
     row did not (rows a shard never sent are `interrupted`: resume that shard); 2 usage or configuration
-    error (a run still in use by its shard, say); 3 aborted; 4 internal error.
+    error; 3 aborted; 4 internal error; 75 a run is still in use (by its shard, say): collect again later.
     """
     from ..collect import collect as collect_runs
     from ..collect import default_merged, expand
