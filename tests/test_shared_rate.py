@@ -167,3 +167,20 @@ async def test_a_store_unreachable_at_the_start_names_it_without_its_password(cl
     with pytest.raises(StoreUnreachable) as caught:
         await limiter(url, clock, 60).start()
     assert "127.0.0.1" in str(caught.value) and "sekrit-pw" not in str(caught.value)
+
+
+async def test_the_cap_still_counts_what_was_sent_before_a_429_lowered_the_budget(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    a = limiter(redis_server.url, clock, 10)
+    start = clock.now
+    sent = [await a.acquire() for _ in range(5)]
+    clock.now += 30
+    sent += [await a.acquire() for _ in range(5)]  # the window holds 10: 5 at 0 s, 5 at 30 s
+    a.on_rate_limited(1.0, sent[-1])  # the budget is 8 now
+    await asyncio.gather(*a._tasks)
+    later = [await a.acquire() for _ in range(6)]
+    # Once the first five leave the window (61 s), the five of 30 s are still in it: 3 more, not 8.
+    assert sum(1 for t in later if t < start + 30 + SHARED_WINDOW_S) == 3, [t - start for t in later]
+    assert most_in_any_window(sent + later, SHARED_WINDOW_S) <= 10
+    await a.aclose()

@@ -4,9 +4,11 @@ Shards of one manifest and independent runs (a nightly cron beside a migration) 
 account's budget; each process alone cannot know what the others send. Through the store they keep:
 
 - **the cap**: at most `--rate` requests admitted in any moving window, whoever sends them: the
-  `limits` package's moving window over Redis (a list of admission times per key, checked and
-  pushed in one Lua script), the same sliding-window meaning as `RateLimiter`. The window is 61 s,
-  not 60: a second of slack for the network and for the clocks of several machines.
+  `limits` package's moving window over Redis (a list of admission times, checked and pushed in one
+  Lua script), the same sliding-window meaning as `RateLimiter`. The window is 61 s, not 60: a
+  second of slack for the network and for the clocks of several machines. Its storage is used
+  directly, under one key whatever the budget: `limits`' strategies key a window by its limit, so
+  a budget lowered after a 429 would open a fresh, empty window beside the full one.
 - **the pace**: one request every window/budget seconds with at most `burst` at once, for all of
   them together (GCRA, one theoretical arrival time in the store), so N processes do not burst N
   times over.
@@ -152,16 +154,12 @@ class SharedRateLimiter(RateLimiter):
     ) -> None:
         super().__init__(0, clock=clock, sleep=sleep, rng=rng, burst=burst)
         import coredis
-        from limits import RateLimitItemPerSecond
         from limits.aio.storage import RedisStorage
-        from limits.aio.strategies import MovingWindowRateLimiter
 
         self.account_rate = per_minute
         self.display_url = redact_url(url)
-        self._item = RateLimitItemPerSecond
         options: dict[str, Any] = {"connect_timeout": timeout, "stream_timeout": timeout}
         self._storage = RedisStorage("async+" + url, key_prefix=namespace, wrap_exceptions=True, **options)
-        self._moving = MovingWindowRateLimiter(self._storage)
         self._redis: Any = coredis.Redis.from_url(url, decode_responses=True, **options)
         self._pace_script: Any = self._redis.register_script(_PACE)
         self._limited_script: Any = self._redis.register_script(_RATE_LIMITED)
@@ -174,7 +172,6 @@ class SharedRateLimiter(RateLimiter):
         self._next_heartbeat = float("-inf")
         self._shared_budget = max(1, math.floor(per_minute)) if per_minute > 0 else 0
         self._remaining: int | None = None
-        self._next_stats = float("-inf")
         self.fallen_back = False
         self._rejoin_at = float("inf")
         self._tasks: set[asyncio.Task[None]] = set()
@@ -259,12 +256,10 @@ class SharedRateLimiter(RateLimiter):
 
     async def _try_shared(self, now: float) -> float:
         """0 when a request was admitted through the store, else the seconds to wait before trying again."""
-        item = self._item(self._shared_budget, SHARED_WINDOW_S)
-        if not await self._moving.test(
-            item, self._key
-        ):  # the cap first: a pace slot taken in vain delays all
-            stats = await self._moving.get_window_stats(item, self._key)
-            return max(0.01, stats.reset_time - now) + self._rng.random() * 0.05
+        # The cap first: a pace slot taken in vain would delay everyone.
+        oldest, count = await self._storage.get_moving_window(self._key, self._shared_budget, SHARED_WINDOW_S)
+        if count >= self._shared_budget:
+            return max(0.01, oldest + SHARED_WINDOW_S - now) + self._rng.random() * 0.05
         wait_text, budget = await self._pace_script(
             keys=[self._state_key],
             args=[
@@ -280,14 +275,9 @@ class SharedRateLimiter(RateLimiter):
         wait = float(wait_text)
         if wait > 0:
             return wait
-        item = self._item(self._shared_budget, SHARED_WINDOW_S)
-        if not await self._moving.hit(item, self._key):  # another process took the last slot meanwhile
-            return 0.01 + self._rng.random() * 0.05
-        if now >= self._next_stats:
-            self._next_stats = now + 2.0
-            self._remaining = (await self._moving.get_window_stats(item, self._key)).remaining
-        elif self._remaining is not None:
-            self._remaining = max(0, self._remaining - 1)
+        if not await self._storage.acquire_entry(self._key, self._shared_budget, SHARED_WINDOW_S):
+            return 0.01 + self._rng.random() * 0.05  # another process took the last slot meanwhile
+        self._remaining = max(0, self._shared_budget - count - 1)  # for slack(): the poller's hint
         return 0.0
 
     @property
