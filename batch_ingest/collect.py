@@ -208,7 +208,6 @@ async def collect_async(
                 assert done is not None  # see _to_write
                 results.append(done)
                 continue
-            run.journal.set_meta(no_wait=False)  # its jobs are followed now: unfinished rows are unfinished
             segment = SegmentRecord(
                 "collect",
                 started,
@@ -224,7 +223,7 @@ async def collect_async(
 
 def _to_write(run: RunDir) -> bool:
     """A run whose report must be written again: none yet, or the one `run --no-wait` left."""
-    return run.finished_result() is None or bool(run.meta().get("no_wait"))
+    return run.finished_result() is None or not run.report_is_current()
 
 
 def _shares(total: int, weights: list[int]) -> list[int]:

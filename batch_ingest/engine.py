@@ -63,7 +63,6 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     progress, options, settings, client = spec.progress, spec.options, spec.settings, spec.client
     signals = _Signals(stop, progress, run) if options.handle_signals else None
     client.on_notice = progress.message
-    run.journal.set_meta(no_wait=options.no_wait)  # the report says `submitted`, not `interrupted`
     counts = run.journal.counts()
     to_submit = sum(counts.get(s, 0) for s in (RowState.PENDING, RowState.SENDING))
     progress.start(
@@ -253,6 +252,7 @@ def finish(
         interrupted=interrupted,
         forced_exit_code=forced_exit_code,
         skip_existing=options.skip_existing if options else None,
+        no_wait=options.no_wait if options else False,
     )
     if result.exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED):
         progress.message(f"the run can be continued with: batch-ingest resume {run.path}")

@@ -143,7 +143,7 @@ async def resume_run_async(
             _take_held(run, options.subset, progress)
         if not run.journal.has_unfinished():
             done = run.finished_result()
-            if done is not None:
+            if done is not None and run.report_is_current():
                 return done
             # Finished, but the report was never written (the process died just before): write it.
             run.claim()

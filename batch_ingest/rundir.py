@@ -243,12 +243,19 @@ class RunDir:
 
     # -- results --------------------------------------------------------------------------------
 
-    def write_report(self) -> ReportFacts:
-        """Write the report (Parquet and CSV) from the plan and the journal as they are now."""
-        handed = bool(self.meta().get("no_wait"))  # the last segment left its jobs to `collect`
+    def write_report(self, *, no_wait: bool | None = None) -> ReportFacts:
+        """Write the report (Parquet and CSV) from the plan and the journal as they are now. `no_wait`:
+        the segment left its jobs to `collect` (its submitted rows are `submitted`); None: as the last
+        finished segment recorded."""
+        handed = bool(self.meta().get("no_wait")) if no_wait is None else no_wait
         return write_report_in_chunks(
             self.plan, self.journal, self.extras, self.path, handed_to_collect=handed
         )
+
+    def report_is_current(self) -> bool:
+        """False when the report on disk may be older than the journal: the last finished segment left
+        its jobs to `collect` (rows `submitted`), which any later segment that follows them rewrites."""
+        return not self.meta().get("no_wait")
 
     def finished_result(self) -> RunResult | None:
         """The result of a finished run as its files hold it, or None when a file is missing or unreadable."""
@@ -271,14 +278,15 @@ class RunDir:
         interrupted: bool = False,
         forced_exit_code: int | None = None,
         skip_existing: SkipExisting | None = None,
+        no_wait: bool = False,
     ) -> RunResult:
         """Write the report and the summary from the journal, record `segment`, and work out the exit code.
 
         The summary's figures add up every segment of the run (run, resume, resume...). `forced_exit_code`
         (a failure that escaped the workers) wins over an interruption, which wins over an abort."""
-        facts = self.write_report()
+        facts = self.write_report(no_wait=no_wait)
         exit_code = facts.exit_code
-        if self.meta().get("no_wait") and not facts.outcomes.get(Outcome.INTERRUPTED):
+        if no_wait and not facts.outcomes.get(Outcome.INTERRUPTED):
             # `run --no-wait` did its part once every row is submitted or ended: the verdict on the rows
             # is `collect`'s (an engine must not hold the collector back for a failed row).
             exit_code = 0
@@ -292,7 +300,11 @@ class RunDir:
         meta = self.meta()
         record = replace(segment, finished_at=finished, exit_code=exit_code)
         segments = [*meta.get("segments", []), record.as_meta()]
-        self.journal.set_meta(segments=segments, last_exit_code=exit_code, finished_at=finished)
+        # After the report: a process that dies in between leaves the old flag, and the next segment
+        # writes the report again.
+        self.journal.set_meta(
+            segments=segments, last_exit_code=exit_code, finished_at=finished, no_wait=no_wait
+        )
         totals: dict[str, Any] = {name: sum(s.get(name, 0) for s in segments) for name in SEGMENT_SUMS}
         totals["elapsed_s"] = round(totals["elapsed_s"], 3)
         mode = skip_existing or skip_mode((meta.get("options") or {}).get("skip_existing"))

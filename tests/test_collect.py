@@ -172,3 +172,31 @@ def test_adopt_existing_on_a_plain_run_adopts_finished_and_running_jobs(tmp_path
     assert set(report_of(tmp_path / "b")["outcome"].to_list()) == {"succeeded"}
     both = run_cli(["run", str(manifest), "--adopt-existing", "--skip-existing", *FLAGS], server.env())
     assert both.exit_code == 2 and "choose one" in both.output
+
+
+def test_a_collector_that_dies_before_the_reports_are_written_is_not_believed_later(
+    tmp_path, emulator_server, monkeypatch
+):
+    """Every encode fails; the collector learns it (journal) and dies writing the reports: the next
+    collect, resume and report must say failed, not the `submitted` of the --no-wait report."""
+    import batch_ingest.rundir
+
+    server = emulator_server(EmulatorConfig(**{**FAST, "failure_rate": 1.0}))
+    manifest = url_manifest(tmp_path, 4)
+    root = tmp_path / "root"
+    assert _shard(manifest, root, 0, 1, server.env()).exit_code == 0
+    real = batch_ingest.rundir.write_report_in_chunks
+
+    def dies(*args, **kwargs):
+        raise KeyboardInterrupt  # the process ends here: nothing after it runs
+
+    monkeypatch.setattr(batch_ingest.rundir, "write_report_in_chunks", dies)
+    died = run_cli(["collect", str(root), *FLAGS], server.env())
+    assert died.exit_code == 130, died.output  # stopped while writing the first report
+    monkeypatch.setattr(batch_ingest.rundir, "write_report_in_chunks", real)
+    folder = root / "shard-0-of-1"
+    resumed = run_cli(["resume", str(folder), *FLAGS], server.env())
+    assert resumed.exit_code == 1, resumed.output
+    assert set(report_of(folder)["outcome"].to_list()) == {"failed"}
+    again = run_cli(["collect", str(root), *FLAGS], server.env())
+    assert again.exit_code == 1, again.output
