@@ -294,27 +294,44 @@ class Submitter:
         except NotFoundError:
             return None
 
-    async def _skip_if_exists(self, task: RowTask) -> bool:
-        """--skip-existing: True when the platform's job for this ref_id settles the row, so nothing is sent.
+    async def _settled_by_existing(self, task: RowTask) -> bool:
+        """--skip-existing or --adopt-existing: True when the platform's job for this row's ref_id settles
+        the row, so nothing is sent.
 
-        A job that succeeded makes the row `skipped`; one still encoding is followed to its end. A
-        failed job never hides a failure: the row is sent again (mode `not-failed`), or reported
-        `failed` with that job (mode `any`).
+        --skip-existing: a job that succeeded makes the row `skipped`; one still encoding is followed to
+        its end. A failed job never hides a failure: the row is sent again (mode `not-failed`), or
+        reported `failed` with that job (mode `any`).
+
+        --adopt-existing (a run whose folder was lost): a job that an earlier run of this very row could
+        have made (same source and profile, see `_plausible`) is this run's own: `succeeded` or `failed`
+        as it ended, followed to its end while it encodes. A job of the ref_id for another source (a
+        new batch reusing ids) is not this row's: the row is sent.
         """
+        adopt = not self.policy.skip_existing
         job = await self._find_existing(task)
         if job is None or self.journal.knows_job(job.id):
             return False
+        if adopt:
+            address = (
+                await self._stores().address(task.source) if task.source_type == SourceType.OBJECT else None
+            )
+            if not self._plausible(job, task, float("-inf"), address):
+                return False
         verdict = self.policy.status_map.classify(job.encode_status)
         profile_id = _profile_id(job.job_profile_id)
         now = self._clock()
-        if verdict == Verdict.FAILED and self.policy.skip_existing != SkipExisting.ANY:
+        if verdict == Verdict.FAILED and not adopt and self.policy.skip_existing != SkipExisting.ANY:
             # Sent again; the failed job is never this row's to adopt in a look-up.
             self.journal.add_known_jobs([job.id], f"failed job of row {task.row} found by --skip-existing")
             return False
         # Claimed by the row's journal entry written next (mark_existing or mark_submitted), with no
         # await in between: no other row's look-up can see the job unclaimed.
         if verdict in (Verdict.SUCCEEDED, Verdict.FAILED):
-            state = RowState.SKIPPED if verdict == Verdict.SUCCEEDED else RowState.FAILED
+            if verdict == Verdict.FAILED:
+                state, message = RowState.FAILED, ADOPTED_MESSAGE if adopt else EXISTING_FAILED_MESSAGE
+            else:
+                state = RowState.SUCCEEDED if adopt else RowState.SKIPPED
+                message = ADOPTED_MESSAGE if adopt else EXISTING_MESSAGE
             self.journal.mark_existing(
                 task.row,
                 state=state,
@@ -325,13 +342,16 @@ class Submitter:
                 created_at=job.created_at,
                 updated_at=job.updated_at,
                 now=now,
-                message=EXISTING_MESSAGE if state == RowState.SKIPPED else EXISTING_FAILED_MESSAGE,
+                message=message,
             )
             if state == RowState.FAILED:
                 self.count_failure()
             self.progress.row_finished(state, row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
             return True
-        follow = Follow.EXISTING_ANY if self.policy.skip_existing == SkipExisting.ANY else Follow.EXISTING
+        if adopt:
+            follow = Follow.ADOPTED
+        else:
+            follow = Follow.EXISTING_ANY if self.policy.skip_existing == SkipExisting.ANY else Follow.EXISTING
         self.journal.mark_submitted(
             task.row,
             job_id=job.id,
@@ -342,58 +362,12 @@ class Submitter:
             updated_at=job.updated_at,
             now=now,
             follow=follow,
-            message=EXISTING_MESSAGE,
+            message=ADOPTED_MESSAGE if adopt else EXISTING_MESSAGE,
         )
+        if adopt:
+            self.progress.row_submitted(row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
         if self.follow is not None:
             self.follow(task.row, job, now, task, follow)
-        return True
-
-    async def _adopt_if_exists(self, task: RowTask) -> bool:
-        """--adopt-existing: True when the platform holds a job for this row's ref_id that no other row of the
-        run has: it is this run's job now (an earlier run of the row created it and lost its folder).
-
-        A job already final ends the row as it ended (`succeeded` or `failed`, the run's own outcome, not
-        `skipped`); one still encoding is followed to its end like a job this run created."""
-        job = await self._find_existing(task)
-        if job is None or self.journal.knows_job(job.id):
-            return False
-        verdict = self.policy.status_map.classify(job.encode_status)
-        profile_id = _profile_id(job.job_profile_id)
-        now = self._clock()
-        # Claimed by the journal entry written next, with no await in between (see _skip_if_exists).
-        if verdict in (Verdict.SUCCEEDED, Verdict.FAILED):
-            state = RowState.SUCCEEDED if verdict == Verdict.SUCCEEDED else RowState.FAILED
-            self.journal.mark_existing(
-                task.row,
-                state=state,
-                job_id=job.id,
-                media_id=job.media_id,
-                encode_status=job.encode_status,
-                job_profile_id=profile_id,
-                created_at=job.created_at,
-                updated_at=job.updated_at,
-                now=now,
-                message=ADOPTED_MESSAGE,
-            )
-            if state == RowState.FAILED:
-                self.count_failure()
-            self.progress.row_finished(state, row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
-            return True
-        self.journal.mark_submitted(
-            task.row,
-            job_id=job.id,
-            media_id=job.media_id,
-            job_profile_id=profile_id,
-            encode_status=job.encode_status,
-            created_at=job.created_at,
-            updated_at=job.updated_at,
-            now=now,
-            follow=Follow.ADOPTED,
-            message=ADOPTED_MESSAGE,
-        )
-        self.progress.row_submitted(row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
-        if self.follow is not None:
-            self.follow(task.row, job, now, task, Follow.ADOPTED)
         return True
 
     def _source(self, task: RowTask) -> str:
@@ -444,9 +418,7 @@ class Submitter:
             return
         if (self.policy.skip_existing or adopting) and task.ref_id and task.state == RowState.PENDING:
             try:
-                if await (
-                    self._skip_if_exists(task) if self.policy.skip_existing else self._adopt_if_exists(task)
-                ):
+                if await self._settled_by_existing(task):
                     return
             except AuthError as exc:
                 self.abort(f"authentication failed: {exc}")

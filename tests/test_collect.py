@@ -200,3 +200,18 @@ def test_a_collector_that_dies_before_the_reports_are_written_is_not_believed_la
     assert set(report_of(folder)["outcome"].to_list()) == {"failed"}
     again = run_cli(["collect", str(root), *FLAGS], server.env())
     assert again.exit_code == 1, again.output
+
+
+def test_a_new_batch_reusing_ref_ids_for_other_videos_is_sent_not_adopted(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    first = url_manifest(tmp_path, 4, name="night1.csv")
+    assert _shard(first, tmp_path / "night1", 0, 1, server.env()).exit_code == 0
+    # Tomorrow's batch: the CMS ids are stable, the videos are new.
+    second = tmp_path / "night2.csv"
+    second.write_text(
+        "source,profile,ref_id\n"
+        + "".join(f"https://cdn.example.com/v/new-{i}.mp4,100,r-{i}\n" for i in range(4))
+    )
+    result = _shard(second, tmp_path / "night2", 0, 1, server.env())
+    assert result.exit_code == 0, result.output
+    assert len(server.jobs()) == 8  # every new video sent, none taken for yesterday's job
