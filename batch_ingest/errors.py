@@ -42,9 +42,10 @@ EXIT_ROWS_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
 EXIT_INTERNAL = 4  # an error we did not foresee (a bug, or the machine failing): traceback in error.log
-# The run folder is in use by another process (EX_TEMPFAIL): nothing is wrong with the command, and the
-# same command later succeeds, so an engine retries it (a Kubernetes pod failure policy fails the Job on 2).
-EXIT_IN_USE = 75
+# Try again later (EX_TEMPFAIL): the run folder is in use by another process, or the rate store does not
+# answer. Nothing is wrong with the command and nothing was sent: the same command later succeeds, so an
+# engine retries it (a Kubernetes pod failure policy fails the Job on 2).
+EXIT_TRY_AGAIN = 75
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # the reader of our output went away (`| head`): 128 + SIGPIPE, as a shell reports it
 # The run folder of the command under way, where an internal error's traceback goes.
@@ -68,7 +69,7 @@ class UsageError(BatchIngestError):
 class RunInUse(UsageError):
     """Another process holds the run folder's lock: try again once it ends (exit 75, not 2)."""
 
-    exit_code = EXIT_IN_USE
+    exit_code = EXIT_TRY_AGAIN
 
 
 class ConfigError(UsageError):

@@ -123,8 +123,8 @@ class ApiUrl(Kind):
 
 
 class StoreUrl(Kind):
-    """The address of a shared rate store: `redis://HOST:PORT/DB` (also `rediss://` for TLS, `valkey://`,
-    and `redis+unix:///path`). A password in it is kept, and masked wherever settings are shown."""
+    """The address of a shared rate store: `redis://[:PASSWORD@]HOST:PORT/DB` (`rediss://` for TLS; a
+    Valkey server speaks the same). A password in it is kept, and masked wherever settings are shown."""
 
     def __call__(self, source: str, value: Any, secret: bool) -> str:
         from .api.sharedrate import SCHEMES
@@ -138,13 +138,18 @@ class StoreUrl(Kind):
             raise ConfigError(
                 f"{source} is not a valid URL (got {redact_url(text)!r}): use e.g. {example}"
             ) from None
-        unix = parts.scheme.endswith("+unix")
-        if parts.scheme not in SCHEMES or (not unix and not parts.hostname) or (unix and not parts.path):
+        if parts.scheme not in SCHEMES or not parts.hostname:
             raise ConfigError(
-                f"{source} must name a Redis (or Valkey) server such as {example}, got {redact_url(text)!r}"
+                f"{source} must name a Redis (or Valkey) server as redis://HOST:PORT/DB or rediss://... "
+                f"(e.g. {example}), got {redact_url(text)!r}"
+            )
+        if parts.query or parts.fragment:
+            raise ConfigError(
+                f"{source} takes no ?options or #fragment (got {redact_url(text)!r}): give the password as "
+                "redis://:PASSWORD@HOST:PORT/DB"
             )
         db = parts.path.strip("/")
-        if not unix and db and not (db.isascii() and db.isdigit()):
+        if db and not (db.isascii() and db.isdigit()):
             raise ConfigError(
                 f"{source}: the database after the host is a number (e.g. {example}), got {db!r}"
             )
@@ -503,8 +508,11 @@ class Settings:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int | None = None,
         limiter: RateLimiter | None = None,
+        shared: bool = False,
     ) -> SmartStreamClient:
-        """A new API client configured from these settings (which must name merchant, key and auth)."""
+        """A new API client configured from these settings (which must name merchant, key and auth).
+        `shared`: a command that works rows through (run, resume, retry, collect) shares the budget
+        through `rate_store` when one is set; a look-up (validate, jobs, profiles) paces itself."""
         # Imported here: the command line imports this module to build its options, and starts
         # without loading httpx.
         from .api.auth import Auth
@@ -516,7 +524,7 @@ class Settings:
             base_url=self.api_url,
             merchant_id=self.merchant_id,
             auth=Auth(self.api_key, token=self.token, email=self.email, password=self.password),
-            limiter=limiter or self._make_limiter(),
+            limiter=limiter or self._make_limiter(shared),
             transport=transport,
             max_connections=max_connections or self.concurrency + 1,
             connect_timeout=self.connect_timeout,
@@ -525,10 +533,10 @@ class Settings:
             bwlimit=self.bwlimit,
         )
 
-    def _make_limiter(self) -> RateLimiter:
+    def _make_limiter(self, shared: bool) -> RateLimiter:
         from .api.ratelimit import RateLimiter
 
-        if self.rate_store and self.rate > 0:
+        if shared and self.rate_store and self.rate > 0:
             from .api.sharedrate import SharedRateLimiter, namespace_for
 
             assert self.merchant_id

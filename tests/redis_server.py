@@ -73,7 +73,9 @@ class RedisServer:
             self.process.wait(10)
         self.process = None
 
-    def flush(self) -> None:
+    def command(self, *words: str) -> bytes:
+        """One command, in the protocol's array form; the server's first answer."""
+        frame = f"*{len(words)}\r\n" + "".join(f"${len(w.encode())}\r\n{w}\r\n" for w in words)
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(b"FLUSHALL\r\n")
-            sock.recv(16)
+            sock.sendall(frame.encode())
+            return sock.recv(256)

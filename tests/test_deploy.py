@@ -9,7 +9,7 @@
   the variable the engine sets.
 * The AWS Batch JSON validates against botocore's model of RegisterJobDefinition and SubmitJob.
 * Exit 2 (`EXIT_USAGE`) fails the Kubernetes Job and is not retried by AWS Batch; exit 75
-  (`EXIT_IN_USE`: the run folder is in use by another process) is retried by both, and so is a
+  (`EXIT_TRY_AGAIN`: the run folder is in use by another process) is retried by both, and so is a
   `--no-wait` shard's exit 1 (rows left unsent: the shard resumes), while the collector's exit 1 (its
   work is done: some rows did not succeed) is not.
 * The Dockerfile installs from the lock and its entry point is the project's console script.
@@ -37,7 +37,7 @@ import yaml  # type: ignore[import-untyped]
 from batch_ingest.cli import main
 from batch_ingest.errors import (
     EXIT_ABORTED,
-    EXIT_IN_USE,
+    EXIT_TRY_AGAIN,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_ROWS_FAILED,
@@ -563,7 +563,7 @@ def test_kubernetes_job_fails_at_once_on_usage_errors_and_retries_the_rest(name:
     assert k8s_action(policy, container["name"], EXIT_USAGE) == "FailJob"
     assert k8s_action(policy, container["name"], None, ["DisruptionTarget"]) == "Ignore"
     # The folder in use by another process: the same command succeeds once it ends.
-    assert k8s_action(policy, container["name"], EXIT_IN_USE) in RETRIED
+    assert k8s_action(policy, container["name"], EXIT_TRY_AGAIN) in RETRIED
     for code in (EXIT_ABORTED, EXIT_INTERNAL, EXIT_INTERRUPTED):
         assert k8s_action(policy, container["name"], code) == "Count", code
     if spec.get("completionMode") == "Indexed":
@@ -592,7 +592,7 @@ def test_pod_failure_policy_check_catches_a_wrong_rule() -> None:
     policy["rules"].insert(0, {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [1]}})
     policy["rules"].insert(0, {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 75]}})
     assert k8s_action(policy, "batch-ingest", EXIT_ROWS_FAILED) not in RETRIED
-    assert k8s_action(policy, "batch-ingest", EXIT_IN_USE) not in RETRIED
+    assert k8s_action(policy, "batch-ingest", EXIT_TRY_AGAIN) not in RETRIED
 
 
 def aws_action(strategy: Mapping[str, Any], exit_code: int) -> str:
@@ -620,7 +620,7 @@ def test_aws_batch_shards_retry_all_but_usage_errors() -> None:
     strategy = definition["retryStrategy"]
     assert strategy["attempts"] >= 2
     assert aws_action(strategy, EXIT_USAGE) == "EXIT"
-    assert aws_action(strategy, EXIT_IN_USE) == "RETRY" and explicitly_retried(strategy, EXIT_IN_USE)
+    assert aws_action(strategy, EXIT_TRY_AGAIN) == "RETRY" and explicitly_retried(strategy, EXIT_TRY_AGAIN)
     # A --no-wait shard exits 1 only when it left rows unsent: retried, it resumes and sends them.
     assert aws_action(strategy, EXIT_ROWS_FAILED) == "RETRY"
     for code in (EXIT_ABORTED, EXIT_INTERNAL, EXIT_INTERRUPTED):
@@ -628,7 +628,7 @@ def test_aws_batch_shards_retry_all_but_usage_errors() -> None:
     bad = {"evaluateOnExit": [{"onExitCode": "*", "action": "RETRY"}, *strategy["evaluateOnExit"]]}
     assert aws_action(bad, EXIT_USAGE) == "RETRY"  # the check sees a catch-all placed first
     bad = {"evaluateOnExit": [{"onExitCode": "7*", "action": "EXIT"}, *strategy["evaluateOnExit"]]}
-    assert aws_action(bad, EXIT_IN_USE) == "EXIT"  # and a pattern that swallows 75
+    assert aws_action(bad, EXIT_TRY_AGAIN) == "EXIT"  # and a pattern that swallows 75
 
 
 def test_aws_batch_collector_keeps_its_verdict_and_retries_the_rest() -> None:
@@ -639,7 +639,7 @@ def test_aws_batch_collector_keeps_its_verdict_and_retries_the_rest() -> None:
     assert strategy["attempts"] >= 2
     assert aws_action(strategy, EXIT_USAGE) == "EXIT"
     assert aws_action(strategy, EXIT_ROWS_FAILED) == "EXIT"  # every job ended; the report says which rows
-    assert aws_action(strategy, EXIT_IN_USE) == "RETRY" and explicitly_retried(strategy, EXIT_IN_USE)
+    assert aws_action(strategy, EXIT_TRY_AGAIN) == "RETRY" and explicitly_retried(strategy, EXIT_TRY_AGAIN)
     for code in (EXIT_ABORTED, EXIT_INTERNAL, EXIT_INTERRUPTED):
         assert aws_action(strategy, code) == "RETRY", code
 

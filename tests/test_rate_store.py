@@ -99,7 +99,7 @@ def test_a_store_that_does_not_answer_stops_the_run_before_it_starts(tmp_path, e
         ["run", str(manifest), "--report-dir", str(tmp_path / "r"), "--rate-store", store, *_flags()],
         server.env(),
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 75, result.output  # try again later: nothing was sent
     assert "the rate store redis://" in result.output and "does not answer" in result.output
     assert "hunter2-secret" not in result.output
     assert not (tmp_path / "r").exists()  # nothing was created: no run, no job
@@ -110,6 +110,9 @@ def test_a_store_that_does_not_answer_stops_the_run_before_it_starts(tmp_path, e
     ("value", "message"),
     [
         ("http://127.0.0.1:6379", "must name a Redis"),
+        ("valkey://127.0.0.1:6379/0", "must name a Redis"),
+        ("redis+unix:///tmp/redis.sock", "must name a Redis"),
+        ("redis://127.0.0.1:6379/0?socket_timeout=abc", "takes no ?options"),
         ("redis://127.0.0.1:6379/zero", "the database after the host is a number"),
         ("redis://127.0.0.1:99999/0", "not a valid URL"),
     ],
@@ -149,3 +152,41 @@ def test_a_store_lost_mid_run_means_going_on_alone_and_the_run_still_ends_well(
     assert process.returncode == 0, stdout
     assert "stopped answering" in stdout and "going on alone at 120 requests per minute" in stdout
     assert len(server.jobs()) == 10
+
+
+def test_look_ups_do_not_need_the_store(tmp_path, emulator_server):
+    """validate, jobs and profiles pace themselves: a store that is down does not stop them."""
+    server = emulator_server(EmulatorConfig(**FAST))
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    for args in (["validate", str(url_manifest(tmp_path, 2))], ["jobs"], ["profiles"]):
+        result = run_cli([*args, "--rate-store", dead], server.env())
+        assert result.exit_code == 0, (args, result.output)
+
+
+def test_a_resume_without_the_store_a_run_shared_says_so(
+    tmp_path, emulator_server, redis_server: RedisServer
+):
+    server = emulator_server(EmulatorConfig(**FAST))
+    store = redis_server.url.replace("redis://", "redis://:pw-secret@")
+    redis_server.command("CONFIG", "SET", "requirepass", "pw-secret")
+    run_dir = tmp_path / "r"
+    first = run_cli(
+        [
+            "run",
+            str(url_manifest(tmp_path, 3)),
+            "--report-dir",
+            str(run_dir),
+            "--no-wait",
+            "--rate-store",
+            store,
+            *_flags(),
+        ],
+        server.env(),
+    )
+    assert first.exit_code == 0, first.output
+    for path in run_dir.rglob("*"):  # summary, journal (SQLite), reports, plan: nowhere
+        assert not path.is_file() or b"pw-secret" not in path.read_bytes(), path
+    assert "pw-secret" not in first.output
+    resumed = run_cli(["resume", str(run_dir), *_flags()], server.env())
+    assert resumed.exit_code == 0, resumed.output
+    assert "this run shared --rate through a rate store, and none is set now" in resumed.output

@@ -35,9 +35,20 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 def limiter(
-    url: str, clock: FakeClock, rate: float, *, burst: int | None = None, ns: str = "t"
+    url: str, clock: FakeClock, rate: float, *, burst: int | None = None, ns: str = "t", stale_s: float = 0
 ) -> SharedRateLimiter:
-    return SharedRateLimiter(url, rate, namespace=ns, burst=burst, clock=clock, sleep=clock.sleep)
+    """A process on the store; its heartbeat is left to `acquire` and `start` (the clock is fake), so
+    the reservation of quiet members is off unless a test turns it on."""
+    return SharedRateLimiter(
+        url,
+        rate,
+        namespace=ns,
+        burst=burst,
+        clock=clock,
+        sleep=clock.sleep,
+        stale_s=stale_s,
+        background=False,
+    )
 
 
 def most_in_any_window(times: list[float], window: float) -> int:
@@ -123,8 +134,10 @@ async def test_a_lost_store_means_the_share_of_the_processes_last_seen_then_rejo
     times = [await a.acquire() for _ in range(4)]
     assert a.fallen_back and a.per_minute == 30  # 60 shared by the two processes last seen
     assert "stopped answering" in notices[0] and "30 requests per minute" in notices[0]
-    # Alone at 30/min: one every 2 s (the window's margin aside), never above the share.
-    assert times[-1] - before >= 3 * 60.25 / 30 - 1e-6
+    # First a window's wait (the store's window may have been full), then alone at 30/min: one every
+    # 2 s (the window's margin aside), never above the share.
+    assert times[0] >= before + SHARED_WINDOW_S
+    assert times[-1] - times[0] >= 3 * 60.25 / 30 - 1e-6
     redis_server.start()
     clock.now += 6  # past the next try of the store
     await a.acquire()
@@ -184,3 +197,91 @@ async def test_the_cap_still_counts_what_was_sent_before_a_429_lowered_the_budge
     assert sum(1 for t in later if t < start + 30 + SHARED_WINDOW_S) == 3, [t - start for t in later]
     assert most_in_any_window(sent + later, SHARED_WINDOW_S) <= 10
     await a.aclose()
+
+
+async def test_a_process_cut_off_keeps_its_share_reserved_so_the_others_make_room(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    """c stops talking to the store (a partial partition) and goes on alone at 60/3; a and b, still
+    sharing, must make room for it: 40 a window for the two of them."""
+    a, b, c = (limiter(redis_server.url, clock, 60, stale_s=20) for _ in range(3))
+    for each in (a, b, c):
+        await each.start()
+    clock.now += 21  # c has not been heard from since
+    start = clock.now
+    times = await take([a, b], 50)
+    assert most_in_any_window(times, SHARED_WINDOW_S) == 40
+    assert sum(1 for t in times if t < start + SHARED_WINDOW_S) == 40
+
+
+async def test_what_was_sent_alone_goes_into_the_store_on_rejoining(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    """The store restarts empty (no persistence): a's sends while alone are pushed into it on rejoining,
+    so a newcomer cannot take the whole window beside them."""
+    a = limiter(redis_server.url, clock, 20)
+    await a.start()
+    redis_server.stop()
+    sent = [await a.acquire() for _ in range(5)]  # alone at 20/min after the window's wait
+    redis_server.start()
+    clock.now += 6
+    rejoined = await a.acquire()
+    assert not a.fallen_back
+    b = limiter(redis_server.url, clock, 20)
+    later = [await b.acquire() for _ in range(20)]
+    assert most_in_any_window([*sent, rejoined, *later], SHARED_WINDOW_S) <= 20 + 1  # +1: one pushed late
+    assert sum(1 for t in later if t < rejoined + 1) <= 20 - 6
+
+
+async def test_the_smallest_rate_of_the_processes_applies_and_is_told(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    notices: list[str] = []
+    small, large = limiter(redis_server.url, clock, 10), limiter(redis_server.url, clock, 30)
+    large.on_notice = notices.append
+    await small.start()
+    await large.start()
+    start = clock.now
+    times = await take([large, small], 40)
+    assert sum(1 for t in times if t < start + SHARED_WINDOW_S) == 10
+    assert "names --rate 10, less than this one's 30" in notices[0]
+
+
+async def test_a_store_that_accepts_and_never_answers_is_unreachable_within_the_timeout(
+    clock: FakeClock,
+) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        quiet = SharedRateLimiter(
+            url, 60, namespace="t", clock=clock, sleep=clock.sleep, timeout=0.2, background=False
+        )
+        with pytest.raises(StoreUnreachable, match="does not answer"):
+            await quiet.start()
+
+
+async def test_a_store_that_refuses_our_scripts_is_a_configuration_error(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    from batch_ingest.errors import ConfigError
+
+    redis_server.command("ACL", "SETUSER", "batch", "on", ">pw", "~*", "+@all", "-eval", "-evalsha")
+    url = f"redis://batch:pw@127.0.0.1:{redis_server.port}/0"
+    with pytest.raises(ConfigError, match="refuses us") as caught:
+        await limiter(url, clock, 60).start()
+    assert ":pw@" not in str(caught.value)
+
+
+async def test_a_process_alone_on_a_lost_store_goes_on_from_its_own_window_at_once(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    a = limiter(redis_server.url, clock, 10)
+    await a.start()
+    sent = [await a.acquire() for _ in range(4)]
+    redis_server.stop()
+    alone = [await a.acquire() for _ in range(10)]
+    assert a.fallen_back and alone[0] == sent[-1]  # no window's wait: it knows all the window holds
+    assert most_in_any_window([*sent, *alone], SHARED_WINDOW_S) <= 10  # its own four still count
