@@ -15,33 +15,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import polars as pl
 
-from .errors import UsageError
+from .errors import EXIT_ROWS_FAILED, UsageError
 from .journal import InFlight, JobUpdate
 from .poll import Poller, PollPolicy
 from .progress import Progress
-from .resume import check_api_url
+from .resume import check_api_url, note_lost_store
 from .rundir import RunDir, RunResult, SegmentRecord
 from .runfiles import JOURNAL_FILE
 from .settings import Settings
 from .shard import expected, shard_folders
+from .vocabulary import Outcome
 
 STRIDE = 1 << 40  # past any manifest's row count
 
 
-def expand(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
-    """Run folders from run folders and run roots (a root stands for its shard folders), and warnings
-    for the shards of a root that have no run yet (their rows cannot be collected)."""
+@dataclass(frozen=True)
+class Unstarted:
+    """Shards of a run root that hold no run: their rows are in no journal."""
+
+    root: Path
+    indices: tuple[int, ...]
+    count: int
+
+    def names(self) -> str:
+        return ", ".join(f"shard-{i}-of-{self.count}" for i in self.indices)
+
+
+def expand(paths: Iterable[Path]) -> tuple[list[Path], list[Unstarted]]:
+    """Run folders from run folders and run roots (a root stands for its shard folders), and the shards
+    of each root that have no run yet (not started, or started on a disk that was lost)."""
     runs: list[Path] = []
-    warnings: list[str] = []
+    unstarted: list[Unstarted] = []
     for path in paths:
         if (path / JOURNAL_FILE).exists():
             runs.append(path)
@@ -52,17 +67,54 @@ def expand(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
                 f"{path} is neither a run folder (it holds no {JOURNAL_FILE}) nor a run root with shard-I-of-N "
                 "folders: give the folders `run --no-wait` wrote"
             )
-        count = expected(path) or len(shards)
+        # N from the root's record, else from the folders' names (shard-I-of-N), never from their number.
+        count = expected(path) or max(int(p.name.rsplit("-", 1)[1]) for p in shards)
         started = {p.name for p in shards if (p / JOURNAL_FILE).exists()}
-        missing = [f"shard-{i}-of-{count}" for i in range(count) if f"shard-{i}-of-{count}" not in started]
+        missing = tuple(i for i in range(count) if f"shard-{i}-of-{count}" not in started)
         if missing:
-            warnings.append(
-                f"{path}: {', '.join(missing)} holds no run yet (not started, or lost its disk): start it "
-                "again with the same command (`run --adopt-existing` finds the jobs it already created)"
-            )
+            unstarted.append(Unstarted(path, missing, count))
         runs += [p for p in shards if p.name in started]
     unique = list(dict.fromkeys(p.resolve() for p in runs))
-    return unique, warnings
+    return unique, unstarted
+
+
+def unstarted_rows(gap: Unstarted, runs: list[RunDir]) -> pl.DataFrame:
+    """The manifest rows of shards that have no run, `interrupted` with the command that sends them:
+    read again from the manifest a started shard of the same root records (its options, its split)."""
+    from .plan import plan_manifest
+    from .shard import Shard, select
+
+    root = gap.root.resolve()
+    meta = next((r.meta() for r in runs if r.path.resolve().parent == root), None)
+    if meta is None:
+        return pl.DataFrame()
+    options, recorded = meta.get("options") or {}, meta.get("shard") or {}
+    plan = plan_manifest(
+        str(meta.get("manifest")),
+        fmt=options.get("fmt"),
+        default_profile=options.get("default_profile"),
+        extra_columns=tuple(options.get("extra_columns") or ()),
+    )
+    frames = []
+    for index in gap.indices:
+        rows = select(plan.frame, Shard(index, gap.count, by=recorded.get("by")), plan.extras)
+        frames.append(
+            rows.select(
+                [
+                    c
+                    for c in ("row", "key", "ref_id", "source", "source_type", "job_profile_id")
+                    if c in rows.columns
+                ]
+            ).with_columns(
+                pl.lit(Outcome.INTERRUPTED.value).alias("outcome"),
+                pl.lit("SHARD_NOT_RUN").alias("error_code"),
+                pl.lit(
+                    f"shard {index} of {gap.count} has no run in {gap.root}: start it with the shards' command "
+                    f"(--shard {index}/{gap.count}), then collect again"
+                ).alias("error_message"),
+            )
+        )
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
 class Collection:
@@ -145,9 +197,12 @@ async def collect_async(
     from .options import RunOptions
 
     progress = progress or Progress()
-    folders, warnings = expand(paths)
-    for warning in warnings:
-        progress.message(f"warning: {warning}")
+    folders, unstarted = expand(paths)
+    for gap in unstarted:
+        progress.message(
+            f"warning: {gap.root}: {gap.names()} holds no run yet (not started, or started on a disk that was "
+            "lost): start it again with the shards' command; its rows are `interrupted` in the merged report"
+        )
     if not folders:
         raise UsageError("no run to collect: none of these folders holds a run yet")
     started = time.time()
@@ -159,6 +214,7 @@ async def collect_async(
         for run in runs:
             run.plan  # noqa: B018 - a folder without a readable plan is refused before anything else
             check_api_url(run.path, run.meta(), settings, check)
+        note_lost_store(runs[0].meta(), settings, progress)
         collection = Collection(runs)
         in_flight = collection.in_flight()
         mine = {id(run) for run in runs if _to_write(run)} | {
@@ -168,12 +224,12 @@ async def collect_async(
             if id(run) in mine:
                 run.claim()
         requests = rate_limited = polls = 0
+        interrupted = False
         if in_flight:
             settings.require_api()
             shown = _RowsShown(progress, collection)
             shown.start(rows=len(in_flight), to_submit=0, upload_bytes=0, run_id="collect")
-            progress.message(f"collecting {len(in_flight)} job(s) of {len(runs)} run(s) with one poller")
-            async with settings.make_client(transport=transport) as client:
+            async with settings.make_client(transport=transport, shared=True) as client:
                 client.on_notice = progress.message
                 poller = Poller(
                     client,
@@ -192,7 +248,12 @@ async def collect_async(
                 poller.resume_in_flight()
                 submitted = asyncio.Event()
                 submitted.set()  # nothing is submitted here: poll until every job has ended
-                await poller.run(submitted, asyncio.Event())
+                with _stop_on_signal(progress) as stop:
+                    progress.message(
+                        f"collecting {len(in_flight)} job(s) of {len(runs)} run(s) with one poller"
+                    )
+                    await poller.run(submitted, stop)
+                interrupted = stop.is_set()
                 requests, rate_limited, polls = (
                     client.requests_sent,
                     client.limiter.rate_limited_total,
@@ -216,9 +277,35 @@ async def collect_async(
                 rate_limited=rate_limited if share else 0,
                 polls=polls,
             )
-            results.append(run.finish(segment))
-    merged = _write_merged(results, merged_out) if merged_out is not None else None
-    return CollectResult(results, merged, max(r.exit_code for r in results), requests)
+            results.append(run.finish(segment, interrupted=interrupted))
+        gaps = [unstarted_rows(gap, runs) for gap in unstarted]
+    exit_code = max(r.exit_code for r in results)
+    if any(not g.is_empty() for g in gaps) or unstarted:
+        exit_code = max(exit_code, EXIT_ROWS_FAILED)  # rows no shard has sent yet
+    merged = _write_merged(results, merged_out, gaps) if merged_out is not None else None
+    return CollectResult(results, merged, exit_code, requests)
+
+
+@contextlib.contextmanager
+def _stop_on_signal(progress: Progress) -> Iterator[asyncio.Event]:
+    """SIGINT or SIGTERM: stop polling and write every run's report of what is known (exit 130); the
+    journals hold the rest, and collecting again goes on from there."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        progress.message(
+            f"{signal.Signals(signum).name}: writing the reports of what is known; collect again to go on"
+        )
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _to_write(run: RunDir) -> bool:
@@ -237,11 +324,15 @@ def _shares(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def _write_merged(results: list[RunResult], out: Path) -> Path:
-    """One report of every run's rows (Parquet, and CSV beside it), in run then row order."""
+def _write_merged(results: list[RunResult], out: Path, gaps: list[pl.DataFrame]) -> Path:
+    """One report of every run's rows and of the rows of shards that did not run (Parquet, and CSV
+    beside it), in row order."""
     from .review import load_run, merge_runs, write_frame
 
-    merged = merge_runs([load_run(r.run_dir) for r in results])
+    merged = pl.concat(
+        [merge_runs([load_run(r.run_dir) for r in results]), *(g for g in gaps if not g.is_empty())],
+        how="diagonal_relaxed",
+    ).sort("row")
     write_frame(merged, out)
     if out.suffix.lower() == ".parquet":
         write_frame(merged, out.with_suffix(".csv"))

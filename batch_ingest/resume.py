@@ -114,7 +114,7 @@ async def continue_run(
 ) -> RunResult:
     """Work an existing journal (a resume, or a retry's new run) to its end on one client."""
     secrets = recover_secret_sources(run.meta(), run.journal.secret_rows(), progress)
-    async with settings.make_client(transport=transport) as client:
+    async with settings.make_client(transport=transport, shared=True) as client:
         spec = Work(settings, options, client, progress, kind, started=started, secret_sources=secrets)
         return await work(run, spec)
 
@@ -157,6 +157,7 @@ async def resume_run_async(
             )
         run.claim()
         check_api_url(run_dir, meta, settings, options)
+        note_lost_store(meta, settings, progress)
         settings = _shard_rate(meta, settings, progress)
         stored = meta.get("options") or {}
         options = replace(
@@ -172,6 +173,17 @@ async def resume_run_async(
         settings.require_api()
         return await continue_run(
             run, settings, options, kind="resume", started=started, transport=transport, progress=progress
+        )
+
+
+def note_lost_store(meta: dict[str, Any], settings: Settings, progress: Progress) -> None:
+    """Say so when the run shared its budget through a rate store and this process has none: a store
+    URL with a password is never recorded, so it must be given again."""
+    if (meta.get("settings") or {}).get("rate_store") and not settings.rate_store:
+        progress.message(
+            "warning: this run shared --rate through a rate store, and none is set now (a store URL with a "
+            "password is never recorded): pass --rate-store or export SMARTSTREAM_RATE_STORE, or this process "
+            "paces itself as if it were alone on the account"
         )
 
 

@@ -55,16 +55,23 @@ def test_shards_submit_without_waiting_and_one_collector_finishes_them_all(tmp_p
     assert server.store.stats()["requests_total"] == before
 
 
-def test_collect_names_a_shard_with_no_run_and_its_rows_stay_out(tmp_path, emulator_server):
+def test_collect_names_a_shard_with_no_run_and_reports_its_rows_unsent(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = url_manifest(tmp_path, 10)
     root = tmp_path / "root"
     assert _shard(manifest, root, 0, 2, server.env()).exit_code == 0
+    (root / "shards.json").unlink()  # N comes from the folders' names then, not from their number
     collected = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
-    assert collected.exit_code == 0, collected.output
+    assert collected.exit_code == 1, collected.output  # rows no shard has sent
     assert "shard-1-of-2 holds no run yet" in collected.output
-    rows = report_of(root / "shard-0-of-2")["row"].to_list()
-    assert sorted(pl.read_parquet(root / "report.parquet")["row"].to_list()) == sorted(rows)
+    merged = pl.read_parquet(root / "report.parquet")
+    assert merged["row"].to_list() == list(range(1, 11))  # every manifest row, once
+    sent = set(report_of(root / "shard-0-of-2")["row"].to_list())
+    unsent = merged.filter(~pl.col("row").is_in(sent))
+    assert unsent.height == 10 - len(sent) > 0
+    assert set(unsent["outcome"].to_list()) == {"interrupted"} and set(unsent["error_code"].to_list()) == {
+        "SHARD_NOT_RUN"
+    }
 
 
 def test_collect_refuses_a_run_still_in_use_and_a_folder_that_is_no_run(tmp_path, emulator_server):
@@ -105,7 +112,7 @@ def test_a_shard_that_lost_its_disk_adopts_its_jobs_instead_of_sending_them_agai
     server = emulator_server(EmulatorConfig(**{**FAST, "encode_seconds": 0.5}))
     manifest = url_manifest(tmp_path, 12)  # every row has a ref_id
     root = tmp_path / "root"
-    first = _shard(manifest, root, 0, 2, server.env())
+    first = _shard(manifest, root, 0, 1, server.env())
     assert first.exit_code == 0, first.output
     sent = server.store.stats()["jobs_created"]
     assert sent > 0
@@ -113,17 +120,17 @@ def test_a_shard_that_lost_its_disk_adopts_its_jobs_instead_of_sending_them_agai
     import shutil
 
     shutil.rmtree(root)
-    again = _shard(manifest, root, 0, 2, server.env())
+    again = _shard(manifest, root, 0, 1, server.env())
     assert again.exit_code == 0, again.output
     assert server.store.stats()["jobs_created"] == sent  # nothing sent twice
     assert server.store.stats()["duplicate_ref_ids"] == {}
     collected = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
     assert collected.exit_code == 0, collected.output
-    report = report_of(root / "shard-0-of-2")
+    report = report_of(root / "shard-0-of-1")
     assert set(report["outcome"].to_list()) == {"succeeded"}  # adopted jobs are the run's own
     assert all("adopted" in m for m in report["error_message"].to_list())
     # A third start after the collector: the run is found, finished; still nothing sent.
-    third = _shard(manifest, root, 0, 2, server.env())
+    third = _shard(manifest, root, 0, 1, server.env())
     assert third.exit_code == 0, third.output
     assert server.store.stats()["jobs_created"] == sent
 
@@ -215,3 +222,24 @@ def test_a_new_batch_reusing_ref_ids_for_other_videos_is_sent_not_adopted(tmp_pa
     result = _shard(second, tmp_path / "night2", 0, 1, server.env())
     assert result.exit_code == 0, result.output
     assert len(server.jobs()) == 8  # every new video sent, none taken for yesterday's job
+
+
+def test_a_collector_stopped_by_sigterm_writes_what_it_knows_and_exits_130(tmp_path, emulator_server):
+    import signal
+
+    from .helpers import spawn_cli
+
+    server = emulator_server(EmulatorConfig(**{**FAST, "encode_seconds": 600}))  # nothing ends meanwhile
+    manifest = url_manifest(tmp_path, 3)
+    root = tmp_path / "root"
+    assert _shard(manifest, root, 0, 1, server.env()).exit_code == 0
+    collector = spawn_cli(["collect", str(root), *FLAGS[:-1]], server.env())
+    assert collector.stderr is not None
+    for line in collector.stderr:  # the poller is at work once it says so
+        if "with one poller" in line:
+            break
+    collector.send_signal(signal.SIGTERM)
+    out, err = collector.communicate(timeout=60)
+    assert collector.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    assert set(report_of(root / "shard-0-of-1")["outcome"].to_list()) == {"interrupted"}
