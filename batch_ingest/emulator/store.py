@@ -16,7 +16,7 @@ import heapq
 import random
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -250,6 +250,10 @@ class Store:
         self.tokens: dict[str, tuple[float, float]] = {}  # token -> (stated expiry, real expiry)
         self.counters = Counters()
         self.window: list[float] = []  # admitted request times in the current rolling minute
+        # Every API request's time in the last 60 s (admitted or answered 429), and the most there were:
+        # the load the limiter saw, whoever sent it (stats' max_requests_per_minute).
+        self._last_minute: deque[float] = deque()
+        self.max_requests_per_minute = 0
         self.bucket: tuple[float, float] | None = None  # (tokens, when) in token-bucket mode
         self.burst_left = 0
         self.failed_once: set[str] = set()  # sources whose create already failed once (create_error_once)
@@ -495,6 +499,7 @@ class Store:
         """Count one API request against the rolling minute. None if admitted, else seconds to wait."""
         limit = self.config.rate_limit
         now = self.clock()
+        self._count_in_last_minute(now)
         if limit > 0 and self.config.bucket_capacity > 0:
             # A token bucket: `bucket_capacity` at once at most, refilled at rate_limit per minute.
             capacity, per_s = float(self.config.bucket_capacity), limit / 60.0
@@ -518,6 +523,16 @@ class Store:
         self.counters.request_times.append(now)
         return None
 
+    def _count_in_last_minute(self, now: float) -> None:
+        """Count one request at `now` in the rolling minute (now - 60, now], as the limit's window
+        counts, and keep the most it ever held. Amortised O(1): each time is dropped once."""
+        recent = self._last_minute
+        recent.append(now)
+        cut = now - 60.0
+        while recent[0] <= cut:
+            recent.popleft()
+        self.max_requests_per_minute = max(self.max_requests_per_minute, len(recent))
+
     def enter(self, kind: str) -> None:
         """A request of `kind` starts being handled (for the concurrency high-water marks)."""
         self.in_progress[kind] += 1
@@ -539,6 +554,8 @@ class Store:
         return {
             "requests_total": sum(self.counters.requests.values()),
             "requests": dict(by_endpoint),
+            # The most API requests (429s included) in any rolling 60 s of the emulator's clock.
+            "max_requests_per_minute": self.max_requests_per_minute,
             "max_concurrent_requests": self.max_in_progress["api"],
             "max_concurrent_uploads": self.max_in_progress["upload"],
             "rate_limited": sum(n for (_, s), n in self.counters.requests.items() if s == 429),
