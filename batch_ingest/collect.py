@@ -229,7 +229,11 @@ async def collect_async(
             settings.require_api()
             shown = _RowsShown(progress, collection)
             shown.start(rows=len(in_flight), to_submit=0, upload_bytes=0, run_id="collect")
-            async with settings.make_client(transport=transport, shared=True) as client:
+            async with settings.make_client(
+                transport=transport,
+                shared=True,
+                member="collect:" + ",".join(str(r.path.resolve()) for r in runs),
+            ) as client:
                 client.on_notice = progress.message
                 poller = Poller(
                     client,

@@ -114,7 +114,9 @@ async def continue_run(
 ) -> RunResult:
     """Work an existing journal (a resume, or a retry's new run) to its end on one client."""
     secrets = recover_secret_sources(run.meta(), run.journal.secret_rows(), progress)
-    async with settings.make_client(transport=transport, shared=True) as client:
+    async with settings.make_client(
+        transport=transport, shared=True, member=str(run.path.resolve())
+    ) as client:
         spec = Work(settings, options, client, progress, kind, started=started, secret_sources=secrets)
         return await work(run, spec)
 

@@ -117,7 +117,9 @@ async def run_manifest_async(
     if options.run_dir is not None:
         RunDir.check_new(options.run_dir)  # before a single request
     started = time.time()
-    async with settings.make_client(transport=transport, shared=True) as client:
+    async with settings.make_client(
+        transport=transport, shared=True, member=str(options.run_dir.resolve()) if options.run_dir else None
+    ) as client:
         plan = await plan_run(manifest, options, client)
         if options.check_sources is not None or options.probe is not None:
             from .sources import examine  # before the canary chooses: held rows are checked too

@@ -509,10 +509,12 @@ class Settings:
         max_connections: int | None = None,
         limiter: RateLimiter | None = None,
         shared: bool = False,
+        member: str | None = None,
     ) -> SmartStreamClient:
         """A new API client configured from these settings (which must name merchant, key and auth).
         `shared`: a command that works rows through (run, resume, retry, collect) shares the budget
-        through `rate_store` when one is set; a look-up (validate, jobs, profiles) paces itself."""
+        through `rate_store` when one is set; a look-up (validate, jobs, profiles) paces itself.
+        `member`: the run it works for, its name on the store (see `SharedRateLimiter`)."""
         # Imported here: the command line imports this module to build its options, and starts
         # without loading httpx.
         from .api.auth import Auth
@@ -524,7 +526,7 @@ class Settings:
             base_url=self.api_url,
             merchant_id=self.merchant_id,
             auth=Auth(self.api_key, token=self.token, email=self.email, password=self.password),
-            limiter=limiter or self._make_limiter(shared),
+            limiter=limiter or self._make_limiter(shared, member),
             transport=transport,
             max_connections=max_connections or self.concurrency + 1,
             connect_timeout=self.connect_timeout,
@@ -533,7 +535,7 @@ class Settings:
             bwlimit=self.bwlimit,
         )
 
-    def _make_limiter(self, shared: bool) -> RateLimiter:
+    def _make_limiter(self, shared: bool, member: str | None) -> RateLimiter:
         from .api.ratelimit import RateLimiter
 
         if shared and self.rate_store and self.rate > 0:
@@ -545,6 +547,7 @@ class Settings:
                 self.rate,
                 namespace=namespace_for(self.api_url, self.merchant_id),
                 burst=self.burst or None,
+                member=member,
             )
         return RateLimiter(self.rate, burst=self.burst or None)
 

@@ -89,6 +89,7 @@ def test_an_indexed_job_with_two_shards_killed_then_the_collector(
     stats = server.store.stats()
     assert stats["jobs_created"] == ROWS and stats["duplicate_ref_ids"] == {}, stats
     assert stats["rate_limited"] == 0, stats
+    assert stats["max_requests_per_minute"] <= RATE, stats
     merged = pl.read_parquet(root / "report.parquet")
     assert sorted(merged["row"].to_list()) == list(range(1, ROWS + 1))
     assert set(merged["outcome"].to_list()) == {"succeeded"}

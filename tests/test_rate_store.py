@@ -56,6 +56,7 @@ def test_two_runs_sharing_a_store_stay_inside_the_account_budget(tmp_path, emula
         assert "shared through the rate store" in output
     assert len(server.jobs()) == 24
     assert _rate_limited(server) == 0
+    assert server.store.stats()["max_requests_per_minute"] <= RATE
     settings = json.loads((tmp_path / "cron" / "summary.json").read_text())["settings"]
     assert settings["rate_store"] == redis_server.url
 

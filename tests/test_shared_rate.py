@@ -35,7 +35,14 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 
 def limiter(
-    url: str, clock: FakeClock, rate: float, *, burst: int | None = None, ns: str = "t", stale_s: float = 0
+    url: str,
+    clock: FakeClock,
+    rate: float,
+    *,
+    burst: int | None = None,
+    ns: str = "t",
+    stale_s: float = 0,
+    member: str | None = None,
 ) -> SharedRateLimiter:
     """A process on the store; its heartbeat is left to `acquire` and `start` (the clock is fake), so
     the reservation of quiet members is off unless a test turns it on."""
@@ -48,6 +55,7 @@ def limiter(
         sleep=clock.sleep,
         stale_s=stale_s,
         background=False,
+        member=member,
     )
 
 
@@ -285,3 +293,20 @@ async def test_a_process_alone_on_a_lost_store_goes_on_from_its_own_window_at_on
     alone = [await a.acquire() for _ in range(10)]
     assert a.fallen_back and alone[0] == sent[-1]  # no window's wait: it knows all the window holds
     assert most_in_any_window([*sent, *alone], SHARED_WINDOW_S) <= 10  # its own four still count
+
+
+async def test_a_shard_killed_and_started_again_takes_its_own_place_back(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    """Members are runs: the restarted shard is the member its killed predecessor was, so no share
+    stays reserved for a process that is gone."""
+    killed = limiter(redis_server.url, clock, 60, stale_s=20, member="/runs/m/shard-1-of-2")
+    other = limiter(redis_server.url, clock, 60, stale_s=20, member="/runs/m/shard-0-of-2")
+    await killed.start()
+    await other.start()
+    clock.now += 21  # the first is gone (SIGKILL: it never left), its successor starts
+    successor = limiter(redis_server.url, clock, 60, stale_s=20, member="/runs/m/shard-1-of-2")
+    await successor.start()
+    start = clock.now
+    times = [await other.acquire() for _ in range(70)]
+    assert sum(1 for t in times if t < start + SHARED_WINDOW_S) == 60  # nothing held back for the dead

@@ -172,7 +172,8 @@ class SharedRateLimiter(RateLimiter):
     While the store answers, the budget, the pace and the pauses are the store's; this object's own
     `RateLimiter` state holds this process's pause (applied at once, before the store hears of it)
     and, after the store fails, the budget of the fall-back share and what was sent alone.
-    `background=False` leaves the heartbeat to `acquire` (tests on a fake clock).
+    `background=False` leaves the heartbeat to `acquire` (tests on a fake clock). `member` names the
+    run this process works for (one process per run folder, by its lock).
     """
 
     def __init__(
@@ -188,6 +189,7 @@ class SharedRateLimiter(RateLimiter):
         timeout: float = STORE_TIMEOUT_S,
         stale_s: float = STALE_S,
         background: bool = True,
+        member: str | None = None,
     ) -> None:
         super().__init__(0, clock=clock, sleep=sleep, rng=rng, burst=burst)
         self._window = float(SHARED_WINDOW_S)  # alone after a fall-back, the store's window still holds
@@ -220,8 +222,12 @@ class SharedRateLimiter(RateLimiter):
         self._state_key = f"{namespace}:state"
         self._members_key = f"{namespace}:members"
         self._key = "requests"  # the moving window's key, under the namespace prefix
-        # The member's name carries its --rate: the smallest of the members applies to all.
-        self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}:{per_minute!r}"
+        # Who this process is on the store: the run it works for when it has one (a shard's folder), so
+        # that a shard killed and started again takes its own place back at once instead of leaving a
+        # silent member whose share stays reserved; else the process. The name carries its --rate:
+        # the smallest of the members applies to all.
+        who = member or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.member = f"{who}:{per_minute!r}"
         self._errors = store_errors()
         self.members_seen = 1  # processes in the store at the last heartbeat, this one included
         self._next_heartbeat = float("-inf")
