@@ -42,4 +42,4 @@ fi
 # when some did not (the reports say which: collecting again says the same), 75 when a shard still
 # holds its folder (a shard process left running on a host: run this script again once it ended).
 . ~/.config/batch-ingest/env
-exec batch-ingest collect /nfs/migration
+exec batch-ingest collect /nfs/migration --rate-store redis://redis-host:6379/0
