@@ -26,9 +26,10 @@ from typing import Any
 import httpx
 import polars as pl
 
+from .engine import poll_policy
 from .errors import EXIT_ROWS_FAILED, UsageError
 from .journal import InFlight, JobUpdate
-from .poll import Poller, PollPolicy
+from .poll import Poller
 from .progress import Progress
 from .resume import check_api_url, note_lost_store
 from .rundir import RunDir, RunResult, SegmentRecord
@@ -238,14 +239,7 @@ async def collect_async(
                 poller = Poller(
                     client,
                     collection,
-                    PollPolicy(
-                        job_timeout=settings.job_timeout,
-                        min_interval=settings.poll_min_interval,
-                        max_interval=settings.poll_max_interval,
-                        rate_per_minute=settings.rate,
-                        status_map=settings.encode_status_map,
-                        presign_ttl=settings.presign_ttl,
-                    ),
+                    poll_policy(settings),
                     progress=shown,
                     slack=client.limiter.slack,
                 )

@@ -87,14 +87,7 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     poller = Poller(
         client,
         run.journal,
-        PollPolicy(
-            job_timeout=settings.job_timeout,
-            min_interval=settings.poll_min_interval,
-            max_interval=settings.poll_max_interval,
-            rate_per_minute=settings.rate,
-            status_map=settings.encode_status_map,
-            presign_ttl=settings.presign_ttl,
-        ),
+        poll_policy(settings),
         progress=progress,
         slack=client.limiter.slack,
     )
@@ -157,6 +150,18 @@ async def work(run: RunDir, spec: Work) -> RunResult:
         interrupted=forced is None and signals is not None and signals.signalled,
         forced_exit_code=forced,
         options=options,
+    )
+
+
+def poll_policy(settings: Settings) -> PollPolicy:
+    """How jobs are followed, from the settings (a run's poller, and `collect`'s)."""
+    return PollPolicy(
+        job_timeout=settings.job_timeout,
+        min_interval=settings.poll_min_interval,
+        max_interval=settings.poll_max_interval,
+        rate_per_minute=settings.rate,
+        status_map=settings.encode_status_map,
+        presign_ttl=settings.presign_ttl,
     )
 
 

@@ -74,21 +74,28 @@ _T = TypeVar("_T")
 
 # The pace and the pause, checked and (when admitted) advanced in one step for every process. The
 # budget is the smallest declared rate, lowered after 429s, less the share of members gone quiet.
-_PACE = """
+# Both scripts read the shared state the same way: ARGV 1-5 are now, rate, window, burst, recovery.
+_STATE = """
 local function tostring(x) return string.format('%.17g', x) end
 local now = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
 local recovery = tonumber(ARGV[5])
-local stale_s = tonumber(ARGV[7])
-local dry = ARGV[8] == '1'
-local s = redis.call('HMGET', KEYS[1], 'tat', 'paused_until', 'factor', 'factor_at')
+local s = redis.call('HMGET', KEYS[1], 'tat', 'paused_until', 'factor', 'factor_at', 'pause_started')
 local tat = tonumber(s[1]) or 0
 local paused = tonumber(s[2]) or 0
 local factor = tonumber(s[3]) or 1
 local fat = tonumber(s[4]) or now
+local started = tonumber(s[5]) or -1
 factor = math.min(1, factor + math.max(0, now - fat) * recovery)
+"""
+
+_PACE = (
+    _STATE
+    + """
+local stale_s = tonumber(ARGV[7])
+local dry = ARGV[8] == '1'
 local total = redis.call('ZCARD', KEYS[2])
 local share = 1
 if total > 0 and stale_s > 0 then
@@ -106,25 +113,15 @@ redis.call('HSET', KEYS[1], 'tat', tostring(math.max(tat, now) + interval))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
 return {'0', budget}
 """
+)
 
 # A 429: pause everyone, lower the budget; a 429 of the wave an earlier pause answers changes nothing.
-_RATE_LIMITED = """
-local function tostring(x) return string.format('%.17g', x) end
-local now = tonumber(ARGV[1])
-local sent_at = tonumber(ARGV[2])
-local pause = tonumber(ARGV[3])
-local rate = tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-local burst = tonumber(ARGV[6])
-local recovery = tonumber(ARGV[7])
-local s = redis.call('HMGET', KEYS[1], 'tat', 'paused_until', 'factor', 'factor_at', 'pause_started')
-local tat = tonumber(s[1]) or 0
-local paused = tonumber(s[2]) or 0
-local factor = tonumber(s[3]) or 1
-local fat = tonumber(s[4]) or now
-local started = tonumber(s[5]) or -1
+_RATE_LIMITED = (
+    _STATE
+    + """
+local sent_at = tonumber(ARGV[6])
+local pause = tonumber(ARGV[7])
 if sent_at <= started then return {tostring(math.max(0, paused - now)), 0} end
-factor = math.min(1, factor + math.max(0, now - fat) * recovery)
 factor = math.max(tonumber(ARGV[8]), factor * tonumber(ARGV[9]))
 paused = math.max(paused, now + pause)
 local budget = math.max(1, math.floor(rate * factor))
@@ -134,6 +131,7 @@ redis.call('HSET', KEYS[1], 'tat', tostring(tat), 'paused_until', tostring(pause
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[10]))
 return {tostring(pause), 1}
 """
+)
 
 
 class StoreUnreachable(BatchIngestError):
@@ -469,12 +467,12 @@ class SharedRateLimiter(RateLimiter):
                     keys=[self._state_key],
                     args=[
                         repr(now),
-                        repr(now if sent_at is None else sent_at),
-                        repr(pause),
                         repr(float(self.rate)),
                         str(SHARED_WINDOW_S),
                         str(self.burst or 0),
                         repr(self._recovery_per_s),
+                        repr(now if sent_at is None else sent_at),
+                        repr(pause),
                         repr(MIN_FACTOR),
                         repr(SLOWDOWN_FACTOR),
                         str(STATE_TTL_S),
