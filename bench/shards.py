@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +38,9 @@ import httpx
 import polars as pl
 from batch_ingest.emulator import EmulatorConfig, EmulatorProcess
 from batch_ingest.emulator.server import env_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: its tests' helpers
+from tests.redis_server import RedisServer
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -63,45 +65,14 @@ def cli() -> list[str]:
 # -- Redis, the emulator, the stats -------------------------------------------------------------
 
 
-class Redis:
-    """Debian's `redis-server` on a free loopback port, no persistence (as tests/redis_server.py)."""
-
-    def __init__(self, folder: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not installed (apt-get install redis-server)")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        folder.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(folder), "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not answer PING within 10 s")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+def Redis(folder: Path) -> RedisServer:
+    """Debian's `redis-server` on a free loopback port, no persistence: the tests' own server."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("redis-server is not installed (apt-get install redis-server)")
+    folder.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(folder)
+    server.start()
+    return server
 
 
 def get(url: str, path: str) -> Any:
