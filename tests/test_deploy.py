@@ -37,10 +37,10 @@ import yaml  # type: ignore[import-untyped]
 from batch_ingest.cli import main
 from batch_ingest.errors import (
     EXIT_ABORTED,
-    EXIT_TRY_AGAIN,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_ROWS_FAILED,
+    EXIT_TRY_AGAIN,
     EXIT_USAGE,
     UsageError,
 )
