@@ -79,19 +79,34 @@ def expand(paths: Iterable[Path]) -> tuple[list[Path], list[Unstarted]]:
     return unique, unstarted
 
 
-def unstarted_rows(gap: Unstarted, runs: list[RunDir]) -> pl.DataFrame:
+def unstarted_rows(gap: Unstarted, runs: list[RunDir], progress: Progress) -> pl.DataFrame:
     """The manifest rows of shards that have no run, `interrupted` with the command that sends them:
-    read again from the manifest a started shard of the same root records (its options, its split)."""
+    read again from the manifest a started shard of the same root records (its options, its split),
+    only when it is still the manifest the shards split (its SHA-256 in the root's record)."""
+    import json
+
     from .plan import plan_manifest
-    from .shard import Shard, select
+    from .shard import ROOT_RECORD, Shard, file_sha256, select
 
     root = gap.root.resolve()
     meta = next((r.meta() for r in runs if r.path.resolve().parent == root), None)
     if meta is None:
         return pl.DataFrame()
     options, recorded = meta.get("options") or {}, meta.get("shard") or {}
+    manifest = Path(str(meta.get("manifest")))
+    try:
+        expected_sha = json.loads((root / ROOT_RECORD).read_text(encoding="utf-8")).get("manifest_sha256")
+        same = expected_sha is not None and file_sha256(manifest) == expected_sha
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if not same:
+        progress.message(
+            f"warning: the rows of {gap.names()} are not in the merged report: the manifest {manifest} is gone, "
+            f"changed since the shards split it, or {root / ROOT_RECORD} is missing"
+        )
+        return pl.DataFrame()
     plan = plan_manifest(
-        str(meta.get("manifest")),
+        manifest,
         fmt=options.get("fmt"),
         default_profile=options.get("default_profile"),
         extra_columns=tuple(options.get("extra_columns") or ()),
@@ -276,7 +291,7 @@ async def collect_async(
                 polls=polls,
             )
             results.append(run.finish(segment, interrupted=interrupted))
-        gaps = [unstarted_rows(gap, runs) for gap in unstarted]
+        gaps = [unstarted_rows(gap, runs, progress) for gap in unstarted]
     exit_code = max(r.exit_code for r in results)
     if any(not g.is_empty() for g in gaps) or unstarted:
         exit_code = max(exit_code, EXIT_ROWS_FAILED)  # rows no shard has sent yet
@@ -327,10 +342,10 @@ def _write_merged(results: list[RunResult], out: Path, gaps: list[pl.DataFrame])
     beside it), in row order."""
     from .review import load_run, merge_runs, write_frame
 
-    merged = pl.concat(
-        [merge_runs([load_run(r.run_dir) for r in results]), *(g for g in gaps if not g.is_empty())],
-        how="diagonal_relaxed",
-    ).sort("row")
+    merged = merge_runs([load_run(r.run_dir) for r in results])
+    missing = [g for g in gaps if not g.is_empty()]
+    if missing:  # the rows of shards that did not run, in their manifest's order among the others'
+        merged = pl.concat([merged, *missing], how="diagonal_relaxed").sort("row", maintain_order=True)
     write_frame(merged, out)
     if out.suffix.lower() == ".parquet":
         write_frame(merged, out.with_suffix(".csv"))

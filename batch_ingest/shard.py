@@ -137,7 +137,7 @@ def check_root(root: Path, shard: Shard, manifest: Path) -> Path:
     mine = {
         "count": shard.count,
         "by": shard.by,
-        "manifest_sha256": _sha256(manifest),
+        "manifest_sha256": file_sha256(manifest),
         "manifest": str(manifest),
     }
     record = root / ROOT_RECORD
@@ -169,7 +169,7 @@ def expected(path: Path) -> int | None:
         return None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -60,7 +60,6 @@ def test_collect_names_a_shard_with_no_run_and_reports_its_rows_unsent(tmp_path,
     manifest = url_manifest(tmp_path, 10)
     root = tmp_path / "root"
     assert _shard(manifest, root, 0, 2, server.env()).exit_code == 0
-    (root / "shards.json").unlink()  # N comes from the folders' names then, not from their number
     collected = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
     assert collected.exit_code == 1, collected.output  # rows no shard has sent
     assert "shard-1-of-2 holds no run yet" in collected.output
@@ -72,6 +71,16 @@ def test_collect_names_a_shard_with_no_run_and_reports_its_rows_unsent(tmp_path,
     assert set(unsent["outcome"].to_list()) == {"interrupted"} and set(unsent["error_code"].to_list()) == {
         "SHARD_NOT_RUN"
     }
+    # The manifest edited since the shards split it: its rows would not be the shards' rows.
+    manifest.write_text(manifest.read_text().replace("v/0.mp4", "v/zero.mp4"))
+    again = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
+    assert again.exit_code == 1, again.output
+    assert "are not in the merged report: the manifest" in again.output
+    assert sorted(pl.read_parquet(root / "report.parquet")["row"].to_list()) == sorted(sent)
+    # Without the root's record, N still comes from the folders' names (not from their number).
+    (root / "shards.json").unlink()
+    named = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())
+    assert named.exit_code == 1 and "shard-1-of-2 holds no run yet" in named.output
 
 
 def test_collect_refuses_a_run_still_in_use_and_a_folder_that_is_no_run(tmp_path, emulator_server):

@@ -164,12 +164,12 @@ async def test_processes_that_leave_are_no_longer_counted(
     await b.aclose()
     await a.start()
     assert a.members_seen == 1
-    # One that vanished without leaving (kill -9) is forgotten after three minutes.
+    # One that vanished without leaving (kill -9) is forgotten after fifteen minutes.
     c = limiter(redis_server.url, clock, 60)
     await c.start()
     await a.start()
     assert a.members_seen == 2
-    clock.now += 181
+    clock.now += 901
     await a.start()
     assert a.members_seen == 1
     await a.aclose()
@@ -283,16 +283,59 @@ async def test_a_store_that_refuses_our_scripts_is_a_configuration_error(
     assert ":pw@" not in str(caught.value)
 
 
-async def test_a_process_alone_on_a_lost_store_goes_on_from_its_own_window_at_once(
+def cut_off(process: SharedRateLimiter) -> None:
+    """A partial partition: this process no longer reaches the store; the others still do."""
+    import coredis.exceptions
+
+    async def unreachable(step):
+        if hasattr(step, "close"):
+            step.close()
+        raise coredis.exceptions.ConnectionError("cut off")
+
+    process._step = unreachable  # type: ignore[method-assign]
+
+
+async def test_a_process_cut_off_after_a_newcomer_joined_stays_within_the_rate_with_it(
     redis_server: RedisServer, clock: FakeClock
 ) -> None:
-    a = limiter(redis_server.url, clock, 10)
+    """c was alone at its last heartbeat (it would take all 60 alone); d joins, then c is cut off:
+    d must reserve what c published, and c waits until d can have noticed."""
+    c = limiter(redis_server.url, clock, 60, stale_s=20, member="c")
+    await c.start()
+    d = limiter(redis_server.url, clock, 60, stale_s=20, member="d")
+    await d.start()
+    cut_off(c)
+    heard = clock.now
+    first = await c.acquire()  # alone at the share it published: all 60, since it saw no one
+    assert c.fallen_back and c.per_minute == 60
+    assert first >= heard + 20 + SHARED_WINDOW_S  # once d can have noticed, and a window later
+    await d.acquire()
+    assert d.budget == 1  # d holds c's 60 back: together 61 at most, never 120
+
+
+async def test_a_process_cut_off_for_long_stops_before_the_others_stop_holding_its_share(
+    redis_server: RedisServer, clock: FakeClock
+) -> None:
+    from batch_ingest.api.sharedrate import ALONE_MAX_S, MEMBER_TTL_S
+
+    a = limiter(redis_server.url, clock, 60, stale_s=20, member="a")
+    b = limiter(redis_server.url, clock, 60, stale_s=20, member="b")
     await a.start()
-    sent = [await a.acquire() for _ in range(4)]
-    redis_server.stop()
-    alone = [await a.acquire() for _ in range(10)]
-    assert a.fallen_back and alone[0] == sent[-1]  # no window's wait: it knows all the window holds
-    assert most_in_any_window([*sent, *alone], SHARED_WINDOW_S) <= 10  # its own four still count
+    await b.start()
+    cut_off(b)
+    start = clock.now
+    times_b = [await b.acquire()]
+    while times_b[-1] < start + ALONE_MAX_S - 60:
+        times_b.append(await b.acquire())
+    assert b.fallen_back and max(times_b) < start + ALONE_MAX_S
+    clock.now = start + MEMBER_TTL_S + 1  # the others let go of b's share from here on
+    late = asyncio.ensure_future(b.acquire())
+    for _ in range(50):  # b keeps waiting for the store (its fake sleeps pass time; none admits)
+        await asyncio.sleep(0)
+    assert not late.done() and b._told_alone_over
+    late.cancel()
+    times_a = [await a.acquire() for _ in range(60)]  # b's share is free again now: a takes it all
+    assert clock.now - times_a[0] < SHARED_WINDOW_S
 
 
 async def test_a_shard_killed_and_started_again_takes_its_own_place_back(

@@ -27,15 +27,18 @@ error, exit 2). One that stops answering mid-run (or answers only after `timeout
 the process says so and goes on alone at `--rate` divided by the processes it last saw there, so
 that together they never exceed `--rate`:
 
-- it first waits one window when others shared the store with it: the store's window may be full
-  with what everyone sent just before, and only the store knew (a process alone there knows its
-  own admissions, and goes on from them at once);
-- a process that the others stop hearing from (its heartbeat older than `STALE_S`, yet not gone
-  for `MEMBER_TTL_S`) keeps its share reserved in the store: the others' budget shrinks by it, so
-  one process cut off alone (a partial partition) and the rest still sharing stay within `--rate`;
-- when the store answers again the process pushes what it sent alone into the store's window and
-  rejoins, and says so; it keeps the window's wait of its fall-back, since a store that restarted
-  empty lost what was sent before.
+- each member publishes the share it would take alone (`--rate` over the members it saw at its
+  last heartbeat); a member the others have not heard from for `STALE_S` keeps that share
+  reserved in the store (the others' budget shrinks by it), so one process cut off alone (a partial
+  partition) and the rest still sharing stay within `--rate`, whoever joined since;
+- it waits until the others have noticed and one window has passed (its last heartbeat plus
+  `STALE_S` plus the window): the store's window may be full with what everyone sent just before,
+  and only the store knew;
+- it sends alone for at most `ALONE_MAX_S` after its last heartbeat, then waits for the store: the
+  others hold its share for `MEMBER_TTL_S` only (a process killed and never started again must not
+  hold it for ever);
+- when the store answers again it pushes what it sent alone into the store's window and rejoins,
+  and says so.
 
 All times are the wall clock (`time.time`, as the `limits` window uses): keep the clocks of the
 machines that share a store in sync (NTP); the window's extra second absorbs small skews.
@@ -63,7 +66,8 @@ from .ratelimit import MIN_FACTOR, RECOVERY_STEP, SLOWDOWN_FACTOR, RateLimiter
 SHARED_WINDOW_S = 61  # the store's window: the account's minute plus one second of slack
 HEARTBEAT_S = 5.0  # how often a process says it is alive (in the background)
 STALE_S = 20.0  # a process not heard from for this long may be cut off: its share stays reserved
-MEMBER_TTL_S = 180.0  # one not heard from for this long is gone (killed, or its run ended badly)
+MEMBER_TTL_S = 900.0  # one not heard from for this long is gone (killed and not started again)
+ALONE_MAX_S = MEMBER_TTL_S - 120.0  # a process cut off sends alone this long after its last heartbeat
 REJOIN_EVERY_S = 5.0  # while fallen back, how often the store is tried again
 STORE_TIMEOUT_S = 2.0  # each step with the store: slower than this and it is as good as gone
 STATE_TTL_S = 3600  # the shared state outlives any pause (Retry-After is capped at 300 s)
@@ -96,12 +100,15 @@ _PACE = (
     + """
 local stale_s = tonumber(ARGV[7])
 local dry = ARGV[8] == '1'
-local total = redis.call('ZCARD', KEYS[2])
-local share = 1
-if total > 0 and stale_s > 0 then
-  share = (total - redis.call('ZCOUNT', KEYS[2], '-inf', now - stale_s)) / total
+local reserved = 0
+if stale_s > 0 then
+  local quiet = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - stale_s)
+  if #quiet > 0 then
+    local shares = redis.call('HMGET', KEYS[3], unpack(quiet))
+    for i = 1, #quiet do reserved = reserved + (tonumber(shares[i]) or rate) end
+  end
 end
-local budget = math.max(1, math.floor(rate * factor * share))
+local budget = math.max(1, math.floor(rate * factor - reserved))
 if dry then return {'0', budget} end
 if paused > now then return {tostring(paused - now), budget} end
 local interval = window / budget
@@ -219,6 +226,7 @@ class SharedRateLimiter(RateLimiter):
         self._limited_script: Any = self._redis.register_script(_RATE_LIMITED)
         self._state_key = f"{namespace}:state"
         self._members_key = f"{namespace}:members"
+        self._shares_key = f"{namespace}:shares"  # member -> the share it takes alone after losing the store
         self._key = "requests"  # the moving window's key, under the namespace prefix
         # Who this process is on the store: the run it works for when it has one (a shard's folder), so
         # that a shard killed and started again takes its own place back at once instead of leaving a
@@ -228,6 +236,7 @@ class SharedRateLimiter(RateLimiter):
         self.member = f"{who}:{per_minute!r}"
         self._errors = store_errors()
         self.members_seen = 1  # processes in the store at the last heartbeat, this one included
+        self._heard_at = clock()  # the store's last answer to a heartbeat
         self._next_heartbeat = float("-inf")
         self._shared_budget = max(1, math.floor(per_minute)) if per_minute > 0 else 0
         self._remaining: int | None = None
@@ -237,6 +246,7 @@ class SharedRateLimiter(RateLimiter):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeats: asyncio.Task[None] | None = None
         self._told_rate: float | None = None
+        self._told_alone_over = False
         self.fallbacks = 0  # how often the store was lost during the run
 
     # -- what a run sees -----------------------------------------------------------------------------
@@ -311,6 +321,16 @@ class SharedRateLimiter(RateLimiter):
                     await self._try_rejoin()
                     now = self._clock()
                 if self.fallen_back:
+                    if now >= self._heard_at + ALONE_MAX_S:
+                        # The others no longer hold this share: wait for the store, do not overrun it.
+                        if not self._told_alone_over:
+                            self._told_alone_over = True
+                            self.on_notice(
+                                f"rate store {self.display_url} still does not answer after {ALONE_MAX_S / 60:.0f} "
+                                "minutes alone: waiting for it (the others no longer hold this process's share)"
+                            )
+                        await self._sleep(max(0.05, self._rejoin_at - now))
+                        continue
                     wait = self._wait_needed(now)
                     if wait <= 0:
                         self._admitted.append(now)
@@ -354,7 +374,7 @@ class SharedRateLimiter(RateLimiter):
 
     async def _pace(self, now: float, *, dry: bool = False) -> float:
         wait_text, budget = await self._pace_script(
-            keys=[self._state_key, self._members_key],
+            keys=[self._state_key, self._members_key, self._shares_key],
             args=[
                 repr(now),
                 repr(float(self.rate)),
@@ -381,6 +401,7 @@ class SharedRateLimiter(RateLimiter):
         await self._redis.expire(self._members_key, int(MEMBER_TTL_S * 2))
         members = await self._redis.zrange(self._members_key, 0, -1)
         self.members_seen = max(1, len(members))
+        self._heard_at = now
         rates = [_rate_of(m) for m in members]
         self.rate = min([self.account_rate, *(r for r in rates if r is not None and r > 0)])
         if self.rate < self.account_rate and self._told_rate != self.rate:
@@ -389,6 +410,9 @@ class SharedRateLimiter(RateLimiter):
                 f"another process on the rate store {self.display_url} names --rate {self.rate:g}, less than "
                 f"this one's {self.account_rate:g}: the smallest applies to every process sharing it"
             )
+        # What this process would take alone if it lost the store now: the others reserve it while it is quiet.
+        await self._redis.hset(self._shares_key, {self.member: repr(self.rate / self.members_seen)})
+        await self._redis.expire(self._shares_key, int(MEMBER_TTL_S * 2))
 
     async def _beat(self) -> None:
         """The heartbeat, in the background: a process that waits on its poller or an upload is alive
@@ -406,22 +430,22 @@ class SharedRateLimiter(RateLimiter):
         self.fallen_back = True
         self.fallbacks += 1
         self._rejoin_at = now + REJOIN_EVERY_S
-        # Alone, at the share of the processes last seen: together never more than the account's rate.
+        # Alone, at the share it published (the others reserve it once they miss it): together never
+        # more than the account's rate.
         self.per_minute = self.rate / max(1, self.members_seen)
         self._factor = 1.0
         self._admitted = deque(t for t in self._mine if t > now - SHARED_WINDOW_S)
-        waits = ""
-        if self.members_seen > 1:
-            # The store's window may be full with what everyone sent just before: wait it out.
-            self._admitted.clear()
-            self._paused_until = max(self._paused_until, now + SHARED_WINDOW_S)
-            self._tat = max(self._tat, self._paused_until)
-            waits = f" after one window's wait ({SHARED_WINDOW_S} s: the store's window may be full)"
+        # Once the others have noticed (STALE_S after its last heartbeat) and the window they may have
+        # filled just before has passed.
+        self._paused_until = max(self._paused_until, self._heard_at + self._stale_s + SHARED_WINDOW_S)
+        self._tat = max(self._tat, self._paused_until)
         self.on_notice(
             f"rate store {self.display_url} stopped answering ({_reason(exc)}): going on alone at "
             f"{self.per_minute:g} requests per minute (--rate {self.rate:g} shared by the "
-            f"{self.members_seen} process(es) last seen there){waits}; trying it again every "
-            f"{REJOIN_EVERY_S:.0f} s"
+            f"{self.members_seen} process(es) last seen there) from "
+            f"{time.strftime('%H:%M:%S', time.gmtime(self._paused_until))} UTC (once the others reserve this "
+            f"share and their last window has passed), for at most {ALONE_MAX_S / 60:.0f} minutes; trying the "
+            f"store again every {REJOIN_EVERY_S:.0f} s"
         )
 
     async def _try_rejoin(self) -> None:
@@ -433,11 +457,13 @@ class SharedRateLimiter(RateLimiter):
                 await self._step(
                     self._storage.acquire_entry(self._key, UNLIMITED, SHARED_WINDOW_S, amount=sent_alone)
                 )
+                self._mine.extend([now] * sent_alone)  # the store holds them now, stamped now
             await self._step(self._heartbeat(now))
         except self._errors:
             self._rejoin_at = self._clock() + REJOIN_EVERY_S
             return
         self.fallen_back = False
+        self._told_alone_over = False
         self.per_minute = 0
         self._rejoin_at = float("inf")
         self.on_notice(
