@@ -376,11 +376,7 @@ class SharedRateLimiter(RateLimiter):
         wait_text, budget = await self._pace_script(
             keys=[self._state_key, self._members_key, self._shares_key],
             args=[
-                repr(now),
-                repr(float(self.rate)),
-                str(SHARED_WINDOW_S),
-                str(self.burst or 0),
-                repr(self._recovery_per_s),
+                *self._state_args(now),
                 str(STATE_TTL_S),
                 repr(self._stale_s),
                 "1" if dry else "0",
@@ -388,6 +384,16 @@ class SharedRateLimiter(RateLimiter):
         )
         self._shared_budget = int(budget)
         return float(wait_text)
+
+    def _state_args(self, now: float) -> list[str]:
+        """ARGV 1-5 of both scripts, as `_STATE` reads them."""
+        return [
+            repr(now),
+            repr(float(self.rate)),
+            str(SHARED_WINDOW_S),
+            str(self.burst or 0),
+            repr(self._recovery_per_s),
+        ]
 
     @property
     def _recovery_per_s(self) -> float:
@@ -492,11 +498,7 @@ class SharedRateLimiter(RateLimiter):
                 self._limited_script(
                     keys=[self._state_key],
                     args=[
-                        repr(now),
-                        repr(float(self.rate)),
-                        str(SHARED_WINDOW_S),
-                        str(self.burst or 0),
-                        repr(self._recovery_per_s),
+                        *self._state_args(now),
                         repr(now if sent_at is None else sent_at),
                         repr(pause),
                         repr(MIN_FACTOR),
