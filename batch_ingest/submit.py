@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .aio import unless_stopped, wait_any
 from .api.client import SmartStreamClient
@@ -633,7 +634,9 @@ class Submitter:
         elif task.source_type == SourceType.URL:
             real = self.secret_sources.get(task.row) if task.source_secret else task.source
             if job.source_url is not None and (
-                job.source_url != real if real is not None else redact_url(job.source_url) != task.source
+                not same_url(job.source_url, real)
+                if real is not None
+                else not same_url(redact_url(job.source_url), task.source)
             ):
                 return False
         elif job.source_url is not None and job.source_url != Path(task.source_path or task.source).name:
@@ -643,6 +646,32 @@ class Submitter:
         if task.ref_id and job.ref_id not in (None, task.ref_id):
             return False
         return True
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_url(a: str, b: str) -> bool:
+    """Whether two spellings name the same URL: the scheme and host in any case, the default port
+    written or not (`HTTPS://Host:443/x` is `https://host/x`). The path and query stay as they are:
+    servers may tell their case apart."""
+    if a == b:
+        return True
+
+    def canonical(url: str) -> tuple[str, str, int | None, str, str] | None:
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError:
+            return None
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").lower()
+        if port == _DEFAULT_PORTS.get(scheme):
+            port = None
+        return scheme, host, port, parts.path or "/", parts.query
+
+    left, right = canonical(a), canonical(b)
+    return left is not None and left == right
 
 
 class _Stopped(Exception):

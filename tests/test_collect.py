@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 from batch_ingest.emulator import EmulatorConfig
 
 from .helpers import FAST, FLAGS, report_of, run_cli, summary_of, url_manifest
@@ -252,3 +253,37 @@ def test_a_collector_stopped_by_sigterm_writes_what_it_knows_and_exits_130(tmp_p
     assert collector.returncode == 130, (out, err)
     assert "Traceback" not in err
     assert set(report_of(root / "shard-0-of-1")["outcome"].to_list()) == {"interrupted"}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("https://media.example.com/v/1.mp4", "HTTPS://Media.Example.COM:443/v/1.mp4", True),
+        ("http://h/x", "http://h:80/x", True),
+        ("https://h/x", "https://h:8443/x", False),
+        ("https://h/X.mp4", "https://h/x.mp4", False),  # a server may tell the path's case apart
+        ("https://h/x?a=1", "https://h/x?a=2", False),
+        ("https://h:99999/x", "https://h/x", False),
+    ],
+)
+def test_spellings_of_one_url_are_one_url(a, b, same):
+    from batch_ingest.submit import same_url
+
+    assert same_url(a, b) is same and same_url(b, a) is same
+
+
+def test_a_lost_shard_adopts_its_job_whatever_the_spelling_of_the_url(tmp_path, emulator_server):
+    """Yesterday's manifest wrote the host in capitals and the default port: the platform's echo of it
+    is the same video, adopted, not sent again."""
+    import shutil
+
+    server = emulator_server(EmulatorConfig(**FAST))
+    first = tmp_path / "a.csv"
+    first.write_text("source,profile,ref_id\nhttps://media.example.com/v/n1.mp4,100,n1\n")
+    root = tmp_path / "root"
+    assert _shard(first, root, 0, 1, server.env()).exit_code == 0
+    shutil.rmtree(root)
+    again = tmp_path / "b.csv"
+    again.write_text("source,profile,ref_id\nHTTPS://Media.Example.com:443/v/n1.mp4,100,n1\n")
+    assert _shard(again, root, 0, 1, server.env()).exit_code == 0
+    assert len(server.jobs()) == 1
