@@ -18,7 +18,7 @@ import contextlib
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,9 @@ def expand(paths: Iterable[Path]) -> tuple[list[Path], list[Unstarted]]:
     return unique, unstarted
 
 
-def unstarted_rows(gap: Unstarted, runs: list[RunDir], progress: Progress) -> pl.DataFrame:
+def unstarted_rows(
+    gap: Unstarted, metas: list[tuple[Path, dict[str, Any]]], warn: Callable[[str], object]
+) -> pl.DataFrame:
     """The manifest rows of shards that have no run, `interrupted` with the command that sends them:
     read again from the manifest a started shard of the same root records (its options, its split),
     only when it is still the manifest the shards split (its SHA-256 in the root's record)."""
@@ -89,7 +91,7 @@ def unstarted_rows(gap: Unstarted, runs: list[RunDir], progress: Progress) -> pl
     from .shard import ROOT_RECORD, Shard, file_sha256, select
 
     root = gap.root.resolve()
-    meta = next((r.meta() for r in runs if r.path.resolve().parent == root), None)
+    meta = next((m for folder, m in metas if folder.resolve().parent == root), None)
     if meta is None:
         return pl.DataFrame()
     options, recorded = meta.get("options") or {}, meta.get("shard") or {}
@@ -100,7 +102,7 @@ def unstarted_rows(gap: Unstarted, runs: list[RunDir], progress: Progress) -> pl
     except (OSError, ValueError, AttributeError):
         same = False
     if not same:
-        progress.message(
+        warn(
             f"warning: the rows of {gap.names()} are not in the merged report: the manifest {manifest} is gone, "
             f"changed since the shards split it, or {root / ROOT_RECORD} is missing"
         )
@@ -291,7 +293,8 @@ async def collect_async(
                 polls=polls,
             )
             results.append(run.finish(segment, interrupted=interrupted))
-        gaps = [unstarted_rows(gap, runs, progress) for gap in unstarted]
+        metas = [(run.path, run.meta()) for run in runs]
+        gaps = [unstarted_rows(gap, metas, progress.message) for gap in unstarted]
     exit_code = max(r.exit_code for r in results)
     if any(not g.is_empty() for g in gaps) or unstarted:
         exit_code = max(exit_code, EXIT_ROWS_FAILED)  # rows no shard has sent yet

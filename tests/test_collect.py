@@ -72,6 +72,10 @@ def test_collect_names_a_shard_with_no_run_and_reports_its_rows_unsent(tmp_path,
     assert set(unsent["outcome"].to_list()) == {"interrupted"} and set(unsent["error_code"].to_list()) == {
         "SHARD_NOT_RUN"
     }
+    # `report ROOT` has them too: the same rows as the collector's merged report.
+    reported = run_cli(["report", str(root), "--json"])
+    assert reported.exit_code == 0, reported.output
+    assert '"rows": 10' in reported.output and "shard-1-of-2 holds no run yet" in reported.output
     # The manifest edited since the shards split it: its rows would not be the shards' rows.
     manifest.write_text(manifest.read_text().replace("v/0.mp4", "v/zero.mp4"))
     again = run_cli(["collect", str(root), *FLAGS[:-1]], server.env())

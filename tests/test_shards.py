@@ -210,7 +210,7 @@ def test_a_root_keeps_one_manifest_one_n_and_one_shard_by(tmp_path, emulator_ser
     )
     assert changed.exit_code == 2 and "another manifest" in changed.output
     half = run_cli(["report", str(root)])
-    assert "no report yet from shard-1-of-2" in half.output
+    assert "shard-1-of-2 holds no run yet: its rows are `interrupted` here" in half.output
     (root / "shard-1-of-2").mkdir()  # started, no report yet: named as well, the rest still reported
     (root / "shard-1-of-2" / "plan.parquet").write_bytes(b"x")
     running = run_cli(["report", str(root)])

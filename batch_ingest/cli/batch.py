@@ -662,20 +662,22 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
     Prints totals per outcome, profile and source type, failures grouped by error code with
     examples, duration percentiles, and the commands that retry or resume what did not succeed.
     """
+    import polars as pl
+
+    from ..collect import expand, unstarted_rows
     from ..review import format_review, load_run, merge_runs, not_succeeded, summarize, write_frame
-    from ..shard import expected, shard_folders
+    from ..shard import shard_folders
 
     # A shards' run root stands for its shard folders; one it lacks, or one without a report yet (still
     # running, or stopped before it wrote one), is named, not left out quietly.
-    runs = []
+    runs, missing = [], []
     for p in paths:
         shards = shard_folders(p)
         if not shards:
             runs.append(load_run(p))
             continue
-        count = expected(p) or len(shards)
-        names = {f.name for f in shards}
-        unreported = [f"shard-{i}-of-{count}" for i in range(count) if f"shard-{i}-of-{count}" not in names]
+        _, gaps = expand([p])  # shards with no run: their rows come from the manifest, as collect has them
+        unreported = []
         for folder in shards:
             try:
                 runs.append(load_run(folder))
@@ -683,14 +685,24 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
                 unreported.append(folder.name)
         if unreported:
             echo(
-                f"batch-ingest: warning: {p}: no report yet from {', '.join(sorted(unreported))} (not started, "
-                "running, or stopped: `batch-ingest resume` on its folder finishes it): their rows are not in "
-                "this report",
+                f"batch-ingest: warning: {p}: no report yet from {', '.join(sorted(unreported))} (running, or "
+                "stopped: `batch-ingest resume` on its folder finishes it): their rows are not in this report",
                 err=True,
             )
+        metas = [(r.path, _run_meta(r.path)) for r in runs if r.path.parent == p]
+        for gap in gaps:
+            echo(
+                f"batch-ingest: warning: {p}: {gap.names()} holds no run yet: its rows are `interrupted` here",
+                err=True,
+            )
+            missing.append(unstarted_rows(gap, metas, lambda text: echo(f"batch-ingest: {text}", err=True)))
     if not runs:
         raise click.UsageError("no shard of these run roots has a report yet")
     merged = merge_runs(runs)
+    if any(not m.is_empty() for m in missing):
+        merged = pl.concat([merged, *(m for m in missing if not m.is_empty())], how="diagonal_relaxed").sort(
+            "row", maintain_order=True
+        )
     info = summarize(merged, runs)
     shown = not_succeeded(merged) if failed else merged
     if out is not None:
@@ -713,3 +725,18 @@ def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | Non
         echo(format_review(info))
     if out is not None and not as_json:
         echo(f"wrote {out}", err=True)
+
+
+def _run_meta(folder: Path) -> dict[str, Any]:
+    """A run folder's recorded meta, read without its lock (report only reads); {} when unreadable."""
+    from ..journal import Journal
+    from ..runfiles import JOURNAL_FILE
+
+    try:
+        journal = Journal.open(folder / JOURNAL_FILE, migrate=False)
+    except Exception:  # noqa: BLE001 - no journal, or one being written: no meta to read the manifest from
+        return {}
+    try:
+        return journal.meta()
+    finally:
+        journal.close()
