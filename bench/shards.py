@@ -607,15 +607,11 @@ TITLES = {
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "python": sys.version.split()[0]}
+    """bench/run.py's description of the machine, with the cores this process may use (nproc)."""
+    from run import machine as described  # bench/run.py, beside this script
+
+    m = described()
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu": m["cpu"], "python": m["python"]}
 
 
 def code_state() -> dict[str, Any]:
