@@ -721,14 +721,17 @@ class Journal:
             )
         }
 
-    def rows_with_outcomes(self, outcomes: Iterable[str]) -> list[int]:
+    def rows_with_outcomes(self, outcomes: Iterable[str], *, handed_to_collect: bool = False) -> list[int]:
         """Rows whose report outcome is one of `outcomes`, in manifest order. The outcome is the state,
-        but an unfinished row (pending, sending, submitted, handed over) is `interrupted`, as the report has it."""
+        but an unfinished row (pending, sending, submitted, handed over) is `interrupted`, as the report has it;
+        with `handed_to_collect` (the last segment was `run --no-wait`) a submitted row is `submitted`."""
         self.flush()
         outcomes = tuple(outcomes)
-        states = {str(o) for o in outcomes if o != Outcome.INTERRUPTED}
+        states = {str(o) for o in outcomes if o not in (Outcome.INTERRUPTED, Outcome.SUBMITTED)}
         if Outcome.INTERRUPTED in outcomes:
-            states |= set(INTERRUPTED_STATES)
+            states |= {s for s in INTERRUPTED_STATES if not (handed_to_collect and s == RowState.SUBMITTED)}
+        if Outcome.SUBMITTED in outcomes and handed_to_collect:
+            states.add(RowState.SUBMITTED)
         if not states:
             return []
         return [

@@ -291,3 +291,16 @@ def test_a_lost_shard_adopts_its_job_whatever_the_spelling_of_the_url(tmp_path, 
     again.write_text("source,profile,ref_id\nHTTPS://Media.Example.com:443/v/n1.mp4,100,n1\n")
     assert _shard(again, root, 0, 1, server.env()).exit_code == 0
     assert len(server.jobs()) == 1
+
+
+def test_retry_of_a_no_wait_run_leaves_its_submitted_rows_to_the_collector(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**{**FAST, "encode_seconds": 600}))  # still encoding
+    run_dir = tmp_path / "r"
+    sent = run_cli(
+        ["run", str(url_manifest(tmp_path, 3)), "--report-dir", str(run_dir), "--no-wait", *FLAGS],
+        server.env(),
+    )
+    assert sent.exit_code == 0, sent.output
+    retried = run_cli(["retry", str(run_dir), *FLAGS], server.env())
+    assert retried.exit_code == 0, retried.output  # nothing to retry: `submitted` is not a failure
+    assert len(server.jobs()) == 3
