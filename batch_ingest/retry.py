@@ -70,7 +70,9 @@ async def retry_run_async(
         original.plan  # noqa: B018 - read now: a folder without a readable plan is refused first
         old_meta = original.meta()
         handed = original.journal.handed_to()
-        wanted = original.journal.rows_with_outcomes(only, handed_to_collect=not original.report_is_current())  # in SQL: not a whole report in memory
+        wanted = original.journal.rows_with_outcomes(
+            only, handed_to_collect=not original.report_is_current()
+        )  # in SQL: not a whole report in memory
         rows = [r for r in wanted if r not in handed]
         started = time.time()
         carried: list[CarriedRow] = [
