@@ -25,7 +25,7 @@ from .journal import FRAME_SCHEMA
 from .manifest import KNOWN_COLUMNS, RAGGED, SOURCE_COLUMNS, read_manifest
 from .objects import SCHEMES, object_problem
 from .redact import redact_url
-from .report import REPORT_COLUMNS
+from .report import REPORT_COLUMNS, profile_counts
 from .text import first_few
 from .vocabulary import PlanStatus, SourceType
 
@@ -159,6 +159,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # row -> the real URL of a source that carries a credential; `frame` holds only its redacted form.
     secrets: dict[int, str] = field(default_factory=dict)
+    profile_names: dict[int, str] = field(default_factory=dict)  # id -> name, of the profiles looked up
 
     @property
     def ready(self) -> pl.DataFrame:
@@ -600,11 +601,16 @@ def plan_manifest(
     fmt: str | None = None,
     default_profile: str | None = None,
     extra_columns: tuple[str, ...] = (),
+    delimiter: str | None = None,
+    encoding: str | None = None,
 ) -> Plan:
     """Read and validate a manifest (no network). Raises ManifestError for structural problems."""
     path = Path(path)
     return build_plan(
-        read_manifest(path, fmt), path, default_profile=default_profile, extra_columns=extra_columns
+        read_manifest(path, fmt, delimiter=delimiter, encoding=encoding),
+        path,
+        default_profile=default_profile,
+        extra_columns=extra_columns,
     )
 
 
@@ -613,10 +619,13 @@ async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamCl
     ready = plan.ready.filter(pl.col("profile_kind").is_not_null())
     wanted = ready.select("profile_kind", "profile_value").unique().rows()
     found: dict[tuple[str, str], int | None] = {}
+    names: dict[int, str] = {}
     for kind, value in sorted(wanted):
         try:
             profile = await client.get_job_profile(f"ref:{value}" if kind == "ref" else value)
             found[(kind, value)] = int(profile.id)
+            if profile.name:
+                names[int(profile.id)] = profile.name
         except NotFoundError:
             found[(kind, value)] = None
     mapping = pl.DataFrame(
@@ -651,7 +660,7 @@ async def resolve_profiles(plan: Plan, client) -> Plan:  # client: SmartStreamCl
         .alias("reason"),
         pl.when(unknown).then(pl.format("rejected:{}", pl.col("row"))).otherwise(pl.col("key")).alias("key"),
     ).drop("_resolved")
-    return Plan(plan.manifest, frame, plan.extras, plan.blank_rows, True, plan.notes, plan.secrets)
+    return Plan(plan.manifest, frame, plan.extras, plan.blank_rows, True, plan.notes, plan.secrets, names)
 
 
 @dataclass(frozen=True)
@@ -665,6 +674,7 @@ class PlanInfo:
     files: int
     upload_bytes: int
     with_ref_id: int
+    # Rows to submit per profile looked up (`101 (ref:hd)`: both spellings), or as written (`ref:x (unresolved)`).
     per_profile: dict[str, int]
     rejected: int
     rejected_rows: list[dict[str, Any]]  # the first few: row, source, error_code, reason
@@ -690,13 +700,8 @@ def describe_plan(plan: Plan, *, max_rejected: int = 100, skip_existing: str | N
                 f"--skip-existing: {len(no_ref)} row(s) have no ref_id, so the platform cannot be asked about them: "
                 f"they are always sent (rows {first_few(no_ref)})"
             )
-    per_profile = (
-        ready.with_columns(pl.col("profile").fill_null("(platform default)"))
-        .group_by("profile")
-        .len()
-        .sort("profile")
-        .iter_rows()
-    )
+    # Per profile looked up (two spellings of one profile are one line), or as written when it was not.
+    per_profile = profile_counts(ready, pl.lit(plan.profiles_checked), plan.profile_names).iter_rows()
     return PlanInfo(
         manifest=str(plan.manifest),
         rows=plan.frame.height,
@@ -728,7 +733,7 @@ def format_plan(info: PlanInfo) -> str:
     if info.rejected_by_code:
         lines.append("rejected by code: " + ", ".join(f"{k} {v}" for k, v in info.rejected_by_code.items()))
     if info.per_profile:
-        lines.append("per profile: " + ", ".join(f"{k} {v}" for k, v in info.per_profile.items()))
+        lines.append("per profile: " + "; ".join(f"{k}: {v}" for k, v in info.per_profile.items()))
     for r in info.rejected_rows:
         lines.append(f"  row {r['row']} rejected [{r['error_code']}]: {r['reason']} ({r['source']})")
     if info.rejected > len(info.rejected_rows):

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict, cast
@@ -281,6 +281,67 @@ def outcome_counts(report: pl.DataFrame) -> dict[str, int]:
     return {o: int(counts.get(o, 0)) for o in OUTCOMES}
 
 
+DEFAULT_PROFILE = "(platform default)"  # a row without a profile: the platform chooses
+UNRESOLVED = "unresolved"
+
+
+def profile_counts(
+    frame: pl.DataFrame, resolved: pl.Expr, names: Mapping[int, str] | None = None
+) -> pl.DataFrame:
+    """Rows per profile (and outcome, when the frame has one): columns `profile`, (`outcome`,) `len`, in
+    the order to list them. Where `resolved` holds and the row has a `job_profile_id`, rows count under
+    the profile they resolved to, however they spelt it: `101 (ref:hd)` for `101` and `ref:hd` together.
+    Other rows (rejected, or never looked up) count under their spelling, marked `(unresolved)`.
+    `names` (id -> the profile's name on the platform) adds the name: `101 "HD 1080p" (ref:hd)`."""
+    columns = set(frame.columns)
+    spelling = pl.col("profile").cast(pl.String) if "profile" in columns else pl.lit(None, pl.String)
+    profile_id = (
+        pl.when(resolved).then(pl.col("job_profile_id").cast(pl.Int64, strict=False)).otherwise(None)
+        if "job_profile_id" in columns
+        else pl.lit(None, pl.Int64)
+    )
+    by = ["outcome"] if "outcome" in columns else []
+    counts = frame.group_by(
+        spelling.fill_null(DEFAULT_PROFILE).alias("_spelling"), profile_id.alias("_id"), *by
+    ).len()
+    # Each resolved id's label names the other spellings its rows used (a handful per profile).
+    others = (
+        counts.filter(pl.col("_id").is_not_null())
+        .group_by("_id")
+        .agg(
+            pl.col("_spelling")
+            .filter(pl.col("_spelling") != pl.col("_id").cast(pl.String))
+            .replace(DEFAULT_PROFILE, DEFAULT_PROFILE.strip("()"))
+            .unique()
+            .sort()
+            .str.join(", ")
+            .alias("_others")
+        )
+    )
+    named = pl.DataFrame(
+        {"_id": list((names or {}).keys()), "_name": [f'"{n}"' for n in (names or {}).values()]},
+        schema={"_id": pl.Int64, "_name": pl.String},
+    )
+    others = others.join(named, on="_id", how="full", coalesce=True)
+    shown_id = pl.concat_str(pl.col("_id").cast(pl.String), pl.col("_name"), separator=" ", ignore_nulls=True)
+    label = (
+        pl.when(pl.col("_id").is_null() & (pl.col("_spelling") == DEFAULT_PROFILE))
+        .then(pl.col("_spelling"))
+        .when(pl.col("_id").is_null())
+        .then(pl.format("{} ({})", pl.col("_spelling"), pl.lit(UNRESOLVED)))
+        .when(pl.col("_others").fill_null("") == "")
+        .then(shown_id)
+        .otherwise(pl.format("{} ({})", shown_id, pl.col("_others")))
+    )
+    return (
+        counts.join(others, on="_id", how="left")
+        .group_by(label.alias("profile"), *by)
+        .agg(pl.col("len").sum(), pl.col("_id").first())
+        .sort(pl.col("_id").is_null(), "_id", "profile", *by, nulls_last=True)  # resolved ids first
+        .select("profile", *by, "len")
+    )
+
+
 def first_failures(report: pl.DataFrame, n: int = FIRST_FAILURES) -> list[dict[str, Any]]:
     """The first `n` rows that did not succeed, with their reasons."""
     rows = report.filter(did_not_succeed()).head(n)
@@ -321,6 +382,8 @@ class Summary(TypedDict, total=False):
     resume_all: str
     media: dict[str, Any]  # only with --probe: rows probed and the minutes of video they hold
     shard: dict[str, Any]  # only for a shard's run: index, count, by, origin
+    window: dict[str, Any]  # only with --until or --max-submissions: the limits and what closed it
+    profiles: dict[str, str]  # the profiles the run looked up: id (as text) -> name on the platform
 
 
 def read_summary(run_dir: Path) -> Summary | None:

@@ -100,7 +100,7 @@ async def retry_run_async(
         meta = run_meta(
             settings,
             options,
-            **{k: old_meta[k] for k in ("manifest", "extras") if k in old_meta},
+            **{k: old_meta[k] for k in ("manifest", "extras", "profiles") if k in old_meta},
             run_id=run_id,
             started_at=started,
             retry_of={"run_dir": str(original_dir), "run_id": old_meta.get("run_id"), "only": list(only)},

@@ -15,12 +15,14 @@ from .report import (
     csv_safe,
     flat_for_csv,
     outcome_counts,
+    profile_counts,
     read_report,
 )
 from .runfiles import JOURNAL_FILE, REPORT_PARQUET, SUMMARY_JSON
-from .vocabulary import OUTCOMES, Outcome, did_not_succeed
+from .vocabulary import FIX_FIRST, OUTCOMES, Outcome, did_not_succeed, fix_for, needs_fix_first
 
 EXAMPLES_PER_CODE = 3
+FIX_FIRST_ROWS = 10  # row numbers named per group of rows to fix first
 PERCENTILES = (0.5, 0.9, 0.99)
 
 
@@ -118,10 +120,119 @@ def _counts(frame: pl.DataFrame, column: str) -> dict[str, dict[str, int]]:
         .group_by(column, "outcome")
         .len()
     )
+    return _nested(grouped.sort(column, "outcome"))
+
+
+def _nested(grouped: pl.DataFrame) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for key, outcome, n in grouped.sort(column, "outcome").iter_rows():
+    for key, outcome, n in grouped.iter_rows():
         out.setdefault(key, {})[outcome] = n
     return out
+
+
+def _per_profile(
+    frame: pl.DataFrame, runs: tuple[LoadedRun, ...] | list[LoadedRun] = ()
+) -> dict[str, dict[str, int]]:
+    """Outcomes per profile the rows resolved to (one entry for `101` and `ref:hd` alike); a rejected
+    row's profile was never looked up (or not found): it counts under its spelling, as unresolved."""
+    if "profile" not in frame.columns and "job_profile_id" not in frame.columns:
+        return {}
+    resolved = pl.col("outcome") != Outcome.REJECTED.value
+    names: dict[int, str] = {}
+    for run in runs:  # the names the runs' profile look-ups found (a later run's win)
+        for key, name in (run.summary.get("profiles") or {}).items():
+            if str(key).isdigit() and name:
+                names[int(key)] = str(name)
+    return _nested(profile_counts(frame, resolved, names))
+
+
+def _with_fix_first(frame: pl.DataFrame) -> pl.DataFrame:
+    """`frame` with `_fix_first`: whether the row's failure is one a retry cannot fix (vocabulary's
+    `needs_fix_first`), decided once per distinct error code and HTTP status."""
+    code = pl.col("error_code").cast(pl.String) if "error_code" in frame.columns else pl.lit(None, pl.String)
+    status = (
+        pl.col("http_status").cast(pl.Int64, strict=False)
+        if "http_status" in frame.columns
+        else pl.lit(None, pl.Int64)
+    )
+    frame = frame.with_columns(code.alias("_code"), status.alias("_status"))
+    pairs = frame.select("_code", "_status").unique()
+    verdicts = pairs.with_columns(
+        pl.Series("_fix_first", [needs_fix_first(c, h) for c, h in pairs.iter_rows()], dtype=pl.Boolean)
+    )
+    # Joined on sentinels: a null code or status is a value to match here, not a missing one.
+    keys = [pl.col("_code").fill_null("\x00").alias("_ck"), pl.col("_status").fill_null(-1).alias("_sk")]
+    return (
+        frame.with_columns(keys)
+        .join(verdicts.with_columns(keys).drop("_code", "_status"), on=["_ck", "_sk"], how="left")
+        .drop("_ck", "_sk")
+    )
+
+
+def _retry_advice(run: LoadedRun, mine: pl.DataFrame) -> tuple[str | None, list[dict[str, Any]]]:
+    """The `retry` command for the rows of `run` a retry can fix (None when there are none), and one
+    entry per group of rows (outcome, code) that need a fix first: what to fix, and whether that
+    command sends them anyway (`retry --only` takes outcomes, not codes)."""
+    retried = (Outcome.FAILED, Outcome.ERROR, Outcome.TIMED_OUT)
+    failed = _with_fix_first(
+        mine.filter(pl.col("outcome").is_in([o.value for o in (*retried, Outcome.REJECTED)]))
+    )
+    sendable = failed.filter(pl.col("outcome").is_in([o.value for o in retried]) & ~pl.col("_fix_first"))
+    only = [o for o in retried if (sendable["outcome"] == o.value).any()]
+    step = None
+    if only:
+        step = f"batch-ingest retry {run.run_dir} --only {','.join(only)}"
+        if (sendable["_code"] == "SIGNATURE_EXPIRED").any():
+            # The signatures ran out in the platform's queue: the same lifetime would fail again.
+            ttl = int((run.summary.get("settings") or {}).get("presign_ttl") or 86_400)
+            step += f" --presign-ttl {min(ttl * 4, 7 * 86_400)}"
+    stuck = failed.filter((pl.col("outcome") == Outcome.REJECTED.value) | pl.col("_fix_first"))
+    groups = (
+        stuck.group_by("outcome", "_code", "_status")
+        .agg(pl.len().alias("count"), pl.col("row").sort().head(FIX_FIRST_ROWS).alias("rows"))
+        .sort("count", "outcome", "_code", descending=[True, False, False], nulls_last=True)
+    )
+    fixes = []
+    for outcome, code, status, n, rows in groups.iter_rows():
+        what = code or (f"HTTP {status}" if status is not None else "no code")
+        some = f"{n} {outcome} row{'s' if n != 1 else ''} with {what} (row{'s' if n != 1 else ''} "
+        some += ", ".join(map(str, rows)) + (", ..." if n > len(rows) else "") + ")"
+        these, they, them = ("these rows", "they", "them") if n != 1 else ("this row", "it", "it")
+        if outcome == Outcome.REJECTED:
+            fix = fix_for(code, status) if code in FIX_FIRST else "error_message says why: correct the row"
+            message = (
+                f"{some}: {fix}. Never sent, and `retry` does not take rejected rows: once corrected, run "
+                f"{them} again"
+            )
+            sent = False
+        else:
+            fix = fix_for(code, status)
+            sent = outcome in only
+            if sent:
+                message = (
+                    f"{some}: {fix}. `{step}` sends {these} again as the run planned {them}: {they} will fail the "
+                    "same way until that is fixed"
+                )
+            else:
+                message = (
+                    f"{some}: {fix}. Left out of the retry: sent again as planned, {they} would fail the same way. "
+                    f"Once that is fixed, `batch-ingest retry {run.run_dir} --only {outcome}` sends {them} (a "
+                    "corrected manifest needs a new run instead)"
+                )
+        fixes.append(
+            {
+                "run_dir": str(run.run_dir),
+                "outcome": outcome,
+                "error_code": code,
+                "http_status": status,
+                "count": n,
+                "rows": rows,
+                "fix": fix,
+                "sent_by_retry": sent,
+                "message": message,
+            }
+        )
+    return step, fixes
 
 
 def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
@@ -147,7 +258,8 @@ def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
                     ).to_dicts(),
                 }
             )
-    next_steps = []
+    next_steps: list[str] = []
+    fix_first: list[dict[str, Any]] = []
     for run in runs:
         if run.run_dir is None:
             continue
@@ -158,19 +270,15 @@ def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
             next_steps.append(
                 f"batch-ingest resume {run.run_dir}" + (" --all" if counts[Outcome.HELD] else "")
             )
-        retryable = [o for o in (Outcome.FAILED, Outcome.ERROR, Outcome.TIMED_OUT) if counts[o]]
-        if retryable:
-            step = f"batch-ingest retry {run.run_dir} --only {','.join(retryable)}"
-            if "error_code" in mine.columns and (mine["error_code"] == "SIGNATURE_EXPIRED").any():
-                # The signatures ran out in the platform's queue: the same lifetime would fail again.
-                ttl = int((run.summary.get("settings") or {}).get("presign_ttl") or 86_400)
-                step += f" --presign-ttl {min(ttl * 4, 7 * 86_400)}"
+        step, fixes = _retry_advice(run, mine)
+        if step:
             next_steps.append(step)
+        fix_first.extend(fixes)
     return {
         "reports": [str(r.path) for r in runs],
         "rows": merged.height,
         "outcomes": outcome_counts(merged),
-        "per_profile": _counts(merged, "profile"),
+        "per_profile": _per_profile(merged, runs),
         "per_source_type": _counts(merged, "source_type"),
         "failures_by_code": by_code,
         "durations_s": {
@@ -178,6 +286,13 @@ def summarize(merged: pl.DataFrame, runs: list[LoadedRun]) -> dict[str, Any]:
             "end_to_end": _percentiles(merged["duration_s"]) if "duration_s" in merged.columns else None,
         },
         "next_steps": next_steps,
+        # Rows a plain retry would send again as they are, to fail the same way: what to fix first.
+        "fix_first": fix_first,
+        "aborted": [
+            {"run": str(r.run_dir or r.path), "abort_reason": r.summary["abort_reason"]}
+            for r in runs
+            if r.summary.get("abort_reason")
+        ],
     }
 
 
@@ -185,6 +300,8 @@ def format_review(info: dict[str, Any]) -> str:
     """The review as text for a terminal."""
     lines = [f"{info['rows']} rows from {len(info['reports'])} report(s)"]
     lines.append("outcomes: " + ", ".join(f"{k} {v}" for k, v in info["outcomes"].items() if v))
+    for aborted in info.get("aborted") or []:
+        lines.append(f"aborted: {aborted['abort_reason']} ({aborted['run']})")
     for title, key in (("per profile", "per_profile"), ("per source type", "per_source_type")):
         if info[key]:
             lines.append(f"{title}:")
@@ -206,9 +323,11 @@ def format_review(info: dict[str, Any]) -> str:
                 else "end to end (submitted to finished)"
             )
             lines.append(f"{label}: " + ", ".join(f"{k} {v:.1f}s" for k, v in stats.items()))
-    if info["next_steps"]:
+    fixes = info.get("fix_first") or []
+    if info["next_steps"] or fixes:
         lines.append("next:")
         lines.extend(f"  {cmd}" for cmd in info["next_steps"])
+        lines.extend(f"  fix first: {fix['message']}" for fix in fixes)
     return "\n".join(lines)
 
 

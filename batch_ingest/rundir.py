@@ -343,6 +343,8 @@ class RunDir:
                 "rows_without_ref_id": facts.without_ref_id,
                 "rows_without_ref_id_first": facts.without_ref_id_first,
             }
+        if meta.get("profiles"):
+            summary["profiles"] = meta["profiles"]
         if meta.get("shard"):
             summary["shard"] = meta["shard"]
         if facts.media_probed:

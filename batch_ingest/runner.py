@@ -139,6 +139,7 @@ async def run_manifest_async(
             manifest=str(manifest.resolve()),
             started_at=started,
             extras=plan.extras,
+            profiles={str(k): v for k, v in plan.profile_names.items()},  # id -> name, for the reviews
         )
         if options.shard is not None:
             meta["shard"] = options.shard.record()

@@ -36,6 +36,11 @@ def test_report_merges_a_run_and_its_retry(tmp_path, emulator_server):
     assert set(info["per_source_type"]) == {"url", "file"}
     assert info["durations_s"]["encode"]["p50"] > 0
     assert info["next_steps"] == [f"batch-ingest retry {second} --only failed"]
+    assert info["fix_first"] == []  # ENCODE_FAILED: the platform gives no reason, a retry may cure it
+    # Counted per profile the rows resolved to: `101` and `ref:hd` are one profile, one entry.
+    assert '101 "HD 1080p" (ref:hd)' in info["per_profile"]  # with the name the platform gave it
+    assert not [p for p in info["per_profile"] if p.startswith("ref:") or p == "101"]
+    assert sum(n for counts in info["per_profile"].values() for n in counts.values()) == 50
 
     out = tmp_path / "merged.csv"
     result = run_cli(["report", str(first), str(second), "--failed", "--out", str(out)])
