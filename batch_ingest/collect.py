@@ -112,6 +112,8 @@ def unstarted_rows(
         fmt=options.get("fmt"),
         default_profile=options.get("default_profile"),
         extra_columns=tuple(options.get("extra_columns") or ()),
+        delimiter=options.get("delimiter"),
+        encoding=options.get("encoding"),
     )
     frames = []
     for index in gap.indices:

@@ -15,6 +15,8 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from .aio import wait_any
 from .api.client import SmartStreamClient
@@ -38,7 +40,7 @@ from .rundir import RunDir, RunResult, SegmentRecord
 from .settings import Settings
 from .submit import SubmitPolicy, Submitter
 from .text import first_few, safe_text
-from .vocabulary import RowState, is_failure
+from .vocabulary import Outcome, RowState, is_failure
 
 STOP_GRACE_S = 30.0  # after a first Ctrl-C, how long requests in flight may take to finish
 
@@ -65,9 +67,18 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     client.on_notice = progress.message
     counts = run.journal.counts()
     to_submit = sum(counts.get(s, 0) for s in (RowState.PENDING, RowState.SENDING))
+    to_follow = counts.get(RowState.SUBMITTED, 0)
+    if spec.kind == "resume":
+        # What is left, not the whole manifest again: a resume of a 200,000-row run with 12 rows to go
+        # says 12.
+        progress.message(
+            f"resuming {run.path}: {to_submit + to_follow} of {run.plan.height} rows left: {to_submit} to "
+            f"submit (in doubt, looked up first: {counts.get(RowState.SENDING, 0)}), {to_follow} job(s) to "
+            f"follow; {run.plan.height - to_submit - to_follow} rows ended before or not taken"
+        )
     progress.start(
-        rows=run.plan.height,
-        to_submit=to_submit + counts.get(RowState.SUBMITTED, 0),
+        rows=to_submit + to_follow if spec.kind == "resume" else run.plan.height,
+        to_submit=to_submit + to_follow,
         upload_bytes=run.journal.bytes_to_send(),
         run_id=run.meta().get("run_id", run.path.name),
     )
@@ -105,6 +116,8 @@ async def work(run: RunDir, spec: Work) -> RunResult:
             send_without_ref_id=options.send_without_ref_id,
             max_in_flight=settings.max_in_flight,
             status_map=settings.encode_status_map,
+            until=options.until,
+            max_submissions=options.max_submissions,
         ),
         progress=progress,
         stop=stop,
@@ -116,7 +129,10 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     submitter.follow = lambda row, job, now, task, follow: poller.track(row, job, now, task, follow)
     submitter.following = lambda: poller.following
     submitter.in_flight = lambda: poller.in_flight
-    poller.on_final = lambda state: submitter.count_failure() if is_failure(state) else None
+    # Every row that ends counts towards --max-failures (a skipped one was not this run's work).
+    poller.on_final = lambda state: (
+        None if state == RowState.SKIPPED else submitter.count_end(is_failure(state))
+    )
     poller.on_resend = submitter.resend
     poller.on_follow_end = submitter.wake
     poller.on_job_end = submitter.job_ended
@@ -124,9 +140,12 @@ async def work(run: RunDir, spec: Work) -> RunResult:
         # Jobs are left to `collect`: a followed job (re-check, --skip-existing) is not waited for here.
         submitter.following = lambda: 0
     poller.resume_in_flight()
+    deadline = asyncio.create_task(_close_at(options.until, submitter, stop)) if options.until else None
     try:
         internal = await _submit_and_poll(submitter, poller, stop, progress, wait=not options.no_wait)
     finally:
+        if deadline is not None:
+            deadline.cancel()
         if signals is not None:
             signals.remove()
     stats = submitter.stats
@@ -142,6 +161,16 @@ async def work(run: RunDir, spec: Work) -> RunResult:
         polls=poller.polls,
     )
     forced = _report_internal_error(run, internal, progress) if internal is not None else None
+    window = None
+    if options.until is not None or options.max_submissions is not None:
+        window = {
+            "until": datetime.fromtimestamp(options.until).astimezone().isoformat()
+            if options.until
+            else None,
+            "max_submissions": options.max_submissions,
+            "submissions": stats.submissions,
+            "closed_by": stats.window_closed,
+        }
     return finish(
         run,
         segment,
@@ -150,7 +179,20 @@ async def work(run: RunDir, spec: Work) -> RunResult:
         interrupted=forced is None and signals is not None and signals.signalled,
         forced_exit_code=forced,
         options=options,
+        window=window,
     )
+
+
+async def _close_at(until: float, submitter: Submitter, stop: asyncio.Event) -> None:
+    """--until: at that time the run ends as a graceful stop does (requests on the wire finish, the
+    rest stays for `resume`), whether it is sending or only polling by then."""
+    await _wait_until(until)
+    submitter.close_window("--until reached")
+    stop.set()
+
+
+async def _wait_until(until: float) -> None:
+    await asyncio.sleep(max(0.0, until - time.time()))
 
 
 def poll_policy(settings: Settings) -> PollPolicy:
@@ -249,6 +291,7 @@ def finish(
     interrupted: bool = False,
     forced_exit_code: int | None = None,
     options: RunOptions | None = None,
+    window: dict[str, Any] | None = None,
 ) -> RunResult:
     """`RunDir.finish`, then tell the user how it ended and how to go on."""
     result = run.finish(
@@ -258,8 +301,10 @@ def finish(
         forced_exit_code=forced_exit_code,
         skip_existing=options.skip_existing if options else None,
         no_wait=options.no_wait if options else False,
+        window=window,
     )
-    if result.exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED):
+    left = result.summary["outcomes"].get(Outcome.INTERRUPTED, 0)
+    if result.exit_code in (EXIT_ABORTED, EXIT_INTERRUPTED) or (window and window.get("closed_by") and left):
         progress.message(f"the run can be continued with: batch-ingest resume {run.path}")
     progress.finished(result.summary)
     progress.close()

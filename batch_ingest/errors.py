@@ -99,16 +99,18 @@ class ApiError(BatchIngestError):
         path: str = "",
         status: int | None = None,
         code: str | None = None,
+        url: str = "",
     ) -> None:
         self.method = method
         self.path = path
+        self.url = url  # the whole URL the request went to (set by the client): a doubled /v1 shows
         self.status = status
         self.code = code
         self.message = message
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        where = f"{self.method} {self.path}".strip()
+        where = f"{self.method} {self.url or self.path}".strip()
         status = f"HTTP {self.status}" if self.status is not None else "no answer"
         code = f" {self.code}" if self.code else ""
         return f"{where}: {status}{code}: {self.message}" if where else f"{status}{code}: {self.message}"

@@ -24,7 +24,7 @@ from .progress import Progress
 from .redact import redact_url
 from .rundir import RunDir, RunResult, SegmentRecord, skip_mode
 from .runfiles import JOURNAL_FILE
-from .settings import Settings
+from .settings import PRIVATE_FIELDS, Settings
 from .subset import Subset, subset_record
 from .text import first_few
 
@@ -49,7 +49,9 @@ def stored_settings(run_dir: Path) -> dict[str, Any]:
     return {
         k: v
         for k, v in stored.items()
-        if k not in NOT_INHERITED and not (k == "rate_store" and REDACTED in str(v or ""))
+        if k not in NOT_INHERITED
+        and k not in PRIVATE_FIELDS  # masked when an older version stored them
+        and not (k == "rate_store" and REDACTED in str(v or ""))
     }
 
 
@@ -71,6 +73,8 @@ def recover_secret_sources(
             fmt=options.get("fmt"),
             default_profile=options.get("default_profile"),
             extra_columns=tuple(options.get("extra_columns") or ()),
+            delimiter=options.get("delimiter"),
+            encoding=options.get("encoding"),
         )
     except (BatchIngestError, OSError) as exc:
         progress.message(

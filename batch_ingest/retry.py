@@ -23,7 +23,7 @@ from .options import RunOptions
 from .progress import Progress
 from .resume import check_api_url, continue_run
 from .rundir import RunDir, RunResult
-from .runner import DEFAULT_REPORTS, new_run_id, run_meta
+from .runner import new_run_id, run_meta
 from .settings import Settings
 from .vocabulary import RETRYABLE_OUTCOMES, Follow, Outcome
 
@@ -107,7 +107,8 @@ async def retry_run_async(
             # Until the original lets go of the rows, both runs hold them: this run must not work them.
             handover_pending=True,
         )
-        with RunDir.create(options.run_dir or DEFAULT_REPORTS / run_id, plan, meta) as run:
+        # Beside the run it retries (not under --reports-root): the two are read together.
+        with RunDir.create(options.run_dir or original_dir.parent / run_id, plan, meta) as run:
             run.journal.carry_over(carried)
             run.journal.add_known_jobs(
                 known, f"a job of the retried run {old_meta.get('run_id') or original_dir}"

@@ -35,7 +35,7 @@ from .report import (
 )
 from .runfiles import ERROR_LOG, JOURNAL_FILE, LOCK_FILE, PLAN_PARQUET, REPORT_CSV, REPORT_PARQUET
 from .runlock import RunLock, make_private
-from .vocabulary import Outcome, SkipExisting
+from .vocabulary import Outcome, SkipExisting, is_failure
 
 # The segment figures a summary adds up over every process that worked the run.
 SEGMENT_SUMS = (
@@ -279,6 +279,7 @@ class RunDir:
         forced_exit_code: int | None = None,
         skip_existing: SkipExisting | None = None,
         no_wait: bool = False,
+        window: dict[str, Any] | None = None,
     ) -> RunResult:
         """Write the report and the summary from the journal, record `segment`, and work out the exit code.
 
@@ -289,6 +290,14 @@ class RunDir:
         if no_wait and not facts.outcomes.get(Outcome.INTERRUPTED):
             # `run --no-wait` did its part once every row is submitted or ended: the verdict on the rows
             # is `collect`'s (an engine must not hold the collector back for a failed row).
+            exit_code = 0
+        if (
+            window
+            and window.get("closed_by")
+            and not any(n for o, n in facts.outcomes.items() if is_failure(o) and o != Outcome.INTERRUPTED)
+        ):
+            # --until or --max-submissions ended it as planned: the rows left wait for the next run,
+            # which is not a failure (as a canary's held rows are not).
             exit_code = 0
         if abort_reason:
             exit_code = EXIT_ABORTED
@@ -343,6 +352,8 @@ class RunDir:
                 "rows_without_ref_id": facts.without_ref_id,
                 "rows_without_ref_id_first": facts.without_ref_id_first,
             }
+        if window:
+            summary["window"] = window
         if meta.get("profiles"):
             summary["profiles"] = meta["profiles"]
         if meta.get("shard"):

@@ -22,13 +22,11 @@ from .options import RunOptions
 from .plan import Plan, plan_manifest, resolve_profiles
 from .progress import Progress
 from .rundir import RunDir, RunResult
+from .settings import PRIVATE_FIELDS, Settings
 from .settings import SECRET_FIELDS as SECRET_SETTINGS
-from .settings import Settings
 from .shard import Shard
 from .subset import choose_subset, held_message, subset_record
 from .vocabulary import SourceType
-
-DEFAULT_REPORTS = Path("reports")
 
 __all__ = [
     "RunOptions",
@@ -50,11 +48,16 @@ def run_meta(settings: Settings, options: RunOptions, **values: Any) -> dict[str
     """What a new run (or a retry's new run) records about itself: ids, the non-secret settings, the options."""
     return {
         **values,
-        "settings": {k: v for k, v in settings.masked().items() if k not in SECRET_SETTINGS},
+        # Neither secrets nor private values (email, the --notify URL): masked, they could not be used again.
+        "settings": {
+            k: v for k, v in settings.masked().items() if k not in SECRET_SETTINGS and k not in PRIVATE_FIELDS
+        },
         "options": {
             "max_failures": options.max_failures,
             "default_profile": options.default_profile,
             "fmt": options.fmt,
+            "delimiter": options.delimiter,
+            "encoding": options.encoding,
             "skip_existing": options.skip_existing,
             "extra_columns": list(options.extra_columns),
             "no_wait": options.no_wait,
@@ -71,6 +74,8 @@ async def plan_run(manifest: Path, options: RunOptions, client: SmartStreamClien
         fmt=options.fmt,
         default_profile=options.default_profile,
         extra_columns=options.extra_columns,
+        delimiter=options.delimiter,
+        encoding=options.encoding,
     )
     if options.shard is not None:
         # On the plan the manifest alone makes: a row's shard never depends on what one process saw
@@ -131,7 +136,7 @@ async def run_manifest_async(
 
             await check_signing(plan, settings.make_object_stores(), rows=taken.taken if taken else None)
         run_id = options.run_dir.name if options.run_dir else new_run_id()
-        path = options.run_dir or DEFAULT_REPORTS / run_id
+        path = options.run_dir or Path(settings.reports_root) / run_id
         meta = run_meta(
             settings,
             options,

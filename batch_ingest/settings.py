@@ -51,6 +51,7 @@ __all__ = [
     "is_loopback",
     "load_config_file",
     "resolve_settings",
+    "resolve_settings_with_origins",
 ]
 
 DEFAULT_API_URL = "https://ovp-s-api.smartstream.ne.jp"
@@ -111,6 +112,11 @@ class ApiUrl(Kind):
             raise ConfigError(
                 f"{source} is not a valid URL (got {redact_url(text)!r}): use e.g. {self.example}"
             ) from None
+        if not parts.scheme and text and "://" not in text:
+            # "api.example.com/v1" parses as a path: the likeliest slip, named with its fix.
+            raise ConfigError(
+                f"{source} has no scheme (got {redact_url(text)!r}): write it as https://{redact_url(text)}"
+            )
         if parts.scheme not in ("http", "https") or not host:
             raise ConfigError(
                 f"{source} must be an http(s) URL such as {self.example}, got {redact_url(text)!r}"
@@ -153,6 +159,26 @@ class StoreUrl(Kind):
             raise ConfigError(
                 f"{source}: the database after the host is a number (e.g. {example}), got {db!r}"
             )
+        return text
+
+
+class WebhookUrl(Kind):
+    """An http(s) URL to POST to (`--notify`): a query and user:password@ are allowed, since webhook
+    services put their secret there; the setting is private, so it is masked wherever shown."""
+
+    def __call__(self, source: str, value: Any, secret: bool) -> str:
+        from .notify import check_notify_url  # httpx comes with it: only when the setting is set
+
+        return check_notify_url(str(value), option=source)
+
+
+class Folder(Kind):
+    """A folder's path (made when first needed)."""
+
+    def __call__(self, source: str, value: Any, secret: bool) -> str:
+        text = str(value).strip()
+        if not text or "\x00" in text:
+            raise ConfigError(f"{source} must name a folder, got {text!r}")
         return text
 
 
@@ -256,6 +282,7 @@ class Setting:
     private: bool = False  # not a secret, but masked wherever settings are shown or stored
     required: bool = False  # needed to reach the API (see `Settings.require_api`)
     default_text: str | None = None  # the default as the docs show it, when the value does not speak
+    scope: str = "work"  # the commands that take its flag: see SCOPES
     name: str = ""
     default: Any = None
 
@@ -293,10 +320,20 @@ class Setting:
             return f"{value:g}"
         return code(str(value))
 
+    def used_by(self, scope: str) -> bool:
+        """Whether a command of `scope` (see SCOPES) takes this setting's flag."""
+        return SCOPES.index(self.scope) <= SCOPES.index(scope)
+
     def parse(self, source: str, value: Any) -> Any:
         """The setting's value from a raw one; ConfigError (naming `source`) when it is not valid."""
         result = self.kind(source, value, self.secret)
         return Secret(result) if self.secret else result
+
+
+SCOPES = ("api", "plan", "work")
+"""Which commands take a setting's flag, each scope within the next: `api`, every command that talks to
+the API (profiles, jobs); `plan`, also those that plan a run (validate); `work`, only those that work
+rows through (run, resume, retry, collect). `config` takes every flag."""
 
 
 def setting(kind: Kind, help: str, **more: Any) -> dict[str, Setting]:
@@ -311,17 +348,20 @@ class Settings:
     The order of the fields is the order `config` prints them in and ``summary.json`` records them.
     """
 
-    api_url: str = field(default=DEFAULT_API_URL, metadata=setting(ApiUrl(), "API base URL"))
+    api_url: str = field(default=DEFAULT_API_URL, metadata=setting(ApiUrl(), "API base URL", scope="api"))
     merchant_id: str | None = field(
-        default=None, metadata=setting(HeaderText(), "merchant id", required=True)
+        default=None, metadata=setting(HeaderText(), "merchant id", required=True, scope="api")
     )
     api_key: Secret | None = field(
-        default=None, metadata=setting(HeaderText(), "API key", secret=True, required=True)
+        default=None, metadata=setting(HeaderText(), "API key", secret=True, required=True, scope="api")
     )
     token: Secret | None = field(
         default=None,
         metadata=setting(
-            HeaderText(), "bearer token as is (the run stops with exit 3 when it expires)", secret=True
+            HeaderText(),
+            "bearer token as is (the run stops with exit 3 when it expires)",
+            secret=True,
+            scope="api",
         ),
     )
     email: str | None = field(
@@ -331,15 +371,18 @@ class Settings:
             "email for the auth-token endpoint: with `--password`, tokens are obtained there and renewed "
             "before expiry and after an unexpected 401",
             private=True,
+            scope="api",
         ),
     )
     password: Secret | None = field(
         default=None,
-        metadata=setting(Text(), "password for the auth-token endpoint (see `--email`)", secret=True),
+        metadata=setting(
+            Text(), "password for the auth-token endpoint (see `--email`)", secret=True, scope="api"
+        ),
     )
     rate: float = field(
         default=50.0,  # the platform's default account limit
-        metadata=setting(Number(0.0), "requests per minute, everything included (0: no limit)"),
+        metadata=setting(Number(0.0), "requests per minute, everything included (0: no limit)", scope="api"),
     )
     concurrency: int = field(
         default=8,
@@ -349,11 +392,14 @@ class Settings:
         default=2, metadata=setting(Whole(1, 64), "uploads in flight, part of `--concurrency`")
     )
     retries: int = field(
-        default=api_defaults.GET_RETRIES, metadata=setting(Whole(0), "retries of a transient failure")
+        default=api_defaults.GET_RETRIES,
+        metadata=setting(Whole(0), "retries of a transient failure", scope="api"),
     )
     connect_timeout: float = field(
         default=api_defaults.CONNECT_TIMEOUT_S,
-        metadata=setting(Number(0.001), "seconds to wait for a connection to the API", flag=False),
+        metadata=setting(
+            Number(0.001), "seconds to wait for a connection to the API", flag=False, scope="api"
+        ),
     )
     read_timeout: float = field(
         default=api_defaults.READ_TIMEOUT_S,
@@ -362,6 +408,7 @@ class Settings:
             "seconds to wait for each read of an answer; a whole answer must come within the connect "
             "timeout plus twice this",
             flag=False,
+            scope="api",
         ),
     )
     job_timeout: float = field(
@@ -392,6 +439,7 @@ class Settings:
             Flag(),
             "allow a plain `http://` API URL to a host other than this machine (key and token then cross "
             "the network unencrypted); without it such a URL is refused",
+            scope="api",
         ),
     )
     burst: int = field(
@@ -400,6 +448,7 @@ class Settings:
             Whole(0, 1000),
             "requests that may leave at once; after them requests are paced one every 60/`--rate` s "
             "(0: no pacing, a minute's budget at once)",
+            scope="api",
         ),
     )
     rate_store: str | None = field(
@@ -428,6 +477,7 @@ class Settings:
             "upload bandwidth for all uploads of the run together, rclone's syntax: `10M` is 10 MiB/s, "
             "also `500K`, `1G`",
             default_text="no limit",
+            scope="plan",
         ),
     )
 
@@ -438,6 +488,7 @@ class Settings:
             "seconds the GET URL signed for an `s3://`, `gs://` or `az://` source stays valid; signed anew "
             "for each attempt, so it must outlast the platform's queue (7 days is the most S3 and GCS allow)",
             default_text="86400 (24 h)",
+            scope="plan",
         ),
     )
     s3_endpoint: str | None = field(
@@ -449,6 +500,7 @@ class Settings:
             ),
             "endpoint of an S3-compatible store (MinIO, Ceph, Wasabi, R2) for `s3://` sources",
             default_text="`AWS_ENDPOINT_URL`, else AWS",
+            scope="plan",
         ),
     )
     check_concurrency: int = field(
@@ -456,6 +508,7 @@ class Settings:
         metadata=setting(
             Whole(1, 1024),
             "source checks and probes (`--check-sources`, `--probe`) in flight; they never touch the API",
+            scope="plan",
         ),
     )
     check_per_host: int = field(
@@ -463,6 +516,35 @@ class Settings:
         metadata=setting(
             Whole(1, 1024),
             "source checks in flight to one host, within `--check-concurrency` (a cap for a fragile origin)",
+            scope="plan",
+        ),
+    )
+
+    reports_root: str = field(
+        default="reports",
+        metadata=setting(
+            Folder(),
+            "the folder under which each run gets its own `<run-id>` folder (`--report-dir` names one "
+            "run's folder exactly; `retry` puts its run beside the run it retries)",
+        ),
+    )
+    notify: str | None = field(
+        default=None,
+        metadata=setting(
+            WebhookUrl(),
+            "a URL to POST the run's summary to as JSON when the run ends, whatever the outcome "
+            "(signed when `notify_secret` is set; retried a few times; never fails the run)",
+            private=True,
+            default_text="none",
+        ),
+    )
+    notify_secret: Secret | None = field(
+        default=None,
+        metadata=setting(
+            Text(),
+            "the key of the HMAC-SHA256 signature of `--notify`'s POST (header `X-Batch-Ingest-Signature`)",
+            secret=True,
+            flag=False,
         ),
     )
 
@@ -627,19 +709,33 @@ def resolve_settings(
     `flags` values of None mean "not given". Raises ConfigError for an invalid value,
     naming where the value came from.
     """
+    return resolve_settings_with_origins(flags, env=env, config=config)[0]
+
+
+def resolve_settings_with_origins(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config: Mapping[str, Any] | None = None,
+    config_name: str = "config file",
+) -> tuple[Settings, dict[str, str]]:
+    """`resolve_settings`, and where each value came from: `flag --rate`, `env SMARTSTREAM_RATE`,
+    `<config_name>` or `default` (what `config` shows beside each value)."""
     flags = flags or {}
     env = os.environ if env is None else env
     config = config or {}
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for spec in SETTINGS:
         name = spec.name
         if flags.get(name) is not None:
-            source, raw = spec.option, flags[name]
+            source, raw, origins[name] = spec.option, flags[name], f"flag {spec.option}"
         elif env.get(spec.env, "") != "":
-            source, raw = spec.env, env[spec.env]
+            source, raw, origins[name] = spec.env, env[spec.env], f"env {spec.env}"
         elif config.get(name) is not None:
-            source, raw = f"config setting {name}", config[name]
+            source, raw, origins[name] = f"config setting {name}", config[name], config_name
         else:
+            origins[name] = "default"
             continue
         values[name] = spec.parse(source, raw)
     settings = Settings(**values)
@@ -647,4 +743,4 @@ def resolve_settings(
         raise ConfigError("poll_max_interval must not be smaller than poll_min_interval")
     if settings.upload_concurrency > settings.concurrency:
         settings = replace(settings, upload_concurrency=settings.concurrency)
-    return settings
+    return settings, origins

@@ -28,6 +28,7 @@ from .aio import unless_stopped, wait_any
 from .api.client import SmartStreamClient
 from .api.models import EncodeStatusMap, Job, Verdict, parse_api_date
 from .api.retry import call_with_retries
+from .budget import FailureBudget
 from .errors import (
     ApiConnectionError,
     ApiError,
@@ -65,6 +66,8 @@ class SubmitStats:
     in_doubt: int = 0
     abort_reason: str | None = None
     failures: int = 0
+    window_closed: str | None = None  # why submission ended early by design (--until, --max-submissions)
+    submissions: int = 0  # creates sent (or looked up after a doubt), counted against --max-submissions
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,14 @@ class SubmitPolicy:
     upload_concurrency: int  # uploads in flight, part of `concurrency`
     retries: int  # per row, for transient errors (a 429 never uses one up)
     in_doubt_delay: float = 2.0
-    max_failures: int | None = None  # None: never stop for failures
+    max_failures: int | str | FailureBudget | None = None  # None: never stop for failures (budget.py)
     skip_existing: SkipExisting | None = None
     adopt_existing: bool = False  # a row's job made by an earlier run (a lost run folder) is this run's
     send_without_ref_id: bool = False  # with adopt_existing: send rows that cannot be looked up anyway
     max_in_flight: int = 0  # 0: no cap on jobs queued or encoding on the platform
     status_map: EncodeStatusMap = field(default_factory=EncodeStatusMap)
+    until: float | None = None  # --until: no create leaves at or after this time (epoch seconds)
+    max_submissions: int | None = None  # --max-submissions: creates this process may send
 
 
 class Submitter:
@@ -123,6 +128,8 @@ class Submitter:
         self._sleep = sleep
         self._clock = clock
         self.stats = SubmitStats()
+        budget = FailureBudget.parse(policy.max_failures)
+        self.budget = FailureBudget.parse(budget.text()) if budget else None  # this process's own count
 
     def abort(self, reason: str) -> None:
         """Stop sending: the run ends with exit 3 after what is in flight."""
@@ -131,10 +138,47 @@ class Submitter:
         self.stop.set()
 
     def count_failure(self) -> None:
-        """One more row that did not succeed; trips --max-failures."""
+        """One more row that did not succeed, counted the moment it is known; trips --max-failures."""
         self.stats.failures += 1
-        if self.policy.max_failures is not None and self.stats.failures > self.policy.max_failures:
-            self.abort(f"more than --max-failures {self.policy.max_failures} rows failed")
+        self._count(failed=True)
+
+    def count_end(self, failed: bool) -> None:
+        """A row ended (the poller saw its job's end): the rows a --max-failures rate is taken over."""
+        if failed:
+            self.count_failure()
+        else:
+            self._count(failed=False)
+
+    def _count(self, *, failed: bool) -> None:
+        if self.budget is not None and (reason := self.budget.record(failed)) is not None:
+            self.abort(reason)
+
+    def close_window(self, reason: str) -> None:
+        """Send nothing more (--until, --max-submissions): rows not yet sent stay for the next run."""
+        if self.stats.window_closed is None:
+            self.stats.window_closed = reason
+            self.progress.message(f"{reason}: no new submissions; the rest stay for `resume` or the next run")
+        self._wake.set()
+
+    def _halted(self) -> bool:
+        """Whether no more rows are to be sent: a stop, or the window closed."""
+        if self.stop.is_set() or self.stats.window_closed is not None:
+            return True
+        if self.policy.until is not None and self._clock() >= self.policy.until:
+            self.close_window("--until reached")
+            return True
+        return False
+
+    def _take_submission(self) -> bool:
+        """Count one create against --max-submissions (and --until): False when none may go."""
+        if self._halted():
+            return False
+        limit = self.policy.max_submissions
+        if limit is not None and self.stats.submissions >= limit:
+            self.close_window(f"--max-submissions {limit} reached")
+            return False
+        self.stats.submissions += 1
+        return True
 
     def resend(self, row: int) -> None:
         """A followed job failed or vanished: the row (back to `pending` in the journal) is sent again."""
@@ -180,20 +224,20 @@ class Submitter:
         async def rows() -> None:
             for states in ((RowState.SENDING,), (RowState.PENDING,)):
                 after = 0
-                while not self.stop.is_set():
+                while not self._halted():
                     batch = self.journal.tasks(states, after_row=after, limit=500)
                     if not batch:
                         break
                     for task in batch:
-                        if self.stop.is_set():
+                        if self._halted():
                             return
                         if task.row not in queued and task.row not in self._resend:
                             await put(task)
                     after = batch[-1].row
             # Followed jobs (re-checks, --skip-existing) may still fail and send their row again.
-            while not self.stop.is_set():
+            while not self._halted():
                 deferred: list[int] = []
-                while self._resend and not self.stop.is_set():
+                while self._resend and not self._halted():
                     row = self._resend.popleft()
                     if row in queued:
                         deferred.append(row)  # a worker still has it: look again once it lets go
@@ -216,7 +260,7 @@ class Submitter:
 
         async def work() -> None:
             while (task := await queue.get()) is not None:
-                if self.stop.is_set():
+                if self._halted():
                     queued.discard(task.row)
                     continue
                 busy[0] += 1
@@ -430,7 +474,8 @@ class Submitter:
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
                 return
         if not self.policy.max_in_flight:
-            await self._send(task)
+            if self._take_submission():
+                await self._send(task)
             return
         # --max-in-flight: wait for the platform's queue to have room; the slot is this row's until
         # its job is with the poller (which counts it) or the row ends.
@@ -439,6 +484,8 @@ class Submitter:
             await wait_any(self._slot_freed, self.stop)
             if self.stop.is_set():
                 return
+        if not self._take_submission():
+            return
         self._reserved += 1
         try:
             await self._send(task)

@@ -119,7 +119,8 @@ def test_a_store_that_does_not_answer_stops_the_run_before_it_starts(tmp_path, e
     ],
 )
 def test_a_bad_store_url_is_a_usage_error_naming_the_fix(tmp_path, value, message):
-    result = run_cli(["validate", str(url_manifest(tmp_path, 1)), "--rate-store", value])
+    # `run` (validate takes no --rate-store: it sends no batch); the URL is refused before any request.
+    result = run_cli(["run", str(url_manifest(tmp_path, 1)), "--rate-store", value])
     assert result.exit_code == 2, result.output
     assert message in result.output
 
@@ -165,8 +166,11 @@ def test_look_ups_do_not_need_the_store(tmp_path, emulator_server):
     server = emulator_server(EmulatorConfig(**FAST))
     dead = f"redis://127.0.0.1:{free_port()}/0"
     for args in (["validate", str(url_manifest(tmp_path, 2))], ["jobs"], ["profiles"]):
-        result = run_cli([*args, "--rate-store", dead], server.env())
+        # Set for every command through the environment (or the config file), as cron has it; these
+        # commands do not even offer the flag.
+        result = run_cli(args, {**server.env(), "SMARTSTREAM_RATE_STORE": dead})
         assert result.exit_code == 0, (args, result.output)
+        assert run_cli([*args, "--rate-store", dead], server.env()).exit_code == 2
 
 
 def test_a_resume_without_the_store_a_run_shared_says_so(

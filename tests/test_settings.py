@@ -39,12 +39,25 @@ def test_readme_settings_table_is_the_declaration():
     )
 
 
-def test_every_declared_flag_is_an_option_of_the_api_commands():
-    flags = {spec.option for spec in SETTINGS if spec.flag}
-    for name in ("run", "validate", "resume", "retry", "profiles", "jobs", "config"):
+@pytest.mark.parametrize(
+    ("scope", "commands"),
+    [
+        ("work", ("run", "resume", "retry", "collect", "config")),
+        ("plan", ("validate",)),
+        ("api", ("profiles", "jobs")),
+    ],
+)
+def test_each_command_takes_the_flags_of_the_settings_it_uses_and_no_others(scope, commands):
+    every = {spec.option for spec in SETTINGS if spec.flag}
+    used = {spec.option for spec in SETTINGS if spec.flag and spec.used_by(scope)}
+    for name in commands:
         options = {opt for p in main.commands[name].params if isinstance(p, click.Option) for opt in p.opts}
-        assert flags <= options, name
+        assert used <= options, name
+        assert not (every - used) & options, name  # `profiles --concurrency` would be ignored: not offered
         assert not {o for o in options if o.startswith(("--connect", "--read-timeout", "--in-doubt"))}
+    assert "--rate" in used and "--api-key" in used
+    if scope == "api":
+        assert "--job-timeout" not in used and "--bwlimit" not in used and "--notify" not in used
 
 
 def test_every_setting_resolves_from_its_environment_variable_and_its_config_key():
@@ -55,6 +68,7 @@ def test_every_setting_resolves_from_its_environment_variable_and_its_config_key
         "bwlimit": "1M",
         "encode_status_map": "succeeded=2;failed=3",
         "allow_http": "true",
+        "notify": "https://hooks.example.com/batch",
     }
     for spec in SETTINGS:
         raw = samples.get(spec.name, "7")
@@ -68,7 +82,7 @@ def test_defaults_are_the_declared_ones_and_secrets_are_masked():
     settings = resolve_settings(env={})
     assert settings == Settings()
     assert [(s.name, s.default) for s in SETTINGS] == [(k, getattr(settings, k)) for k in settings.masked()]
-    assert {"api_key", "token", "password"} == SECRET_FIELDS
+    assert {"api_key", "token", "password", "notify_secret"} == SECRET_FIELDS
     shown = resolve_settings(env={"SMARTSTREAM_TOKEN": "t0ken", "SMARTSTREAM_EMAIL": "a@b.c"}).masked()
     assert shown["token"] == shown["email"] == "********" and shown["api_key"] == ""
     store = resolve_settings(env={"SMARTSTREAM_RATE_STORE": "redis://:pa55@redis:6379/1"}).masked()
@@ -108,4 +122,21 @@ def test_config_prints_every_setting_in_declared_order(monkeypatch):
     assert result.exit_code == 0
     lines = result.output.splitlines()[1:]
     assert [line.split(" = ")[0] for line in lines] == [s.name for s in SETTINGS]
-    assert "rate = 120.0" in lines and "api_key = ********" in lines and "k3y" not in result.output
+    shown = {line.split(" = ")[0]: " ".join(line.split(" = ", 1)[1].split()) for line in lines}
+    assert shown["rate"] == "120.0 # flag --rate" and "k3y" not in result.output
+    assert shown["api_key"] == "******** # env SMARTSTREAM_API_KEY" and shown["concurrency"] == "8 # default"
+
+
+def test_config_says_where_each_value_came_from(monkeypatch, tmp_path):
+    cfg = tmp_path / "ops.toml"
+    cfg.write_text('rate = 40\nconcurrency = 3\nmerchant_id = "m1"\n')
+    monkeypatch.setenv("SMARTSTREAM_CONCURRENCY", "5")
+    result = CliRunner().invoke(main, ["config", "--config", str(cfg), "--merchant-id", "m2", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    info = json.loads(result.output)["settings"]
+    assert info["rate"] == {"value": 40.0, "from": f"file {cfg}"}
+    assert info["concurrency"] == {"value": 5, "from": "env SMARTSTREAM_CONCURRENCY"}  # env over file
+    assert info["merchant_id"] == {"value": "m2", "from": "flag --merchant-id"}  # flag over file
+    assert info["burst"]["from"] == "default"

@@ -26,6 +26,7 @@ import httpx
 from .._version import __version__
 from ..errors import (
     ApiConnectionError,
+    ApiError,
     AuthError,
     EndlessListing,
     MalformedResponse,
@@ -182,7 +183,37 @@ class SmartStreamClient:
 
     # -- the transport boundary --------------------------------------------------------------
 
+    def _url(self, path: str) -> str:
+        """The whole URL of a request to `path` (no query), as httpx joins it to the base URL."""
+        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+
     async def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str],
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        content: Any = None,
+        on_admitted: AdmittedCallback | None = None,
+    ) -> httpx.Response:
+        try:
+            return await self._send_once_or_raise(
+                method,
+                path,
+                headers=headers,
+                params=params,
+                json=json,
+                content=content,
+                on_admitted=on_admitted,
+            )
+        except ApiError as exc:
+            # Errors name the whole URL: a base URL that already ends in /v1 shows as /v1/v1/...
+            exc.url = exc.url or self._url(path)
+            raise
+
+    async def _send_once_or_raise(
         self,
         method: str,
         path: str,
@@ -339,6 +370,23 @@ class SmartStreamClient:
         `on_admitted` is awaited once the rate limiter admits the request, just before it leaves
         (again before a resend after a 401).
         """
+        try:
+            return await self._request_renewing(
+                method, path, params=params, json=json, body=body, on_admitted=on_admitted
+            )
+        except AuthError as exc:
+            raise self._explained(exc) from None
+
+    async def _request_renewing(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None,
+        json: Any,
+        body: Callable[[], tuple[dict[str, str], Any]] | None,
+        on_admitted: AdmittedCallback | None,
+    ) -> httpx.Response:
         for attempt in (1, 2):
             headers, token = await self.auth.headers(self._fetch_token)
             content = None
@@ -360,6 +408,42 @@ class SmartStreamClient:
                     continue
                 raise
         raise AssertionError("unreachable")
+
+    def _explained(self, exc: AuthError) -> AuthError:
+        """A 401 with what to check: the API answers "Authentication failed" whatever the cause, so the
+        hint names what this request carried (the token endpoint: email, password, key; any other:
+        key and token), and the merchant id, which is part of every URL."""
+        if exc.status != 401:
+            return exc
+        if exc.path.endswith("/auth-token/"):
+            hint = (
+                "the auth-token endpoint refused the login: check the email and password "
+                "(SMARTSTREAM_EMAIL, SMARTSTREAM_PASSWORD), the API key (SMARTSTREAM_API_KEY) and the "
+                "merchant id (SMARTSTREAM_MERCHANT_ID)"
+            )
+        elif self.auth.can_renew:
+            hint = (
+                "a token just obtained with the email and password was refused: check the API key "
+                "(SMARTSTREAM_API_KEY) and that the merchant id (SMARTSTREAM_MERCHANT_ID) is the account "
+                "the email belongs to"
+            )
+        else:
+            hint = (
+                "check the token (SMARTSTREAM_TOKEN: it may have expired; --email and --password get "
+                "tokens and renew them), the API key (SMARTSTREAM_API_KEY) and the merchant id "
+                "(SMARTSTREAM_MERCHANT_ID); the API does not say which one it refused"
+            )
+        if hint in exc.message:
+            return exc
+        explained = AuthError(
+            f"{exc.message}: {hint}",
+            method=exc.method,
+            path=exc.path,
+            status=exc.status,
+            code=exc.code,
+            url=exc.url,
+        )
+        return explained
 
     @staticmethod
     def _json(response: httpx.Response, method: str, path: str) -> Any:

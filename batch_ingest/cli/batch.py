@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import EXIT_ROWS_FAILED, BatchIngestError
+from ..errors import EXIT_ROWS_FAILED, BatchIngestError, exit_code_for
 
 if TYPE_CHECKING:
     from ..options import ProbeOptions
 from .common import (
     api_options,
+    api_options_for,
     build_settings,
     check_writable,
     echo,
@@ -98,6 +100,33 @@ def _probe(probe: str | None, max_size: str | None, max_duration: float | None) 
     return ProbeOptions(remote=probe == "all", max_size=size, max_duration=max_duration)
 
 
+def reading_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--delimiter and --encoding: how a CSV manifest exported from a spreadsheet is read."""
+    command = click.option(
+        "--encoding",
+        metavar="NAME",
+        help="The CSV manifest's text encoding when it is not UTF-8: cp1252 (Excel, Western Europe), "
+        "shift_jis or cp932 (Excel, Japan), latin-1, utf-16 [default: UTF-8, or what a byte-order mark says].",
+    )(command)
+    return click.option(
+        "--delimiter",
+        metavar="CHAR",
+        help="The CSV manifest's field separator: one character, or tab, comma, semicolon, pipe "
+        "[default: detected: comma, else ; tab or | when the header holds a source column that way].",
+    )(command)
+
+
+def _reading(delimiter: str | None, encoding: str | None) -> dict[str, Any]:
+    """--delimiter and --encoding checked now (exit 2 naming the option), as RunOptions fields."""
+    from ..manifest import parse_delimiter, parse_encoding
+
+    if delimiter is not None:
+        parse_delimiter(delimiter)
+    if encoding is not None:
+        parse_encoding(encoding)
+    return {"delimiter": delimiter, "encoding": encoding}
+
+
 extra_columns_option = click.option(
     "--extra-columns",
     metavar="COL[,COL...]",
@@ -155,6 +184,31 @@ def submit_options(fn):
         log_options,
         click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path."),
         click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            help="Print the run's summary as JSON on stdout (as summary.json holds it), for scripts.",
+        ),
+        click.option(
+            "--metrics-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write the run's figures in Prometheus' text format to this file when it ends (for "
+            "node_exporter's textfile collector: counts per outcome, requests, 429s, duration, exit code).",
+        ),
+        click.option(
+            "--max-submissions",
+            type=click.IntRange(min=1),
+            metavar="N",
+            help="Send at most N creates in this process; the rows left wait for `resume` or the next "
+            "run (exit 0 when nothing failed). One night's share of a long migration.",
+        ),
+        click.option(
+            "--until",
+            metavar="HH:MM|ISO",
+            help="Stop at this local time (the next HH:MM) or ISO timestamp as a graceful stop does: no new "
+            "creates, requests on the wire finish, the rest waits for `resume` (exit 0 when nothing failed).",
+        ),
+        click.option(
             "--skip-existing",
             type=click.Choice(["not-failed", "any"]),
             is_flag=False,
@@ -165,7 +219,12 @@ def submit_options(fn):
             "--skip-existing=any never sends such a row and reports the failed job (cron).",
         ),
         click.option(
-            "--max-failures", type=int, help="Abort (exit 3) once more than this many rows have failed."
+            "--max-failures",
+            metavar="N|P%",
+            help="Abort (exit 3) once more than N rows have failed, or more than P% of the last 100 rows "
+            "to end (P%/W: of the last W; judged after 20). A refused create counts at once, an encode "
+            "failure or timeout when the platform reports it: jobs still encoding cannot count yet, so "
+            "more rows may have been sent by then (--max-in-flight bounds how many).",
         ),
     ):
         fn = option(fn)
@@ -197,6 +256,7 @@ def submit_options(fn):
 @click.option(
     "--html", type=click.Path(dir_okay=False, path_type=Path), help="Also write a self-contained HTML report."
 )
+@reading_options
 @check_sources_option
 @probe_options
 @extra_columns_option
@@ -258,6 +318,8 @@ def run(
     adopt_existing,
     send_without_ref_id,
     no_wait,
+    delimiter,
+    encoding,
     **options: Any,
 ) -> None:
     """Submit every row of MANIFEST, poll until every job finished, and write the report.
@@ -271,6 +333,7 @@ def run(
     """
     subset = _subset(limit, rows_range, sample, seed)
     probing = _probe(probe, max_size, max_duration)
+    reading = _reading(delimiter, encoding)
     shard = None
     if shard_spec is not None:
         from ..shard import parse_shard
@@ -281,7 +344,10 @@ def run(
     if shard is not None and dry_run:
         raise click.UsageError("--dry-run plans the whole manifest: leave out --shard (or use validate)")
     if dry_run:
-        options.pop("log_file", None), options.pop("log_format", None)
+        for name in ("log_file", "log_format", "as_json", "metrics_file", "until", "max_submissions"):
+            options.pop(name, None)
+        for name in ("notify", "reports_root"):  # settings `validate` does not take
+            options.pop(name, None)
         _validate(
             manifest,
             options,
@@ -293,15 +359,20 @@ def run(
             check_sources=check_sources,
             probe=probing,
             subset=subset,
+            reading=reading,
         )
         return
     from ..runner import RunOptions, run_manifest
 
     check_writable(html, "--html")
+    window = _window(options)
+    outputs = _Outputs(options)
     progress = progress_for(quiet, options)
 
-    with emulator_for_run(emulator, options):
+    settings_box: list = []  # the settings once built: a failure after that is announced with them
+    with _announcing_failures(outputs, settings_box, "run"), emulator_for_run(emulator, options):
         settings = build_settings(options)
+        settings_box.append(settings)
         run_options = RunOptions(
             run_dir=report_dir,
             fmt=fmt,
@@ -317,6 +388,8 @@ def run(
             no_wait=no_wait,
             adopt_existing=adopt_existing,
             send_without_ref_id=send_without_ref_id,
+            **window,
+            **reading,
         )
         result = run_manifest(manifest, settings, run_options, progress=progress)
     if html is not None:
@@ -326,24 +399,102 @@ def run(
             write_html_report([result.run_dir], html)
         except (BatchIngestError, OSError) as exc:  # the run is done: its exit code stands
             echo(f"batch-ingest: warning: the HTML report was not written: {exc}", err=True)
-    _finish(result, quiet)
+    _finish(result, quiet, outputs, settings)
 
 
-def _finish(result, quiet: bool) -> None:
-    """Print the summary (quiet: one line of counts, only when the run did not fully succeed) and the
+def _window(options: dict[str, Any]) -> dict[str, Any]:
+    """--until and --max-submissions (popped from `options`) as RunOptions fields."""
+    from ..options import parse_until
+
+    until = options.pop("until", None)
+    return {
+        "until": parse_until(until) if until is not None else None,
+        "max_submissions": options.pop("max_submissions", None),
+    }
+
+
+class _Outputs:
+    """Where a finished run is told: --json, --metrics-file, --notify (popped from a command's options)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.as_json: bool = options.pop("as_json", False)
+        self.metrics_file: Path | None = options.pop("metrics_file", None)
+        self.failed_exit_code = 1
+        check_writable(self.metrics_file, "--metrics-file")
+
+
+def _finish(
+    result, quiet: bool, outputs: _Outputs | None = None, settings=None, command: str = "run"
+) -> None:
+    """Tell the world how the run ended (metrics file, notification), print the summary (quiet: one
+    line of counts, only when the run did not fully succeed; --json: the summary as JSON) and the
     report path last; exit with the run's code."""
     from ..report import format_counts
 
+    if outputs is not None:
+        _announce(result, outputs, settings, command=command)
     try:
-        if not quiet:
-            echo(result.summary_text())
-        elif result.exit_code != 0:
-            echo(format_counts(result.summary))
-        echo(str(result.report_path))
+        if outputs is not None and outputs.as_json:
+            echo(json.dumps(result.summary, indent=2, default=str))
+        else:
+            if not quiet:
+                echo(result.summary_text())
+            elif result.exit_code != 0:
+                echo(format_counts(result.summary))
+            retry_of = (result.summary.get("retry_of") or {}).get("run_dir")
+            if retry_of and not quiet:
+                echo(
+                    f"both runs, the latest attempt per row: batch-ingest report {retry_of} {result.run_dir}"
+                )
+            echo(str(result.report_path))
         sys.stdout.flush()
     except BrokenPipeError:  # the reader went away (`| head`): the run is done, its code stands
         silence_stdout()
     sys.exit(result.exit_code)
+
+
+def _announce(result, outputs: _Outputs, settings, *, command: str, error: str | None = None) -> None:
+    """--metrics-file, then --notify (it may take up to 30 s): neither ever changes the run's exit code;
+    a failure is a warning, shown even with -q. `result` None: the command failed before it had a run
+    to summarise (`error` says why, and the exit code is that error's)."""
+    summary = result.summary if result is not None else None
+    exit_code = result.exit_code if result is not None else outputs.failed_exit_code
+    if outputs.metrics_file is not None:
+        from ..metrics import MetricsWriteError, write_metrics
+
+        try:
+            write_metrics(outputs.metrics_file, summary, exit_code)
+        except MetricsWriteError as exc:
+            echo(f"batch-ingest: warning: {exc}", err=True)
+    if settings is not None and settings.notify:
+        from ..notify import send_notification
+
+        try:
+            sent = send_notification(
+                settings.notify,
+                summary,
+                exit_code,
+                secret=settings.notify_secret,
+                command=command,
+                error=error,
+            )
+        except KeyboardInterrupt:  # a second Ctrl-C: the run is over, the monitor is not waited for
+            echo("batch-ingest: warning: --notify interrupted: the monitor was not told", err=True)
+            return
+        if sent.warning:
+            echo(f"batch-ingest: {sent.warning}", err=True)
+
+
+@contextlib.contextmanager
+def _announcing_failures(outputs: _Outputs, settings_box: list, command: str) -> Iterator[None]:
+    """A command that fails before it has a run to summarise (the API unreachable, a manifest error):
+    the monitor and the metrics file hear of it too, with the error's exit code; then it is raised on."""
+    try:
+        yield
+    except BatchIngestError as exc:
+        outputs.failed_exit_code = exit_code_for(exc)
+        _announce(None, outputs, settings_box[0] if settings_box else None, command=command, error=str(exc))
+        raise
 
 
 def _validate(
@@ -360,6 +511,7 @@ def _validate(
     check_sources: str | None = None,
     probe: ProbeOptions | None = None,
     subset=None,
+    reading: dict[str, Any] | None = None,
 ) -> None:
     import asyncio  # with httpx, loaded only by the commands that talk to the API
 
@@ -383,7 +535,7 @@ def _validate(
     with emulator_for_run(emulator, options):
         settings = build_settings(options)
         run_options = RunOptions(
-            fmt=fmt, default_profile=default_profile, extra_columns=_columns(extra_columns)
+            fmt=fmt, default_profile=default_profile, extra_columns=_columns(extra_columns), **(reading or {})
         )
 
         async def go():
@@ -450,11 +602,12 @@ def _validate(
     help="Your upload bandwidth to the platform (10M = 10 MiB/s, 1G, 500K), so the estimate includes uploads "
     "[default: --bwlimit when set, else uploads are left out of the estimate and it says so].",
 )
+@reading_options
 @check_sources_option
 @probe_options
 @extra_columns_option
 @subset_options("ready rows")
-@api_options
+@api_options_for("plan")
 @handle_errors
 def validate(
     manifest: Path,
@@ -473,6 +626,8 @@ def validate(
     rows_range,
     sample,
     seed,
+    delimiter,
+    encoding,
     **options: Any,
 ) -> None:
     """Check MANIFEST, print the plan and how long the run will take; create no job.
@@ -496,6 +651,7 @@ def validate(
         check_sources=check_sources,
         probe=_probe(probe, max_size, max_duration),
         subset=_subset(limit, rows_range, sample, seed),
+        reading=_reading(delimiter, encoding),
     )
 
 
@@ -532,17 +688,24 @@ def resume(
     from ..resume import resume_run, stored_settings
     from ..runner import RunOptions
 
+    window = _window(options)
+    outputs = _Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
-    settings = build_settings(options, stored_settings(run_dir))
-    run_options = RunOptions(
-        max_failures=max_failures,
-        skip_existing=skip_existing,
-        handle_signals=True,
-        allow_api_url_change=explicit_url,
-        subset=subset,
-    )
-    _finish(resume_run(run_dir, settings, run_options, progress=progress), quiet)
+    settings_box: list = []
+    with _announcing_failures(outputs, settings_box, "resume"):
+        settings = build_settings(options, stored_settings(run_dir))
+        settings_box.append(settings)
+        run_options = RunOptions(
+            max_failures=max_failures,
+            skip_existing=skip_existing,
+            handle_signals=True,
+            allow_api_url_change=explicit_url,
+            subset=subset,
+            **window,
+        )
+        result = resume_run(run_dir, settings, run_options, progress=progress)
+    _finish(result, quiet, outputs, settings, "resume")
 
 
 @main.command()
@@ -554,6 +717,18 @@ def resume(
     "[default: ROOT/report.parquet when one run root is given].",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the merged summary of the runs as JSON on stdout, for scripts.",
+)
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the runs' merged figures in Prometheus' text format to this file (node_exporter's textfile "
+    "collector).",
+)
 @log_options
 @api_options
 @handle_errors
@@ -572,19 +747,35 @@ def collect(paths: tuple[Path, ...], out: Path | None, quiet: bool, **options: A
     """
     from ..collect import collect as collect_runs
     from ..collect import default_merged, expand
+    from ..metrics import merge_summaries
     from ..report import format_counts
     from ..resume import stored_settings
+    from ..rundir import RunResult
 
+    outputs = _Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
     folders, _ = expand(paths)
-    settings = build_settings(options, stored_settings(folders[0]) if folders else None)
-    merged_out = out or default_merged(list(paths))
-    if merged_out is not None:
-        check_writable(merged_out, "--out")
-    result = collect_runs(
-        list(paths), settings, merged_out=merged_out, allow_api_url_change=explicit_url, progress=progress
+    settings_box: list = []
+    with _announcing_failures(outputs, settings_box, "collect"):
+        settings = build_settings(options, stored_settings(folders[0]) if folders else None)
+        settings_box.append(settings)
+        merged_out = out or default_merged(list(paths))
+        if merged_out is not None:
+            check_writable(merged_out, "--out")
+        result = collect_runs(
+            list(paths), settings, merged_out=merged_out, allow_api_url_change=explicit_url, progress=progress
+        )
+    merged = merge_summaries([r.summary for r in result.results], exit_code=result.exit_code)
+    _announce(
+        RunResult(Path(paths[0]), merged, result.exit_code),  # type: ignore[arg-type]
+        outputs,
+        settings,
+        command="collect",
     )
+    if outputs.as_json:
+        echo(json.dumps(merged, indent=2, default=str))
+        sys.exit(result.exit_code)
     try:
         for run in result.results:
             if not quiet:
@@ -624,23 +815,29 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     from ..retry import NothingToRetry, retry_run
     from ..runner import RunOptions
 
+    window = _window(options)
+    outputs = _Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
-    settings = build_settings(options)
     outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
-    run_options = RunOptions(
-        run_dir=report_dir,
-        max_failures=max_failures,
-        skip_existing=skip_existing,
-        handle_signals=True,
-        allow_api_url_change=explicit_url,
-    )
-    try:
-        result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
-    except NothingToRetry as exc:
-        echo(str(exc))
-        sys.exit(0)
-    _finish(result, quiet)
+    settings_box: list = []
+    with _announcing_failures(outputs, settings_box, "retry"):
+        settings = build_settings(options)
+        settings_box.append(settings)
+        run_options = RunOptions(
+            run_dir=report_dir,
+            max_failures=max_failures,
+            skip_existing=skip_existing,
+            handle_signals=True,
+            allow_api_url_change=explicit_url,
+            **window,
+        )
+        try:
+            result = retry_run(source, settings, run_options, only=outcomes, progress=progress)
+        except NothingToRetry as exc:  # nothing ran: nothing to announce, and nothing went wrong
+            echo(json.dumps({"retried": 0, "message": str(exc)}) if outputs.as_json else str(exc))
+            sys.exit(0)
+    _finish(result, quiet, outputs, settings, "retry")
 
 
 @main.command()

@@ -102,7 +102,18 @@ def _reader_gone(stream: Any) -> bool:
 
 class Group(click.Group):
     """The command group: errors raised before a command runs (while click converts an argument,
-    say) go through the same `exit_for` as the commands' own."""
+    say) go through the same `exit_for` as the commands' own; its help lists every command with its
+    first sentence whole (click cuts them at 45 characters)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -148,22 +159,29 @@ def _setting_option(spec: Setting) -> Callable[[Callable[..., Any]], Callable[..
     return click.option(spec.option, type=spec.kind.click_type, help=text)
 
 
-_API_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
-    click.option(
-        "--config",
-        "config_file",
-        type=click.Path(dir_okay=False, path_type=Path),
-        help="TOML config file (default: ./batch-ingest.toml when present).",
-    ),
-    *(_setting_option(spec) for spec in SETTINGS if spec.flag),
-]
+def api_options_for(scope: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--config and one option per setting with a flag that a command of `scope` uses (see
+    `settings.SCOPES`): `profiles` lists no upload or polling options it would ignore."""
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="TOML config file (default: ./batch-ingest.toml when present).",
+        ),
+        *(_setting_option(spec) for spec in SETTINGS if spec.flag and spec.used_by(scope)),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
-def api_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--config and one option per setting that has a flag (see `settings.SETTINGS`)."""
-    for option in reversed(_API_OPTIONS):
-        fn = option(fn)
-    return fn
+api_options = api_options_for("work")
+"""Every setting's flag: the commands that work rows through, and `config`."""
 
 
 def setting_flags(options: dict[str, Any]) -> dict[str, Any]:

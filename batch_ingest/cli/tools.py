@@ -7,8 +7,17 @@ from typing import Any
 
 import click
 
-from ..settings import load_config_file, resolve_settings
-from .common import api_options, build_settings, echo, emulator_for_run, handle_errors, main, setting_flags
+from ..settings import load_config_file, resolve_settings_with_origins
+from .common import (
+    api_options,
+    api_options_for,
+    build_settings,
+    echo,
+    emulator_for_run,
+    handle_errors,
+    main,
+    setting_flags,
+)
 
 
 def _client_call(options: dict[str, Any], call):
@@ -26,7 +35,7 @@ def _client_call(options: dict[str, Any], call):
 @main.command()
 @click.option("--emulator", is_flag=True, help="Ask the bundled emulator instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
-@api_options
+@api_options_for("api")
 @handle_errors
 def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
     """List the account's job profiles (id, ref_id, name): the values a manifest's profile column takes."""
@@ -49,7 +58,7 @@ def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
     "--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="How many of the newest jobs."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@api_options
+@api_options_for("api")
 @handle_errors
 def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
     """Show one job (JOB is an id or ref:<ref_id>), or the newest jobs."""
@@ -82,15 +91,34 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the settings and their origins as JSON.")
 @api_options
 @handle_errors
-def config(**options: Any) -> None:
-    """Show the resolved settings (flag, environment, config file, default) with secrets masked."""
+def config(as_json: bool, **options: Any) -> None:
+    """Show the resolved settings with secrets masked, and where each value came from: a flag, an
+    environment variable, the config file, or the default (in that order of precedence)."""
     flags = setting_flags(options)
     file_config, path = load_config_file(
         options.pop("config_file", None), warn=lambda m: echo(f"warning: {m}", err=True)
     )
-    settings = resolve_settings(flags, config=file_config)
+    settings, origins = resolve_settings_with_origins(
+        flags, config=file_config, config_name=f"file {path}" if path else "config file"
+    )
+    masked = settings.masked()
+    if as_json:
+        echo(
+            json.dumps(
+                {
+                    "config_file": str(path) if path else None,
+                    "settings": {k: {"value": v, "from": origins[k]} for k, v in masked.items()},
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        return
     echo(f"# config file: {path or '(none)'}")
-    for key, value in settings.masked().items():
-        echo(f"{key} = {'' if value is None else value}")
+    width = max(len(f"{k} = {'' if v is None else v}") for k, v in masked.items())
+    for key, value in masked.items():
+        line = f"{key} = {'' if value is None else value}"
+        echo(f"{line:<{width}}  # {origins[key]}")
