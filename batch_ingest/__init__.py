@@ -62,6 +62,9 @@ __all__ = [
     "retry_run_async",
     "run_manifest",
     "run_manifest_async",
+    "send_notification",
+    "status_of",
+    "write_metrics",
 ]
 
 # Each public name and the module that holds it.
@@ -84,6 +87,9 @@ _LAZY = {
     **dict.fromkeys(["retry_run", "retry_run_async"], ".retry"),
     **dict.fromkeys(["RunOptions", "RunResult", "run_manifest", "run_manifest_async"], ".runner"),
     **dict.fromkeys(["Settings", "resolve_settings"], ".settings"),
+    "send_notification": ".notify",
+    "write_metrics": ".metrics",
+    "status_of": ".status",
 }
 
 

@@ -7,6 +7,7 @@
     │   └── ConfigError         missing/invalid configuration     exit 2
     ├── ManifestError           manifest unreadable or malformed  exit 2
     ├── SourceUnreadable        a row's local file vanished or changed (a row outcome, SOURCE_UNREADABLE)
+    ├── MetricsWriteError       --metrics-file not written (metrics.py; a warning: the run's code stands)
     └── ApiError                anything the SmartSTREAM API did (method, path, status, code, message)
         ├── TransientApiError   worth retrying
         │   ├── ApiConnectionError   no answer: connect/read/write failure or timeout

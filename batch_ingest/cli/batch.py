@@ -344,13 +344,13 @@ def run(
     if shard is not None and dry_run:
         raise click.UsageError("--dry-run plans the whole manifest: leave out --shard (or use validate)")
     if dry_run:
-        for name in ("log_file", "log_format", "as_json", "metrics_file", "until", "max_submissions"):
-            options.pop(name, None)
-        for name in ("notify", "reports_root"):  # settings `validate` does not take
+        as_json = options.pop("as_json", False)
+        for name in ("log_file", "log_format", "metrics_file", "until", "max_submissions"):
             options.pop(name, None)
         _validate(
             manifest,
             options,
+            as_json=as_json,
             fmt=fmt,
             default_profile=default_profile,
             emulator=emulator,
