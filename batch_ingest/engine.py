@@ -129,10 +129,9 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     submitter.follow = lambda row, job, now, task, follow: poller.track(row, job, now, task, follow)
     submitter.following = lambda: poller.following
     submitter.in_flight = lambda: poller.in_flight
-    # Every row that ends counts towards --max-failures (a skipped one was not this run's work).
-    poller.on_final = lambda state: (
-        None if state == RowState.SKIPPED else submitter.count_end(is_failure(state))
-    )
+    # Every row that ends counts towards --max-failures, a skipped one too (as a success): a rate taken
+    # over failures alone would trip on a second pass that finds old failures.
+    poller.on_final = lambda state: submitter.count_end(is_failure(state))
     poller.on_resend = submitter.resend
     poller.on_follow_end = submitter.wake
     poller.on_job_end = submitter.job_ended

@@ -14,7 +14,7 @@
 All are gauges: each holds the last run's figure, which starts again at the next run, so none is
 named ``_total`` (that suffix promises a counter, whose drop PromQL's rate() takes for a restart).
 An alert on a cron that stopped succeeding is then
-``time() - batch_ingest_last_success_timestamp_seconds > 26 * 3600``.
+``time() - batch_ingest_last_success_timestamp_seconds > 36 * 3600`` (a nightly run, with slack).
 
 Labels are few on purpose: no run id or manifest (a new series every night). `batch` names the
 job when several write into one collector folder; it is not called ``job``, which Prometheus sets
@@ -142,7 +142,11 @@ def render_metrics(
             "Working time of the last run in seconds (its segments added up).",
             [(base, float(summary.get("elapsed_s") or 0.0))],
         ),
-        ("exit_code", "Exit code of the last run (0: every row succeeded).", [(base, int(exit_code))]),
+        (
+            "exit_code",
+            "Exit code of the last run (0: nothing failed; see the README's exit codes).",
+            [(base, int(exit_code))],
+        ),
         (
             "last_run_timestamp_seconds",
             "Unix time the last run finished.",

@@ -83,4 +83,10 @@ def parse_until(text: str, now: datetime | None = None) -> float:
         ) from None
     if stamp.tzinfo is None:
         stamp = stamp.astimezone()  # local time
+    if stamp <= now:
+        # A stale date in a crontab would otherwise make every night an empty, green run.
+        raise UsageError(
+            f"--until {text!r} is already past ({now.isoformat(timespec='minutes')} now): nothing would be sent; "
+            "give a later time, or HH:MM for the next such time of day"
+        )
     return stamp.timestamp()

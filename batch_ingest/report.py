@@ -304,6 +304,18 @@ def profile_counts(
     counts = frame.group_by(
         spelling.fill_null(DEFAULT_PROFILE).alias("_spelling"), profile_id.alias("_id"), *by
     ).len()
+    # A row never looked up (rejected for its source, say) whose spelling other rows resolved counts
+    # under that profile too: one line per profile, not one more for its rejected rows.
+    known = (
+        counts.filter(pl.col("_id").is_not_null() & (pl.col("_spelling") != DEFAULT_PROFILE))
+        .group_by("_spelling")
+        .agg(pl.col("_id").first().alias("_known"))
+    )
+    counts = (
+        counts.join(known, on="_spelling", how="left")
+        .with_columns(pl.coalesce("_id", "_known").alias("_id"))
+        .drop("_known")
+    )
     # Each resolved id's label names the other spellings its rows used (a handful per profile).
     others = (
         counts.filter(pl.col("_id").is_not_null())

@@ -150,6 +150,7 @@ async def resume_run_async(
         if not run.journal.has_unfinished():
             done = run.finished_result()
             if done is not None and run.report_is_current():
+                done.worked = False  # the monitor and the metrics heard of this run when it ended
                 return done
             # Finished, but the report was never written (the process died just before): write it.
             run.claim()

@@ -107,8 +107,7 @@ async def retry_run_async(
             # Until the original lets go of the rows, both runs hold them: this run must not work them.
             handover_pending=True,
         )
-        # Beside the run it retries (not under --reports-root): the two are read together.
-        with RunDir.create(options.run_dir or original_dir.parent / run_id, plan, meta) as run:
+        with RunDir.create(options.run_dir or _beside(original_dir) / run_id, plan, meta) as run:
             run.journal.carry_over(carried)
             run.journal.add_known_jobs(
                 known, f"a job of the retried run {old_meta.get('run_id') or original_dir}"
@@ -121,6 +120,16 @@ async def retry_run_async(
             return await continue_run(
                 run, settings, options, kind="retry", started=started, transport=transport, progress=progress
             )
+
+
+def _beside(original: Path) -> Path:
+    """Where a retry's run goes by default: beside the run it retries (not under --reports-root), so the
+    two are read together; a shard's retry beside the shards' run root, never inside it (a root holds
+    its shards only: prune, status and collect take it as one run)."""
+    from .shard import ROOT_RECORD
+
+    folder = original.resolve().parent
+    return folder.parent if (folder / ROOT_RECORD).exists() else folder
 
 
 def retry_run(

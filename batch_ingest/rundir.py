@@ -58,6 +58,7 @@ class RunResult:
     summary: Summary
     exit_code: int
     report_path: Path = field(default_factory=Path)
+    worked: bool = True  # False: nothing was left to do (a resume of a finished run), nothing ran
 
     @functools.cached_property
     def report(self) -> pl.DataFrame:

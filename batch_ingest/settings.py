@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -112,7 +112,7 @@ class ApiUrl(Kind):
             raise ConfigError(
                 f"{source} is not a valid URL (got {redact_url(text)!r}): use e.g. {self.example}"
             ) from None
-        if not parts.scheme and text and "://" not in text:
+        if text and "://" not in text:
             # "api.example.com/v1" parses as a path: the likeliest slip, named with its fix.
             raise ConfigError(
                 f"{source} has no scheme (got {redact_url(text)!r}): write it as https://{redact_url(text)}"
@@ -179,7 +179,7 @@ class Folder(Kind):
         text = str(value).strip()
         if not text or "\x00" in text:
             raise ConfigError(f"{source} must name a folder, got {text!r}")
-        return text
+        return os.path.expanduser(text)  # `~/reports` in a config file means what it says in a shell
 
 
 @dataclass(frozen=True)
@@ -718,9 +718,11 @@ def resolve_settings_with_origins(
     env: Mapping[str, str] | None = None,
     config: Mapping[str, Any] | None = None,
     config_name: str = "config file",
+    only: Collection[str] | None = None,
 ) -> tuple[Settings, dict[str, str]]:
     """`resolve_settings`, and where each value came from: `flag --rate`, `env SMARTSTREAM_RATE`,
-    `<config_name>` or `default` (what `config` shows beside each value)."""
+    `<config_name>` or `default` (what `config` shows beside each value). `only`: resolve just these
+    settings (the others keep their defaults), e.g. to reach a monitor when another setting is invalid."""
     flags = flags or {}
     env = os.environ if env is None else env
     config = config or {}
@@ -728,6 +730,8 @@ def resolve_settings_with_origins(
     origins: dict[str, str] = {}
     for spec in SETTINGS:
         name = spec.name
+        if only is not None and name not in only:
+            continue
         if flags.get(name) is not None:
             source, raw, origins[name] = spec.option, flags[name], f"flag {spec.option}"
         elif env.get(spec.env, "") != "":

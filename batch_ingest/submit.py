@@ -157,7 +157,9 @@ class Submitter:
         """Send nothing more (--until, --max-submissions): rows not yet sent stay for the next run."""
         if self.stats.window_closed is None:
             self.stats.window_closed = reason
-            self.progress.message(f"{reason}: no new submissions; the rest stay for `resume` or the next run")
+            self.progress.message(
+                f"{reason}: no new submissions; the rows left wait for `batch-ingest resume`"
+            )
         self._wake.set()
 
     def _halted(self) -> bool:
@@ -389,8 +391,9 @@ class Submitter:
                 now=now,
                 message=message,
             )
-            if state == RowState.FAILED:
-                self.count_failure()
+            # Every row that ends counts, on both sides: a --max-failures rate over rows whose failures
+            # count and whose successes do not would see a second pass fail at 100%.
+            self.count_end(failed=state == RowState.FAILED)
             self.progress.row_finished(state, row=task.row, key=task.key, ref_id=task.ref_id, job_id=job.id)
             return True
         if adopt:

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -80,6 +81,7 @@ def make_server(
     """A server on (host, port) (0: any free port) that hands each new, verified payload to `on_event`
     (by default: prints its outcome). Call `serve_forever()` on it."""
     seen: OrderedDict[str, None] = OrderedDict()
+    seen_lock = threading.Lock()  # the server answers each request in a thread of its own
     handle = on_event or (lambda payload: print(describe(payload), flush=True))
 
     class Handler(BaseHTTPRequestHandler):
@@ -103,13 +105,15 @@ def make_server(
             if not isinstance(payload, dict):
                 return self._answer(400, "the body is not a JSON object")
             delivery = self.headers.get(DELIVERY_HEADER) or str(payload.get("delivery") or "")
-            if delivery and delivery in seen:
-                return self._answer(204)  # a retry of a delivery already handled
+            with seen_lock:
+                if delivery and delivery in seen:
+                    return self._answer(204)  # a retry of a delivery already handled
+            handle(payload)  # if it raises, the delivery is not marked seen: the sender's retry is taken
             if delivery:
-                seen[delivery] = None
-                while len(seen) > REMEMBERED:
-                    seen.popitem(last=False)
-            handle(payload)
+                with seen_lock:
+                    seen[delivery] = None
+                    while len(seen) > REMEMBERED:
+                        seen.popitem(last=False)
             return self._answer(204)
 
         def _answer(self, status: int, message: str = "") -> None:
@@ -123,7 +127,9 @@ def make_server(
                 self.wfile.write(data)
 
         def log_message(self, format: str, *args: Any) -> None:
-            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+            # The method and status only: the request line holds the URL's path, often its token.
+            status = args[1] if len(args) > 1 else ""
+            sys.stderr.write(f"{self.address_string()} {self.command} {status}\n")
 
     class Server(ThreadingHTTPServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -463,3 +463,13 @@ def test_utf8_read_with_another_encoding_is_told_to_leave_it_out(tmp_path):
         ManifestError, match=r"is not shift_jis text: it reads as UTF-8: leave --encoding out"
     ):
         read_manifest(path, encoding="sjis")
+
+
+def test_one_ragged_row_does_not_stop_the_separator_being_detected(tmp_path):
+    path = tmp_path / "m.csv"
+    rows = [f"https://cdn.example.com/{i}.mp4;100" for i in range(9)]
+    rows.insert(3, "https://cdn.example.com/x.mp4;100;extra")  # one row too wide: the planner rejects it
+    path.write_text("source;profile\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    frame = read_manifest(path)
+    assert frame.height == 10 and frame["profile"].to_list()[:3] == ["100"] * 3
+    assert frame["__ragged__"][3] is not None

@@ -88,23 +88,17 @@ def test_a_failure_within_the_window_still_fails_the_night(tmp_path, emulator_se
     assert outcomes == ["failed", "succeeded", "interrupted"]
 
 
-def test_until_already_past_sends_nothing_and_resume_continues(tmp_path, emulator_server):
+def test_an_until_already_past_is_refused_before_anything(tmp_path, emulator_server):
+    """A stale date left in a crontab would make every night an empty, green run: exit 2 instead."""
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = url_manifest(tmp_path, 4)
     run_dir = tmp_path / "run"
     past = (datetime.now() - timedelta(minutes=5)).isoformat(timespec="seconds")
     result = run_cli(
-        ["run", str(manifest), "--report-dir", str(run_dir), "--until", past, "--json", *FLAGS],
-        env=server.env(),
+        ["run", str(manifest), "--report-dir", str(run_dir), "--until", past, *FLAGS], env=server.env()
     )
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)  # --json: the summary alone on stdout
-    assert summary["window"]["closed_by"] == "--until reached" and summary["window"]["submissions"] == 0
-    assert summary["outcomes"]["interrupted"] == 4 and summary["exit_code"] == 0
-    assert _jobs_created(server) == 0
-    again = run_cli(["resume", str(run_dir), *FLAGS], env=server.env())
-    assert again.exit_code == 0, again.output
-    check_consistent(run_dir, server, 4)
+    assert result.exit_code == 2 and "is already past" in result.output
+    assert _jobs_created(server) == 0 and not run_dir.exists()
 
 
 def test_until_stops_a_run_that_is_polling_as_a_graceful_stop(tmp_path, emulator_server, monkeypatch):
@@ -422,17 +416,33 @@ def test_a_run_tells_its_monitor_and_writes_its_metrics_and_a_resume_does_too(
     url, events = monitor
     server = emulator_server(EmulatorConfig(**FAST))
     manifest = write_manifest(
-        tmp_path, "source,profile\nhttps://cdn.example.com/1.mp4,100\nhttps://gone.invalid/2.mp4,100\n"
+        tmp_path,
+        "source,profile\nhttps://gone.invalid/1.mp4,100\nhttps://cdn.example.com/2.mp4,100\n"
+        "https://cdn.example.com/3.mp4,100\n",
     )
     metrics = tmp_path / "batch.prom"
     env = {**server.env(), "SMARTSTREAM_NOTIFY": url, "SMARTSTREAM_NOTIFY_SECRET": "s3cret-for-tests"}
     run_dir = tmp_path / "run"
     result = run_cli(
-        ["run", str(manifest), "--report-dir", str(run_dir), "--metrics-file", str(metrics), *FLAGS], env=env
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(run_dir),
+            "--metrics-file",
+            str(metrics),
+            "--max-submissions",
+            "2",
+            "--concurrency",
+            "1",
+            *FLAGS,
+        ],
+        env=env,
     )
     assert result.exit_code == 1, result.output
     assert len(events) == 1 and events[0]["exit_code"] == 1 and events[0]["command"] == "run"
     assert events[0]["outcomes"]["failed"] == 1 and events[0]["run_id"] == summary_of(run_dir)["run_id"]
+    assert events[0]["window"]["closed_by"] == "--max-submissions 2 reached"
     text = metrics.read_text()
     assert 'batch_ingest_rows{outcome="failed"} 1' in text and "batch_ingest_exit_code 1" in text
     # The notify URL (its path holds a token) is in no file of the run folder.
@@ -440,8 +450,10 @@ def test_a_run_tells_its_monitor_and_writes_its_metrics_and_a_resume_does_too(
         if file.is_file():
             assert "t0ken" not in file.read_bytes().decode("utf-8", "replace"), file
     again = run_cli(["resume", str(run_dir), "--metrics-file", str(metrics), *FLAGS], env=env)
-    assert again.exit_code == 1
+    assert again.exit_code == 1  # row 1's failure stands; row 3 succeeded now
     assert [e["command"] for e in events] == ["run", "resume"]
+    assert events[1]["outcomes"]["succeeded"] == 2 and events[1]["outcomes"]["interrupted"] == 0
+    assert 'batch_ingest_rows{outcome="succeeded"} 2' in metrics.read_text()
 
 
 def test_a_command_that_fails_before_its_run_tells_the_monitor(tmp_path, monitor):
@@ -528,3 +540,93 @@ def test_bad_delimiter_and_encoding_options_exit_2_naming_them(tmp_path):
     for args, option in ((["--delimiter", "ab"], "--delimiter"), (["--encoding", "klingon"], "--encoding")):
         result = run_cli(["validate", str(manifest), *args])
         assert result.exit_code == 2 and option in result.output, result.output
+
+
+def test_a_resume_of_a_finished_run_tells_nobody_again(tmp_path, emulator_server, monitor):
+    url, events = monitor
+    server = emulator_server(EmulatorConfig(**FAST))
+    env = {**server.env(), "SMARTSTREAM_NOTIFY": url, "SMARTSTREAM_NOTIFY_SECRET": "s3cret-for-tests"}
+    run_dir, metrics = tmp_path / "run", tmp_path / "m.prom"
+    assert (
+        run_cli(
+            ["run", str(url_manifest(tmp_path, 1)), "--report-dir", str(run_dir), *FLAGS], env=env
+        ).exit_code
+        == 0
+    )
+    assert len(events) == 1
+    metrics.write_text("# kept\n")
+    idle = run_cli(["resume", str(run_dir), "--metrics-file", str(metrics), *FLAGS], env=env)
+    assert idle.exit_code == 0 and len(events) == 1  # nothing ran: nothing new to tell
+    assert metrics.read_text() == "# kept\n"
+
+
+def test_a_setting_that_does_not_resolve_still_reaches_the_monitor(tmp_path, monitor):
+    url, events = monitor
+    env = {
+        "SMARTSTREAM_NOTIFY": url,
+        "SMARTSTREAM_NOTIFY_SECRET": "s3cret-for-tests",
+        "SMARTSTREAM_RATE": "abc",
+    }
+    result = run_cli(["run", str(url_manifest(tmp_path, 1))], env=env)
+    assert result.exit_code == 2 and "SMARTSTREAM_RATE" in result.output
+    assert len(events) == 1 and events[0]["exit_code"] == 2 and "SMARTSTREAM_RATE" in events[0]["error"]
+
+
+def test_a_rate_budget_on_a_second_pass_counts_old_successes_as_well_as_old_failures(
+    tmp_path, emulator_server
+):
+    """--skip-existing=any settles rows by the jobs a first run left: a quarter failed. A rate counting
+    only their failures would stop the second pass at once; counting every row, it goes on."""
+    server = emulator_server(EmulatorConfig(**FAST))
+    lines = ["source,profile,ref_id"] + [
+        f"https://{'gone.invalid' if i % 4 == 0 else 'cdn.example.com'}/{i}.mp4,100,r-{i}" for i in range(40)
+    ]
+    manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
+    first = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "a"), *FLAGS], env=server.env())
+    assert first.exit_code == 1
+    manifest.write_text("\n".join([*lines, "https://cdn.example.com/new.mp4,100,r-new"]) + "\n")
+    second = run_cli(
+        [
+            "run",
+            str(manifest),
+            "--report-dir",
+            str(tmp_path / "b"),
+            "--skip-existing=any",
+            "--max-failures",
+            "50%",
+            *FLAGS,
+        ],
+        env=server.env(),
+    )
+    assert second.exit_code == 1, second.output  # the old failures are reported; nothing aborted
+    summary = summary_of(tmp_path / "b")
+    assert summary["abort_reason"] is None and summary["outcomes"]["succeeded"] == 1
+    assert summary["outcomes"]["skipped"] == 30 and summary["outcomes"]["failed"] == 10
+
+
+def test_a_shards_retry_goes_beside_the_run_root_not_into_it(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    lines = ["source,profile,ref_id"] + [
+        f"https://{'gone.invalid' if i % 2 else 'cdn.example.com'}/{i}.mp4,100,r-{i}" for i in range(6)
+    ]
+    manifest = write_manifest(tmp_path, "\n".join(lines) + "\n")
+    root = tmp_path / "mig"
+    assert (
+        run_cli(
+            ["run", str(manifest), "--report-dir", str(root), "--shard", "0/2", *FLAGS], env=server.env()
+        ).exit_code
+        == 1
+    )
+    retried = run_cli(["retry", str(root / "shard-0-of-2"), *FLAGS], env=server.env())
+    assert retried.exit_code == 1, retried.output
+    new = Path(retried.output.strip().splitlines()[-1]).parent
+    assert new.parent == tmp_path and [p.name for p in root.iterdir() if p.is_dir()] == ["shard-0-of-2"]
+
+
+def test_an_api_url_without_a_scheme_but_with_a_port_gets_the_fix_too():
+    from batch_ingest.errors import ConfigError
+    from batch_ingest.settings import resolve_settings
+
+    for value in ("localhost:8080", "api.example.com:443/v1", "api.example.com"):
+        with pytest.raises(ConfigError, match="has no scheme"):
+            resolve_settings(env={"SMARTSTREAM_API_URL": value})

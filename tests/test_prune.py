@@ -309,3 +309,13 @@ def test_bad_usage_exits_2_naming_the_fix(tmp_path):
     with pytest.raises(UsageError):
         prune(root, keep_days=-1)
     assert (root / "run").is_dir()
+
+
+def test_quiet_prints_nothing_when_all_went_well_for_cron(tmp_path):
+    root = tmp_path / "reports"
+    now = time.time()
+    make_run(root / "old", 30, now=now)
+    make_run(root / "stuck", 30, unfinished=True, now=now)
+    done = run_cli(["prune", str(root), "--keep-days", "7", "-q"])
+    assert done.exit_code == 0 and done.output == ""
+    assert not (root / "old").exists() and (root / "stuck").is_dir()

@@ -364,3 +364,32 @@ async def test_max_failures_is_not_tripped_at_the_limit(journal_dir, platform, c
     assert [row for row, _ in handed] == [3, 4]
     assert journal.counts() == {"error": 2, "submitted": 2}
     journal.close()
+
+
+async def test_until_closes_the_window_between_two_creates(journal_dir, platform, clock):
+    """--until on the submitter's clock: rows sent before it go, the rest stay pending for a resume."""
+    journal = make_journal(journal_dir, 5)
+    until = clock() + 25
+    platform.after_create = lambda: setattr(clock, "now", clock.now + 10)  # each create takes 10 s
+    try:
+        async with api(platform) as client:
+            submitter, handed = await submit(client, journal, clock, concurrency=1, until=until)
+        assert [row for row, _ in handed] == [1, 2, 3]  # at 0, 10 and 20 s; the 4th would leave at 30 s
+        assert submitter.stats.window_closed == "--until reached" and submitter.stats.submissions == 3
+        assert journal.counts() == {"submitted": 3, "pending": 2}
+    finally:
+        journal.close()
+
+
+async def test_max_submissions_counts_creates_not_rows_settled_otherwise(journal_dir, platform, clock):
+    journal = make_journal(journal_dir, 4)
+    platform.creates = ["400"]  # the first create is refused: an error, but it was a submission
+    try:
+        async with api(platform) as client:
+            submitter, handed = await submit(client, journal, clock, concurrency=1, max_submissions=2)
+        assert [row for row, _ in handed] == [2]
+        assert submitter.stats.window_closed == "--max-submissions 2 reached"
+        assert journal.counts() == {"error": 1, "submitted": 1, "pending": 2}
+        assert platform.requests.count("POST") == 2
+    finally:
+        journal.close()

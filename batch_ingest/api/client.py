@@ -210,7 +210,9 @@ class SmartStreamClient:
             )
         except ApiError as exc:
             # Errors name the whole URL: a base URL that already ends in /v1 shows as /v1/v1/...
-            exc.url = exc.url or self._url(path)
+            if not exc.url:
+                exc.url = self._url(path)
+                exc.args = (str(exc),)
             raise
 
     async def _send_once_or_raise(

@@ -199,14 +199,15 @@ def submit_options(fn):
             "--max-submissions",
             type=click.IntRange(min=1),
             metavar="N",
-            help="Send at most N creates in this process; the rows left wait for `resume` or the next "
-            "run (exit 0 when nothing failed). One night's share of a long migration.",
+            help="Send at most N creates in this process and follow their jobs to the end; the rows left "
+            "wait for `resume RUN_DIR` (exit 0 when nothing failed). One night's share of a long migration.",
         ),
         click.option(
             "--until",
             metavar="HH:MM|ISO",
             help="Stop at this local time (the next HH:MM) or ISO timestamp as a graceful stop does: no new "
-            "creates, requests on the wire finish, the rest waits for `resume` (exit 0 when nothing failed).",
+            "creates, requests on the wire finish, the rest waits for `resume RUN_DIR` (exit 0 when nothing "
+            "failed).",
         ),
         click.option(
             "--skip-existing",
@@ -365,12 +366,12 @@ def run(
     from ..runner import RunOptions, run_manifest
 
     check_writable(html, "--html")
-    window = _window(options)
     outputs = _Outputs(options)
     progress = progress_for(quiet, options)
 
     settings_box: list = []  # the settings once built: a failure after that is announced with them
     with _announcing_failures(outputs, settings_box, "run"), emulator_for_run(emulator, options):
+        window = _window(options)
         settings = build_settings(options)
         settings_box.append(settings)
         run_options = RunOptions(
@@ -420,7 +421,26 @@ class _Outputs:
         self.as_json: bool = options.pop("as_json", False)
         self.metrics_file: Path | None = options.pop("metrics_file", None)
         self.failed_exit_code = 1
+        # Kept to reach the monitor even when the settings as a whole do not resolve (a bad --rate).
+        self.notify_flag: str | None = options.get("notify")
+        self.config_file: Path | None = options.get("config_file")
         check_writable(self.metrics_file, "--metrics-file")
+
+    def monitor_settings(self):  # -> Settings | None
+        """The --notify settings alone (flag, environment, config file), or None when they too are bad."""
+        from ..settings import load_config_file, resolve_settings_with_origins
+
+        try:
+            config, _ = load_config_file(self.config_file)
+        except BatchIngestError:
+            config = {}
+        try:
+            settings, _ = resolve_settings_with_origins(
+                {"notify": self.notify_flag}, config=config, only=("notify", "notify_secret")
+            )
+        except BatchIngestError:
+            return None
+        return settings
 
 
 def _finish(
@@ -431,7 +451,7 @@ def _finish(
     report path last; exit with the run's code."""
     from ..report import format_counts
 
-    if outputs is not None:
+    if outputs is not None and result.worked:  # a resume of a finished run: it was announced then
         _announce(result, outputs, settings, command=command)
     try:
         if outputs is not None and outputs.as_json:
@@ -491,10 +511,28 @@ def _announcing_failures(outputs: _Outputs, settings_box: list, command: str) ->
     the monitor and the metrics file hear of it too, with the error's exit code; then it is raised on."""
     try:
         yield
-    except BatchIngestError as exc:
-        outputs.failed_exit_code = exit_code_for(exc)
-        _announce(None, outputs, settings_box[0] if settings_box else None, command=command, error=str(exc))
+    except SystemExit:
+        raise  # a command that decided its own exit (nothing to retry) has nothing to announce
+    except BaseException as exc:  # told, then raised on to the one place exit codes are made
+        outputs.failed_exit_code = _exit_code_of(exc)
+        settings = settings_box[0] if settings_box else outputs.monitor_settings()
+        text = str(exc) if isinstance(exc, BatchIngestError | click.ClickException) else type(exc).__name__
+        _announce(None, outputs, settings, command=command, error=text)
         raise
+
+
+def _exit_code_of(exc: BaseException) -> int:
+    """The exit code `handle_errors` will give `exc` (for the monitor, told before it exits)."""
+    from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, first_leaf, local_state_problem
+
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, click.ClickException):
+        return exc.exit_code
+    leaf = first_leaf(exc)
+    if isinstance(leaf, BatchIngestError):
+        return exit_code_for(leaf)
+    return EXIT_USAGE if local_state_problem(leaf) is not None else EXIT_INTERNAL
 
 
 def _validate(
@@ -688,12 +726,12 @@ def resume(
     from ..resume import resume_run, stored_settings
     from ..runner import RunOptions
 
-    window = _window(options)
     outputs = _Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
     settings_box: list = []
     with _announcing_failures(outputs, settings_box, "resume"):
+        window = _window(options)
         settings = build_settings(options, stored_settings(run_dir))
         settings_box.append(settings)
         run_options = RunOptions(
@@ -815,13 +853,13 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     from ..retry import NothingToRetry, retry_run
     from ..runner import RunOptions
 
-    window = _window(options)
     outputs = _Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
     outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
     settings_box: list = []
     with _announcing_failures(outputs, settings_box, "retry"):
+        window = _window(options)
         settings = build_settings(options)
         settings_box.append(settings)
         run_options = RunOptions(

@@ -151,7 +151,7 @@ def _setting_option(spec: Setting) -> Callable[[Callable[..., Any]], Callable[..
     elif default:
         notes.append(f"default: {default}")
     text = spec.meaning[:1].upper() + spec.meaning[1:] + " [" + "; ".join(notes) + "]."
-    if spec.secret:
+    if spec.secret or spec.private:
         text += " Flags show in `ps` to every user of the machine: prefer the environment variable."
     if spec.kind.is_flag:
         # default None: "not given", so that the environment and the config file can still set it.

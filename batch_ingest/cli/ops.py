@@ -91,6 +91,9 @@ def status(run_dir: Path, as_json: bool, watch: float | None, newest: int) -> No
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was decided as JSON, for scripts.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print only the folders that could not be deleted (for cron)."
+)
 @handle_errors
 def prune(
     reports_root: Path,
@@ -99,6 +102,7 @@ def prune(
     include_unfinished: bool,
     dry_run: bool,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Delete old run folders under REPORTS_ROOT (its run folders, and run roots of shards, each
     as one run), keeping those that --keep-days and --keep keep: given both, a run goes only when
@@ -121,6 +125,11 @@ def prune(
     )
     if as_json:
         echo(json.dumps(result.as_json(), indent=2))
+    elif quiet:
+        from ..prune import Verdict
+
+        for entry in result.having(Verdict.FAILED):
+            echo(_prune_line(entry, result), err=True)
     else:
         echo(format_prune(result))
     sys.exit(result.exit_code)
