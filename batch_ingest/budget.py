@@ -82,8 +82,8 @@ class FailureBudget:
         self._recent.append(failed)
         if len(self._recent) > self.window:
             self._recent.popleft()
-        if not failed or len(self._recent) < min(MIN_SAMPLE, self.window):
-            return None
+        if len(self._recent) < min(MIN_SAMPLE, self.window):
+            return None  # a success may complete the sample: failures seen before it count then
         bad = sum(self._recent)
         if bad * 100 > self.percent * len(self._recent):
             return (

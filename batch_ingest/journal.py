@@ -686,6 +686,20 @@ class Journal:
                 out.append(CarriedRow(row, state, job_id, sent_at, submitted_at, updated_at, follow, *job))
         return out
 
+    def error_codes(self, rows: Iterable[int]) -> dict[tuple[str | None, int | None], list[int]]:
+        """The rows among `rows` that ended with an error code or HTTP status, by (code, status)."""
+        self.flush()
+        wanted = set(rows)
+        out: dict[tuple[str | None, int | None], list[int]] = {}
+        cur = self._conn.execute(
+            "SELECT row, error_code, http_status FROM rows "
+            "WHERE error_code IS NOT NULL OR http_status IS NOT NULL ORDER BY row"
+        )
+        for row, code, status in cur.fetchall():
+            if row in wanted:
+                out.setdefault((code, status), []).append(row)
+        return out
+
     def rows_without_ref(self) -> list[int]:
         """Rows still to send that have no ref_id (so --skip-existing cannot ask the platform about them)."""
         self.flush()

@@ -153,6 +153,9 @@ def _encoding_of(path: Path, data: bytes, encoding: str | None) -> tuple[str, in
     return encoding or "utf-8", 0
 
 
+_C1 = re.compile("[\x80-\x9f]")  # C1 control characters: what cp1252 text looks like read as Latin-1
+
+
 def _decode(path: Path, data: bytes, encoding: str, out: io.BytesIO | None) -> None:
     """Check that `data` is text in `encoding`, a megabyte at a time, writing it as UTF-8 to `out`.
 
@@ -166,11 +169,22 @@ def _decode(path: Path, data: bytes, encoding: str, out: io.BytesIO | None) -> N
             if not started and text:
                 started, text = True, text.removeprefix("\ufeff")
             bad = text.find(_BAD)
+            c1 = _C1.search(text) if codecs.lookup(encoding).name == "iso8859-1" else None
+            windows = c1 is not None and (bad < 0 or c1.start() < bad)
+            if c1 is not None and windows:
+                bad = c1.start()
             if bad >= 0:
                 text = text[:bad]
             newlines = text.count("\n")
             line += newlines
             column = len(text) - text.rfind("\n") - 1 if newlines else column + len(text)
+            if windows:
+                # Latin-1 reads every byte, but 0x80-0x9F are control characters there and letters
+                # (é, €, “) in Windows' cp1252: such a file would be sent garbled.
+                raise ManifestError(
+                    f"{path}: line {line}, column {column + 1} reads as a control character in {encoding}: "
+                    "the file is most likely cp1252 (Windows, Excel): pass --encoding cp1252"
+                )
             if bad >= 0:
                 lo = data.rfind(b"\n", max(0, start - _STEP), start) + 1 or start
                 raise ManifestError(

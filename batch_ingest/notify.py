@@ -207,8 +207,15 @@ class NotifyResult:
         if self.ok:
             return None
         tries = f" after {self.attempts} attempts" if self.attempts > 1 else ""
+        hint = ""
+        if self.status in (400, 401, 403):
+            # What a receiver that checks signatures answers to an unsigned or wrongly signed request.
+            hint = (
+                "; if the monitor checks signatures, set SMARTSTREAM_NOTIFY_SECRET (config notify_secret) "
+                "to the secret it holds"
+            )
         return (
-            f"warning: --notify {self.url}: the run's summary was not delivered{tries}: {self.error} "
+            f"warning: --notify {self.url}: the run's summary was not delivered{tries}: {self.error}{hint} "
             "(the exit code is the run's own)"
         )
 

@@ -91,6 +91,7 @@ async def retry_run_async(
                 raise NothingToRetry(already)
         if not rows:
             raise NothingToRetry(f"nothing to retry: no row of {original_dir} has outcome {', '.join(only)}")
+        _warn_fix_first(original.journal.error_codes(rows), progress)
         check_api_url(original_dir, old_meta, settings, options)
         if options.run_dir is not None:
             RunDir.check_new(options.run_dir)
@@ -119,6 +120,20 @@ async def retry_run_async(
             run.journal.set_meta(handover_pending=False)
             return await continue_run(
                 run, settings, options, kind="retry", started=started, transport=transport, progress=progress
+            )
+
+
+def _warn_fix_first(codes: dict[tuple[str | None, int | None], list[int]], progress: Progress) -> None:
+    """Say so when the retry takes rows whose error a retry cannot fix (`report` lists them apart): they
+    are sent again as the first run planned them, and will fail the same way unless fixed meanwhile."""
+    from .text import first_few
+    from .vocabulary import fix_for, needs_fix_first
+
+    for (code, status), rows in sorted(codes.items(), key=lambda item: -len(item[1])):
+        if needs_fix_first(code, status):
+            progress.message(
+                f"warning: {len(rows)} row(s) failed with {code or f'HTTP {status}'} (rows {first_few(rows)}): "
+                f"sent again as they are, they fail the same way unless fixed first: {fix_for(code, status)}"
             )
 
 

@@ -315,6 +315,8 @@ def format_review(info: dict[str, Any]) -> str:
                 lines.append(
                     f"    row {ex['row']} [{ex['outcome']}] {ex.get('source')}: {ex.get('error_message') or ''}"
                 )
+            if (more := group["count"] - len(group["examples"])) > 0:
+                lines.append(f"    ... and {more} more (`report --failed` lists every row)")
     for name, stats in info["durations_s"].items():
         if stats:
             label = (

@@ -533,7 +533,7 @@ class Settings:
         metadata=setting(
             WebhookUrl(),
             "a URL to POST the run's summary to as JSON when the run ends, whatever the outcome "
-            "(signed when `notify_secret` is set; retried a few times; never fails the run)",
+            "(signed when `SMARTSTREAM_NOTIFY_SECRET` is set; retried a few times; never fails the run)",
             private=True,
             default_text="none",
         ),

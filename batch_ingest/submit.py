@@ -128,6 +128,8 @@ class Submitter:
         self._sleep = sleep
         self._clock = clock
         self.stats = SubmitStats()
+        self._taken = 0  # rows reserved against --max-submissions
+        self._counted: set[int] = set()  # rows whose create left (however often retried)
         budget = FailureBudget.parse(policy.max_failures)
         self.budget = FailureBudget.parse(budget.text()) if budget else None  # this process's own count
 
@@ -172,14 +174,15 @@ class Submitter:
         return False
 
     def _take_submission(self) -> bool:
-        """Count one create against --max-submissions (and --until): False when none may go."""
+        """Reserve one row's create against --max-submissions (and check --until): False when none may
+        go. `stats.submissions` counts the rows whose create the limiter then let out."""
         if self._halted():
             return False
         limit = self.policy.max_submissions
-        if limit is not None and self.stats.submissions >= limit:
+        if limit is not None and self._taken >= limit:
             self.close_window(f"--max-submissions {limit} reached")
             return False
-        self.stats.submissions += 1
+        self._taken += 1
         return True
 
     def resend(self, row: int) -> None:
@@ -507,6 +510,9 @@ class Submitter:
             self._set_on_wire(True)
             if in_doubt:
                 return  # resent after a 401 within the same attempt: already on record
+            if task.row not in self._counted:
+                self._counted.add(task.row)
+                self.stats.submissions += 1
             sent_at = self._clock()
             in_doubt = True
             await self.journal.sending(task.row, sent_at)

@@ -2,8 +2,8 @@
 
 Python 3.11+, standard library only::
 
-    export BATCH_INGEST_NOTIFY_SECRET=...      # the same secret batch-ingest signs with
-    python notify_receiver.py --host 0.0.0.0 --port 8080
+    export SMARTSTREAM_NOTIFY_SECRET=...      # the same secret batch-ingest signs with
+    python notify_receiver.py --host 0.0.0.0 --port 8181
 
 It checks every POST's signature (the header ``X-Batch-Ingest-Signature: t=<unix seconds>,v1=<hex>``,
 where hex is HMAC-SHA256 of ``"<t>.<raw body>"`` with the secret), refuses a timestamp more than
@@ -140,12 +140,12 @@ def make_server(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Receive batch-ingest's signed run notifications.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free port)")
+    parser.add_argument("--port", type=int, default=8181, help="port (default: 8181; 0: any free port)")
     args = parser.parse_args(argv)
-    secret = os.environ.get("BATCH_INGEST_NOTIFY_SECRET", "")
+    secret = os.environ.get("SMARTSTREAM_NOTIFY_SECRET", "")
     if not secret:
         print(
-            "BATCH_INGEST_NOTIFY_SECRET is not set: export the secret batch-ingest signs with",
+            "SMARTSTREAM_NOTIFY_SECRET is not set: export the secret batch-ingest signs with",
             file=sys.stderr,
         )
         return 2

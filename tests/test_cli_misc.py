@@ -37,8 +37,10 @@ def test_profiles_and_jobs(emulator_server, tmp_path):
     assert one["ref_id"] == "ref-0" and one["encode_status"] == 2
     text = run_cli(["jobs", one["id"]], server.env()).output
     assert f"id: {one['id']}" in text
-    missing = run_cli(["jobs", "ref:nope"], server.env())
-    assert missing.exit_code == 3 and "JOB_NOT_FOUND" in missing.output
+    listing = run_cli(["jobs", "--limit", "1"], server.env()).output
+    assert "status 2 (succeeded)" in listing
+    missing = run_cli(["jobs", "ref:nope"], server.env())  # a look-up that finds nothing: not an abort
+    assert missing.exit_code == 1 and "no job ref:nope on the platform" in missing.output
 
 
 def test_precedence_flag_env_file_default(tmp_path, monkeypatch):

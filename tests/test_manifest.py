@@ -473,3 +473,15 @@ def test_one_ragged_row_does_not_stop_the_separator_being_detected(tmp_path):
     frame = read_manifest(path)
     assert frame.height == 10 and frame["profile"].to_list()[:3] == ["100"] * 3
     assert frame["__ragged__"][3] is not None
+
+
+def test_a_cp1252_file_read_as_latin_1_is_named_not_sent_garbled(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_bytes(
+        "source,profile,name\nhttps://cdn.example.com/a.mp4,100,L\u2019\u0153uvre \u20ac5\n".encode("cp1252")
+    )
+    with pytest.raises(
+        ManifestError, match=r"line 2, column 36 reads as a control character.*--encoding cp1252"
+    ):
+        read_manifest(path, encoding="latin-1")
+    assert read_manifest(path, encoding="cp1252")["name"].to_list() == ["L\u2019\u0153uvre \u20ac5"]

@@ -420,7 +420,7 @@ def read_line(process: subprocess.Popen[str], timeout_s: float = 20.0) -> str:
 
 
 async def test_the_example_receiver_runs_as_a_script(tmp_path: Path) -> None:
-    env = {**os.environ, "BATCH_INGEST_NOTIFY_SECRET": SECRET}
+    env = {**os.environ, "SMARTSTREAM_NOTIFY_SECRET": SECRET}
     command = [sys.executable, str(RECEIVER), "--host", "127.0.0.1", "--port", "0"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
@@ -439,12 +439,12 @@ async def test_the_example_receiver_runs_as_a_script(tmp_path: Path) -> None:
         process.wait(timeout=10)
     unset = subprocess.run(
         [sys.executable, str(RECEIVER)],
-        env={k: v for k, v in env.items() if k != "BATCH_INGEST_NOTIFY_SECRET"},
+        env={k: v for k, v in env.items() if k != "SMARTSTREAM_NOTIFY_SECRET"},
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert unset.returncode == 2 and "BATCH_INGEST_NOTIFY_SECRET" in unset.stderr
+    assert unset.returncode == 2 and "SMARTSTREAM_NOTIFY_SECRET" in unset.stderr
 
 
 def test_receiver_signature_check_matches_ours() -> None:

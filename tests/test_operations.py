@@ -630,3 +630,35 @@ def test_an_api_url_without_a_scheme_but_with_a_port_gets_the_fix_too():
     for value in ("localhost:8080", "api.example.com:443/v1", "api.example.com"):
         with pytest.raises(ConfigError, match="has no scheme"):
             resolve_settings(env={"SMARTSTREAM_API_URL": value})
+
+
+def test_a_rate_is_judged_when_the_sample_fills_not_only_at_the_next_failure():
+    budget = FailureBudget.parse("10%")
+    assert budget is not None
+    reasons = [budget.record(i < 3) for i in range(19)]  # 3 early failures, then successes
+    assert not any(reasons)
+    assert budget.record(False) is not None  # the 20th row: 3 of 20 (15%) is over 10%
+
+
+def test_retry_warns_when_it_resends_rows_a_retry_cannot_fix(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST, storage_missing_for=("no-storage",)))
+    manifest = write_manifest(
+        tmp_path,
+        "source,profile\nhttps://cdn.example.com/no-storage/1.mp4,100\nhttps://cdn.example.com/2.mp4,100\n",
+    )
+    first = run_cli(["run", str(manifest), "--report-dir", str(tmp_path / "a"), *FLAGS], env=server.env())
+    assert first.exit_code == 1
+    retried = CliRunner().invoke(main, ["retry", str(tmp_path / "a"), *FLAGS[:-1]], env=server.env())
+    assert retried.exit_code == 1
+    text = " ".join(retried.stderr.split())
+    assert "warning: 1 row(s) failed with STORAGE_NOT_FOUND (rows 1): sent again as they are" in text
+
+
+def test_a_metrics_file_in_a_missing_folder_is_news_for_the_monitor(tmp_path, monitor):
+    url, events = monitor
+    env = {"SMARTSTREAM_NOTIFY": url, "SMARTSTREAM_NOTIFY_SECRET": "s3cret-for-tests"}
+    result = run_cli(
+        ["run", str(url_manifest(tmp_path, 1)), "--metrics-file", str(tmp_path / "no" / "m.prom")], env
+    )
+    assert result.exit_code == 2 and "--metrics-file" in result.output
+    assert len(events) == 1 and "--metrics-file" in events[0]["error"]

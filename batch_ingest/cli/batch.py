@@ -424,7 +424,6 @@ class _Outputs:
         # Kept to reach the monitor even when the settings as a whole do not resolve (a bad --rate).
         self.notify_flag: str | None = options.get("notify")
         self.config_file: Path | None = options.get("config_file")
-        check_writable(self.metrics_file, "--metrics-file")
 
     def monitor_settings(self):  # -> Settings | None
         """The --notify settings alone (flag, environment, config file), or None when they too are bad."""
@@ -510,6 +509,7 @@ def _announcing_failures(outputs: _Outputs, settings_box: list, command: str) ->
     """A command that fails before it has a run to summarise (the API unreachable, a manifest error):
     the monitor and the metrics file hear of it too, with the error's exit code; then it is raised on."""
     try:
+        check_writable(outputs.metrics_file, "--metrics-file")  # in here: a bad path is news for the monitor
         yield
     except SystemExit:
         raise  # a command that decided its own exit (nothing to retry) has nothing to announce
@@ -837,7 +837,11 @@ def collect(paths: tuple[Path, ...], out: Path | None, quiet: bool, **options: A
     show_default=True,
     help="Outcomes to retry, comma-separated.",
 )
-@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), help="The new run's folder.")
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The new run's folder [default: beside the run it retries, as <run-id>].",
+)
 @submit_options
 @handle_errors
 def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quiet, **options: Any) -> None:

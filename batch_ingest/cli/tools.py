@@ -21,6 +21,7 @@ from .common import (
 
 
 def _client_call(options: dict[str, Any], call):
+    """(settings, what `call(client)` returned) for a look-up command."""
     import asyncio  # with httpx, loaded only by the commands that talk to the API
 
     settings = build_settings(options)
@@ -29,7 +30,7 @@ def _client_call(options: dict[str, Any], call):
         async with settings.make_client() as client:
             return await call(client)
 
-    return asyncio.run(go())
+    return settings, asyncio.run(go())
 
 
 @main.command()
@@ -44,7 +45,7 @@ def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
         return [p async for p in client.iter_job_profiles(sort="id", order="ASC")]
 
     with emulator_for_run(emulator, options):
-        found = _client_call(options, call)
+        _, found = _client_call(options, call)
     for p in found:
         if as_json:
             echo(json.dumps({"id": p.id, "ref_id": p.ref_id, "name": p.name, "description": p.description}))
@@ -61,8 +62,13 @@ def profiles(emulator: bool, as_json: bool, **options: Any) -> None:
 @api_options_for("api")
 @handle_errors
 def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
-    """Show one job (JOB is an id or ref:<ref_id>), or the newest jobs."""
+    """Show one job (JOB is an id or ref:<ref_id>), or the newest jobs.
+
+    Exit codes: 0 shown; 1 no such job; 2 usage or configuration error; 3 the API refused or failed."""
+    import sys
     from dataclasses import asdict, replace
+
+    from ..errors import NotFoundError
 
     async def call(client):
         if job:
@@ -71,11 +77,15 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
 
     from ..redact import redact_url
 
+    try:
+        settings, listed = _client_call(options, call)
+    except NotFoundError:
+        echo(f"batch-ingest: no job {job} on the platform (`batch-ingest jobs` lists the newest)", err=True)
+        sys.exit(1)
+    if not listed:
+        echo("batch-ingest: the account has no jobs yet", err=True)
     # A job's source URL may carry a credential (a presigned URL): shown redacted, like everywhere else.
-    found = [
-        replace(j, source_url=redact_url(j.source_url)) if j.source_url else j
-        for j in _client_call(options, call)
-    ]
+    found = [replace(j, source_url=redact_url(j.source_url)) if j.source_url else j for j in listed]
     if as_json:
         data = [asdict(j) for j in found]
         echo(json.dumps(data[0] if job else data, indent=2))
@@ -86,7 +96,8 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
                 echo(f"{key:>15}: {'' if value is None else value}")
         else:
             echo(
-                f"{j.id}  status {j.encode_status}  {j.updated_at}  ref:{j.ref_id or '-'}  {j.source_url or ''}"
+                f"{j.id}  status {j.encode_status} ({settings.encode_status_map.classify(j.encode_status).value})  "
+                f"{j.updated_at}  ref:{j.ref_id or '-'}  {j.source_url or ''}"
             )
 
 
