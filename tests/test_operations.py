@@ -662,3 +662,23 @@ def test_a_metrics_file_in_a_missing_folder_is_news_for_the_monitor(tmp_path, mo
     )
     assert result.exit_code == 2 and "--metrics-file" in result.output
     assert len(events) == 1 and "--metrics-file" in events[0]["error"]
+
+
+def test_collect_prints_the_merged_summary_as_json_and_writes_metrics(tmp_path, emulator_server):
+    server = emulator_server(EmulatorConfig(**FAST))
+    manifest = url_manifest(tmp_path, 4)
+    root = tmp_path / "root"
+    for index in range(2):
+        shard = run_cli(
+            ["run", str(manifest), "--report-dir", str(root), "--shard", f"{index}/2", "--no-wait", *FLAGS],
+            env=server.env(),
+        )
+        assert shard.exit_code == 0, shard.output
+    metrics = tmp_path / "collect.prom"
+    result = CliRunner().invoke(
+        main, ["collect", str(root), "--json", "--metrics-file", str(metrics), *FLAGS[:-1]], env=server.env()
+    )
+    assert result.exit_code == 0, result.output
+    merged = json.loads(result.stdout)
+    assert merged["outcomes"]["succeeded"] == 4 and merged["exit_code"] == 0
+    assert 'batch_ingest_rows{outcome="succeeded"} 4' in metrics.read_text()
