@@ -206,7 +206,7 @@ class CarriedRow:
 NEW_SUFFIX = ".new"  # a journal being built (see Journal.create)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make a rename in `folder` durable (best effort where a folder cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -306,7 +306,7 @@ class Journal:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()  # the last connection: the -wal and -shm files go with it
         os.replace(building, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
         return cls(path, cls._connect(path))
 
     @classmethod

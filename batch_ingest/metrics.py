@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BatchIngestError, ConfigError
+from .journal import fsync_folder  # a rename made durable, as the journal does its own
 from .vocabulary import OUTCOMES
 
 PREFIX = "batch_ingest_"
@@ -222,7 +223,7 @@ def write_metrics(
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise MetricsWriteError(
@@ -234,20 +235,6 @@ def write_metrics(
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
     return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable; some file systems cannot open a folder for that (ignored)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def merge_summaries(summaries: Sequence[Mapping[str, Any]], *, exit_code: int) -> dict[str, Any]:

@@ -187,29 +187,12 @@ class SmartStreamClient:
         """The whole URL of a request to `path` (no query), as httpx joins it to the base URL."""
         return self.base_url.rstrip("/") + "/" + path.lstrip("/")
 
-    async def _send_once(
-        self,
-        method: str,
-        path: str,
-        *,
-        headers: dict[str, str],
-        params: dict[str, Any] | None = None,
-        json: Any = None,
-        content: Any = None,
-        on_admitted: AdmittedCallback | None = None,
-    ) -> httpx.Response:
+    async def _send_once(self, method: str, path: str, **request: Any) -> httpx.Response:
+        """`_send_once_or_raise`, whose errors name the whole URL: a base URL that already ends in /v1
+        shows as /v1/v1/..."""
         try:
-            return await self._send_once_or_raise(
-                method,
-                path,
-                headers=headers,
-                params=params,
-                json=json,
-                content=content,
-                on_admitted=on_admitted,
-            )
+            return await self._send_once_or_raise(method, path, **request)
         except ApiError as exc:
-            # Errors name the whole URL: a base URL that already ends in /v1 shows as /v1/v1/...
             if not exc.url:
                 exc.url = self._url(path)
                 exc.args = (str(exc),)

@@ -16,6 +16,7 @@ from ..errors import EXIT_ROWS_FAILED, BatchIngestError, exit_code_for
 
 if TYPE_CHECKING:
     from ..options import ProbeOptions
+    from ..settings import Settings
 from .common import (
     api_options,
     api_options_for,
@@ -369,11 +370,10 @@ def run(
     outputs = _Outputs(options)
     progress = progress_for(quiet, options)
 
-    settings_box: list = []  # the settings once built: a failure after that is announced with them
-    with _announcing_failures(outputs, settings_box, "run"), emulator_for_run(emulator, options):
+    with _announcing_failures(outputs, "run"), emulator_for_run(emulator, options):
         window = _window(options)
         settings = build_settings(options)
-        settings_box.append(settings)
+        outputs.settings = settings  # a failure from here on is announced with them
         run_options = RunOptions(
             run_dir=report_dir,
             fmt=fmt,
@@ -421,6 +421,7 @@ class _Outputs:
         self.as_json: bool = options.pop("as_json", False)
         self.metrics_file: Path | None = options.pop("metrics_file", None)
         self.failed_exit_code = 1
+        self.settings: Settings | None = None  # the command's settings once built (None: not resolved)
         # Kept to reach the monitor even when the settings as a whole do not resolve (a bad --rate).
         self.notify_flag: str | None = options.get("notify")
         self.config_file: Path | None = options.get("config_file")
@@ -505,7 +506,7 @@ def _announce(result, outputs: _Outputs, settings, *, command: str, error: str |
 
 
 @contextlib.contextmanager
-def _announcing_failures(outputs: _Outputs, settings_box: list, command: str) -> Iterator[None]:
+def _announcing_failures(outputs: _Outputs, command: str) -> Iterator[None]:
     """A command that fails before it has a run to summarise (the API unreachable, a manifest error):
     the monitor and the metrics file hear of it too, with the error's exit code; then it is raised on."""
     try:
@@ -515,7 +516,7 @@ def _announcing_failures(outputs: _Outputs, settings_box: list, command: str) ->
         raise  # a command that decided its own exit (nothing to retry) has nothing to announce
     except BaseException as exc:  # told, then raised on to the one place exit codes are made
         outputs.failed_exit_code = _exit_code_of(exc)
-        settings = settings_box[0] if settings_box else outputs.monitor_settings()
+        settings = outputs.settings or outputs.monitor_settings()
         text = str(exc) if isinstance(exc, BatchIngestError | click.ClickException) else type(exc).__name__
         _announce(None, outputs, settings, command=command, error=text)
         raise
@@ -729,11 +730,10 @@ def resume(
     outputs = _Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
-    settings_box: list = []
-    with _announcing_failures(outputs, settings_box, "resume"):
+    with _announcing_failures(outputs, "resume"):
         window = _window(options)
         settings = build_settings(options, stored_settings(run_dir))
-        settings_box.append(settings)
+        outputs.settings = settings  # a failure from here on is announced with them
         run_options = RunOptions(
             max_failures=max_failures,
             skip_existing=skip_existing,
@@ -794,10 +794,9 @@ def collect(paths: tuple[Path, ...], out: Path | None, quiet: bool, **options: A
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
     folders, _ = expand(paths)
-    settings_box: list = []
-    with _announcing_failures(outputs, settings_box, "collect"):
+    with _announcing_failures(outputs, "collect"):
         settings = build_settings(options, stored_settings(folders[0]) if folders else None)
-        settings_box.append(settings)
+        outputs.settings = settings  # a failure from here on is announced with them
         merged_out = out or default_merged(list(paths))
         if merged_out is not None:
             check_writable(merged_out, "--out")
@@ -861,11 +860,10 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
     outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
-    settings_box: list = []
-    with _announcing_failures(outputs, settings_box, "retry"):
+    with _announcing_failures(outputs, "retry"):
         window = _window(options)
         settings = build_settings(options)
-        settings_box.append(settings)
+        outputs.settings = settings  # a failure from here on is announced with them
         run_options = RunOptions(
             run_dir=report_dir,
             max_failures=max_failures,
