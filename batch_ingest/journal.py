@@ -687,13 +687,15 @@ class Journal:
         return out
 
     def error_codes(self, rows: Iterable[int]) -> dict[tuple[str | None, int | None], list[int]]:
-        """The rows among `rows` that ended with an error code or HTTP status, by (code, status)."""
+        """The rows among `rows` that ended `error` or `failed` with an error code or HTTP status, by
+        (code, status)."""
         self.flush()
         wanted = set(rows)
         out: dict[tuple[str | None, int | None], list[int]] = {}
         cur = self._conn.execute(
             "SELECT row, error_code, http_status FROM rows "
-            "WHERE error_code IS NOT NULL OR http_status IS NOT NULL ORDER BY row"
+            "WHERE state IN (?, ?) AND (error_code IS NOT NULL OR http_status IS NOT NULL) ORDER BY row",
+            (RowState.ERROR, RowState.FAILED),  # an unfinished row's noted error was a look-up's
         )
         for row, code, status in cur.fetchall():
             if row in wanted:

@@ -67,7 +67,7 @@ class SubmitStats:
     abort_reason: str | None = None
     failures: int = 0
     window_closed: str | None = None  # why submission ended early by design (--until, --max-submissions)
-    submissions: int = 0  # creates sent (or looked up after a doubt), counted against --max-submissions
+    submissions: int = 0  # rows whose create left (once per row, however retried): --max-submissions
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,7 @@ class Submitter:
         self.stats = SubmitStats()
         self._taken = 0  # rows reserved against --max-submissions
         self._counted: set[int] = set()  # rows whose create left (however often retried)
+        self._settled = asyncio.Event()  # a reservation was used or given back
         budget = FailureBudget.parse(policy.max_failures)
         self.budget = FailureBudget.parse(budget.text()) if budget else None  # this process's own count
 
@@ -173,17 +174,32 @@ class Submitter:
             return True
         return False
 
-    def _take_submission(self) -> bool:
+    async def _take_submission(self) -> bool:
         """Reserve one row's create against --max-submissions (and check --until): False when none may
-        go. `stats.submissions` counts the rows whose create the limiter then let out."""
-        if self._halted():
-            return False
+        go. `stats.submissions` counts the rows whose create the limiter then let out; a reservation
+        that sent nothing (adopted after a look-up, a file gone before its upload) is given back, so
+        while reservations are still open the window waits for them rather than closing short."""
         limit = self.policy.max_submissions
-        if limit is not None and self._taken >= limit:
-            self.close_window(f"--max-submissions {limit} reached")
-            return False
-        self._taken += 1
-        return True
+        while not self._halted():
+            if limit is None or self._taken < limit:
+                self._taken += 1
+                return True
+            if self.stats.submissions >= limit:
+                self.close_window(f"--max-submissions {limit} reached")
+                return False
+            self._settled.clear()
+            await wait_any(self._settled, self.stop)
+        return False
+
+    async def _send_counted(self, task: RowTask) -> None:
+        """`_send` on a reservation, given back unless this call's create left."""
+        before = task.row in self._counted
+        try:
+            await self._send(task)
+        finally:
+            if before or task.row not in self._counted:
+                self._taken -= 1
+            self._settled.set()
 
     def resend(self, row: int) -> None:
         """A followed job failed or vanished: the row (back to `pending` in the journal) is sent again."""
@@ -480,8 +496,8 @@ class Submitter:
                 self.journal.note_error(task.row, http_status=exc.status, code=exc.code, message=exc.message)
                 return
         if not self.policy.max_in_flight:
-            if self._take_submission():
-                await self._send(task)
+            if await self._take_submission():
+                await self._send_counted(task)
             return
         # --max-in-flight: wait for the platform's queue to have room; the slot is this row's until
         # its job is with the poller (which counts it) or the row ends.
@@ -490,11 +506,11 @@ class Submitter:
             await wait_any(self._slot_freed, self.stop)
             if self.stop.is_set():
                 return
-        if not self._take_submission():
+        if not await self._take_submission():
             return
         self._reserved += 1
         try:
-            await self._send(task)
+            await self._send_counted(task)
         finally:
             self._reserved -= 1
             self._slot_freed.set()

@@ -82,6 +82,7 @@ def make_server(
     (by default: prints its outcome). Call `serve_forever()` on it."""
     seen: OrderedDict[str, None] = OrderedDict()
     seen_lock = threading.Lock()  # the server answers each request in a thread of its own
+    handling: set[str] = set()  # deliveries being handled now: a retry arriving meanwhile is not taken
     handle = on_event or (lambda payload: print(describe(payload), flush=True))
 
     class Handler(BaseHTTPRequestHandler):
@@ -106,9 +107,14 @@ def make_server(
                 return self._answer(400, "the body is not a JSON object")
             delivery = self.headers.get(DELIVERY_HEADER) or str(payload.get("delivery") or "")
             with seen_lock:
-                if delivery and delivery in seen:
-                    return self._answer(204)  # a retry of a delivery already handled
-            handle(payload)  # if it raises, the delivery is not marked seen: the sender's retry is taken
+                if delivery and (delivery in seen or delivery in handling):
+                    return self._answer(204)  # a retry of a delivery handled, or being handled, already
+                handling.add(delivery)
+            try:
+                handle(payload)  # if it raises, the delivery is not marked seen: the sender's retry is taken
+            finally:
+                with seen_lock:
+                    handling.discard(delivery)
             if delivery:
                 with seen_lock:
                     seen[delivery] = None

@@ -682,3 +682,12 @@ def test_collect_prints_the_merged_summary_as_json_and_writes_metrics(tmp_path, 
     merged = json.loads(result.stdout)
     assert merged["outcomes"]["succeeded"] == 4 and merged["exit_code"] == 0
     assert 'batch_ingest_rows{outcome="succeeded"} 4' in metrics.read_text()
+
+
+def test_a_typo_in_the_config_file_does_not_silence_its_monitor(tmp_path, monitor, monkeypatch):
+    url, events = monitor
+    (tmp_path / "cron.toml").write_text(f'notify = "{url}"\nratee = 5\n')
+    env = {"SMARTSTREAM_NOTIFY_SECRET": "s3cret-for-tests"}
+    result = run_cli(["run", str(url_manifest(tmp_path, 1)), "--config", str(tmp_path / "cron.toml")], env)
+    assert result.exit_code == 2 and "ratee" in result.output
+    assert len(events) == 1 and "ratee" in events[0]["error"] and events[0]["exit_code"] == 2

@@ -393,3 +393,34 @@ async def test_max_submissions_counts_creates_not_rows_settled_otherwise(journal
         assert platform.requests.count("POST") == 2
     finally:
         journal.close()
+
+
+async def test_rows_adopted_after_a_crash_do_not_use_up_the_nights_cap(journal_dir, platform, clock):
+    """Two rows left in doubt by a crash are found on the platform (no create): --max-submissions 2
+    still lets two creates go, for the next two rows."""
+    journal = make_journal(journal_dir, 5)
+    journal.mark_sending([1, 2], T0)
+    clock.now = T0 + 60
+    for row in (1, 2):
+        platform.add(src=source(row), ref_id=f"ref-{row}", created=T0 + 5)
+    try:
+        async with api(platform) as client:
+            submitter, handed = await submit(client, journal, clock, concurrency=4, max_submissions=2)
+        assert platform.requests.count("POST") == 2 and submitter.stats.submissions == 2
+        assert sorted(row for row, _ in handed) == [1, 2, 3, 4]
+        assert submitter.stats.window_closed == "--max-submissions 2 reached"
+        assert journal.counts() == {"submitted": 4, "pending": 1}
+    finally:
+        journal.close()
+
+
+def test_error_codes_name_rows_that_ended_not_rows_whose_look_up_was_refused(journal_dir):
+    journal = make_journal(journal_dir, 3)
+    try:
+        journal.note_error(
+            1, http_status=403, code="DENIED", message="the look-up was refused"
+        )  # still pending
+        journal.mark_error(2, http_status=404, code="STORAGE_NOT_FOUND", message="no storage", now=T0)
+        assert journal.error_codes([1, 2, 3]) == {("STORAGE_NOT_FOUND", 404): [2]}
+    finally:
+        journal.close()

@@ -427,13 +427,20 @@ class _Outputs:
         self.config_file: Path | None = options.get("config_file")
 
     def monitor_settings(self):  # -> Settings | None
-        """The --notify settings alone (flag, environment, config file), or None when they too are bad."""
-        from ..settings import load_config_file, resolve_settings_with_origins
+        """The --notify settings alone (flag, environment, config file), or None when they too are bad.
+        The config file is read leniently here: an unknown key elsewhere in it must not silence the
+        monitor that is to hear of it."""
+        import tomllib
 
+        from ..settings import DEFAULT_CONFIG_FILE, resolve_settings_with_origins
+
+        config: dict[str, Any] = {}
         try:
-            config, _ = load_config_file(self.config_file)
-        except BatchIngestError:
-            config = {}
+            data = tomllib.loads(Path(self.config_file or DEFAULT_CONFIG_FILE).read_text(encoding="utf-8"))
+            table = data.get("batch-ingest", data)
+            config = {k.replace("-", "_"): v for k, v in table.items() if isinstance(k, str)}
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+            pass
         try:
             settings, _ = resolve_settings_with_origins(
                 {"notify": self.notify_flag}, config=config, only=("notify", "notify_secret")
@@ -526,11 +533,13 @@ def _exit_code_of(exc: BaseException) -> int:
     """The exit code `handle_errors` will give `exc` (for the monitor, told before it exits)."""
     from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, first_leaf, local_state_problem
 
-    if isinstance(exc, KeyboardInterrupt):
+    leaf = first_leaf(exc)  # in the order exit_for takes them
+    if isinstance(leaf, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    if isinstance(exc, click.ClickException):
-        return exc.exit_code
-    leaf = first_leaf(exc)
+    if isinstance(leaf, click.ClickException | click.exceptions.Exit):
+        return leaf.exit_code
+    if isinstance(leaf, click.exceptions.Abort):
+        return 1
     if isinstance(leaf, BatchIngestError):
         return exit_code_for(leaf)
     return EXIT_USAGE if local_state_problem(leaf) is not None else EXIT_INTERNAL

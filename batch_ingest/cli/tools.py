@@ -79,8 +79,13 @@ def jobs(job: str | None, limit: int, as_json: bool, **options: Any) -> None:
 
     try:
         settings, listed = _client_call(options, call)
-    except NotFoundError:
-        echo(f"batch-ingest: no job {job} on the platform (`batch-ingest jobs` lists the newest)", err=True)
+    except NotFoundError as exc:
+        if not job or exc.code != "JOB_NOT_FOUND":
+            raise  # the listing, or a 404 that is not the API's (a wrong --api-url): the whole error
+        echo(
+            f"batch-ingest: no job {job} on the platform ({exc}); `batch-ingest jobs` lists the newest",
+            err=True,
+        )
         sys.exit(1)
     if not listed:
         echo("batch-ingest: the account has no jobs yet", err=True)
