@@ -1,22 +1,15 @@
-"""The batch commands: run, validate, resume, retry, report."""
+"""The batch commands: run, validate, resume, retry, collect (`report` is in review.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import EXIT_ROWS_FAILED, BatchIngestError, exit_code_for
-
-if TYPE_CHECKING:
-    from ..options import ProbeOptions
-    from ..settings import Settings
+from ..errors import EXIT_ROWS_FAILED, BatchIngestError
 from .common import (
     api_options,
     api_options_for,
@@ -30,207 +23,22 @@ from .common import (
     progress_for,
     silence_stdout,
 )
-
-check_sources_option = click.option(
-    "--check-sources",
-    type=click.Choice(["reject", "warn"]),
-    is_flag=False,
-    flag_value="reject",
-    default=None,
-    help="Fetch the first byte of every URL source (a ranged GET) and look up every s3://, gs://, az:// "
-    "object in its store, before any create and never through the SmartSTREAM API; reject rows whose "
-    "source is missing, forbidden, unreachable or not a video; =warn only reports them.",
+from .options import (
+    check_sources_option,
+    column_list,
+    extra_columns_option,
+    probe_choice,
+    probe_options,
+    reading_choice,
+    reading_options,
+    submit_options,
+    subset_choice,
+    subset_options,
 )
+from .outputs import Outputs, announce, announcing_failures, finish, window_choice
 
-
-def probe_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`--probe`, `--max-size` and `--max-duration`, given to the command as one `probe` (None: off)."""
-
-    for option in reversed(
-        [
-            click.option(
-                "--probe",
-                type=click.Choice(["files", "all"]),
-                is_flag=False,
-                flag_value="files",
-                default=None,
-                help="Open every local file as media before sending (PyAV): the container opens, a video "
-                "stream decodes, the duration is above zero; reject the others as MEDIA_INVALID. =all "
-                "also reads URLs and objects (ranged GETs).",
-            ),
-            click.option(
-                "--max-size",
-                metavar="SIZE",
-                help="With --probe (implied): reject a video over this size (10G, 500M).",
-            ),
-            click.option(
-                "--max-duration",
-                type=click.FloatRange(min=0, min_open=True),
-                metavar="SECONDS",
-                help="With --probe (implied): reject a video longer than this.",
-            ),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def _probe(probe: str | None, max_size: str | None, max_duration: float | None) -> ProbeOptions | None:
-    """The probe options from the flags; a limit alone implies --probe (files)."""
+if TYPE_CHECKING:
     from ..options import ProbeOptions
-
-    if probe is None and max_size is None and max_duration is None:
-        return None
-    size = None
-    if max_size is not None:
-        from ..api.ratelimit import parse_bandwidth
-
-        try:
-            size = int(parse_bandwidth(max_size))
-        except (ValueError, IndexError):
-            size = 0
-        if size < 1:
-            raise click.BadParameter(
-                f"{max_size!r}: give a size such as 10G, 500M or 2000000 (bytes), at least 1 byte",
-                param_hint="--max-size",
-            )
-    if max_duration is not None and not math.isfinite(max_duration):
-        raise click.BadParameter(
-            f"{max_duration}: give a number of seconds such as 7200", param_hint="--max-duration"
-        )
-    return ProbeOptions(remote=probe == "all", max_size=size, max_duration=max_duration)
-
-
-def reading_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--delimiter and --encoding: how a CSV manifest exported from a spreadsheet is read."""
-    command = click.option(
-        "--encoding",
-        metavar="NAME",
-        help="The CSV manifest's text encoding when it is not UTF-8: cp1252 (Excel, Western Europe), "
-        "shift_jis or cp932 (Excel, Japan), latin-1, utf-16 [default: UTF-8, or what a byte-order mark says].",
-    )(command)
-    return click.option(
-        "--delimiter",
-        metavar="CHAR",
-        help="The CSV manifest's field separator: one character, or tab, comma, semicolon, pipe "
-        "[default: detected: comma, else ; tab or | when the header holds a source column that way].",
-    )(command)
-
-
-def _reading(delimiter: str | None, encoding: str | None) -> dict[str, Any]:
-    """--delimiter and --encoding checked now (exit 2 naming the option), as RunOptions fields."""
-    from ..manifest import parse_delimiter, parse_encoding
-
-    if delimiter is not None:
-        parse_delimiter(delimiter)
-    if encoding is not None:
-        parse_encoding(encoding)
-    return {"delimiter": delimiter, "encoding": encoding}
-
-
-extra_columns_option = click.option(
-    "--extra-columns",
-    metavar="COL[,COL...]",
-    default="",
-    help="Manifest columns to carry into the report as they are although their names look like a known "
-    "column's (e.g. 'profle' next to 'profile'): without this such a column stops the run (exit 2).",
-)
-
-
-def subset_options(among: str):
-    """The canary options: which rows a command takes (subset.py); `among` names them in the help
-    ("ready rows" for run, "held rows" for resume)."""
-
-    def decorate(fn):
-        for option in (
-            click.option(
-                "--seed", type=int, help="Seed of --sample (default: a random one, printed and recorded)."
-            ),
-            click.option(
-                "--sample",
-                type=int,
-                metavar="N",
-                help=f"Take N {among} at random (seeded: see --seed); hold the rest.",
-            ),
-            click.option(
-                "--rows",
-                "rows_range",
-                metavar="RANGES",
-                help=f"Take the {among} with these numbers (as in the report), e.g. 100-200 or 1-10,50; hold the rest.",
-            ),
-            click.option("--limit", type=int, metavar="N", help=f"Take the first N {among}; hold the rest."),
-        ):
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
-def _subset(
-    limit: int | None, rows_range: str | None, sample: int | None, seed: int | None, take_all: bool = False
-):
-    from ..subset import Subset
-
-    return Subset.from_options(limit=limit, rows=rows_range, sample=sample, seed=seed, take_all=take_all)
-
-
-def _columns(text: str) -> tuple[str, ...]:
-    return tuple(c.strip().lower() for c in text.split(",") if c.strip())
-
-
-def submit_options(fn):
-    """The options of every command that submits: failure budget, cron skipping, output, API."""
-    for option in (
-        api_options,
-        log_options,
-        click.option("-q", "--quiet", is_flag=True, help="Print only errors and the report path."),
-        click.option(
-            "--json",
-            "as_json",
-            is_flag=True,
-            help="Print the run's summary as JSON on stdout (as summary.json holds it), for scripts.",
-        ),
-        click.option(
-            "--metrics-file",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Write the run's figures in Prometheus' text format to this file when it ends (for "
-            "node_exporter's textfile collector: counts per outcome, requests, 429s, duration, exit code).",
-        ),
-        click.option(
-            "--max-submissions",
-            type=click.IntRange(min=1),
-            metavar="N",
-            help="Send at most N creates in this process and follow their jobs to the end; the rows left "
-            "wait for `resume RUN_DIR` (exit 0 when nothing failed). One night's share of a long migration.",
-        ),
-        click.option(
-            "--until",
-            metavar="HH:MM|ISO",
-            help="Stop at this local time (the next HH:MM) or ISO timestamp as a graceful stop does: no new "
-            "creates, requests on the wire finish, the rest waits for `resume RUN_DIR` (exit 0 when nothing "
-            "failed).",
-        ),
-        click.option(
-            "--skip-existing",
-            type=click.Choice(["not-failed", "any"]),
-            is_flag=False,
-            flag_value="not-failed",
-            default=None,
-            help="Don't send a row whose ref_id already has a job on the platform that succeeded or is still "
-            "encoding (followed to its end); a row whose job failed is sent again. "
-            "--skip-existing=any never sends such a row and reports the failed job (cron).",
-        ),
-        click.option(
-            "--max-failures",
-            metavar="N|P%",
-            help="Abort (exit 3) once more than N rows have failed, or more than P% of the last 100 rows "
-            "to end (P%/W: of the last W; judged after 20). A refused create counts at once, an encode "
-            "failure or timeout when the platform reports it: jobs still encoding cannot count yet, so "
-            "more rows may have been sent by then (--max-in-flight bounds how many).",
-        ),
-    ):
-        fn = option(fn)
-    return fn
 
 
 @main.command()
@@ -333,9 +141,9 @@ def run(
     or ended); 1 some row did not; 2 usage, configuration or manifest error; 3 run aborted; 4 internal
     error; 75 the run folder is in use by another process; 130 interrupted.
     """
-    subset = _subset(limit, rows_range, sample, seed)
-    probing = _probe(probe, max_size, max_duration)
-    reading = _reading(delimiter, encoding)
+    subset = subset_choice(limit, rows_range, sample, seed)
+    probing = probe_choice(probe, max_size, max_duration)
+    reading = reading_choice(delimiter, encoding)
     shard = None
     if shard_spec is not None:
         from ..shard import parse_shard
@@ -367,11 +175,11 @@ def run(
     from ..runner import RunOptions, run_manifest
 
     check_writable(html, "--html")
-    outputs = _Outputs(options)
+    outputs = Outputs(options)
     progress = progress_for(quiet, options)
 
-    with _announcing_failures(outputs, "run"), emulator_for_run(emulator, options):
-        window = _window(options)
+    with announcing_failures(outputs, "run"), emulator_for_run(emulator, options):
+        window = window_choice(options)
         settings = build_settings(options)
         outputs.settings = settings  # a failure from here on is announced with them
         run_options = RunOptions(
@@ -380,7 +188,7 @@ def run(
             default_profile=default_profile,
             max_failures=max_failures,
             skip_existing=skip_existing,
-            extra_columns=_columns(extra_columns),
+            extra_columns=column_list(extra_columns),
             handle_signals=True,
             subset=subset,
             check_sources=check_sources,
@@ -400,149 +208,7 @@ def run(
             write_html_report([result.run_dir], html)
         except (BatchIngestError, OSError) as exc:  # the run is done: its exit code stands
             echo(f"batch-ingest: warning: the HTML report was not written: {exc}", err=True)
-    _finish(result, quiet, outputs, settings)
-
-
-def _window(options: dict[str, Any]) -> dict[str, Any]:
-    """--until and --max-submissions (popped from `options`) as RunOptions fields."""
-    from ..options import parse_until
-
-    until = options.pop("until", None)
-    return {
-        "until": parse_until(until) if until is not None else None,
-        "max_submissions": options.pop("max_submissions", None),
-    }
-
-
-class _Outputs:
-    """Where a finished run is told: --json, --metrics-file, --notify (popped from a command's options)."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.as_json: bool = options.pop("as_json", False)
-        self.metrics_file: Path | None = options.pop("metrics_file", None)
-        self.failed_exit_code = 1
-        self.settings: Settings | None = None  # the command's settings once built (None: not resolved)
-        # Kept to reach the monitor even when the settings as a whole do not resolve (a bad --rate).
-        self.notify_flag: str | None = options.get("notify")
-        self.config_file: Path | None = options.get("config_file")
-
-    def monitor_settings(self):  # -> Settings | None
-        """The --notify settings alone (flag, environment, config file), or None when they too are bad.
-        The config file is read leniently here: an unknown key elsewhere in it must not silence the
-        monitor that is to hear of it."""
-        import tomllib
-
-        from ..settings import DEFAULT_CONFIG_FILE, resolve_settings_with_origins
-
-        config: dict[str, Any] = {}
-        try:
-            data = tomllib.loads(Path(self.config_file or DEFAULT_CONFIG_FILE).read_text(encoding="utf-8"))
-            table = data.get("batch-ingest", data)
-            config = {k.replace("-", "_"): v for k, v in table.items() if isinstance(k, str)}
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
-            pass
-        try:
-            settings, _ = resolve_settings_with_origins(
-                {"notify": self.notify_flag}, config=config, only=("notify", "notify_secret")
-            )
-        except BatchIngestError:
-            return None
-        return settings
-
-
-def _finish(
-    result, quiet: bool, outputs: _Outputs | None = None, settings=None, command: str = "run"
-) -> None:
-    """Tell the world how the run ended (metrics file, notification), print the summary (quiet: one
-    line of counts, only when the run did not fully succeed; --json: the summary as JSON) and the
-    report path last; exit with the run's code."""
-    from ..report import format_counts
-
-    if outputs is not None and result.worked:  # a resume of a finished run: it was announced then
-        _announce(result, outputs, settings, command=command)
-    try:
-        if outputs is not None and outputs.as_json:
-            echo(json.dumps(result.summary, indent=2, default=str))
-        else:
-            if not quiet:
-                echo(result.summary_text())
-            elif result.exit_code != 0:
-                echo(format_counts(result.summary))
-            retry_of = (result.summary.get("retry_of") or {}).get("run_dir")
-            if retry_of and not quiet:
-                echo(
-                    f"both runs, the latest attempt per row: batch-ingest report {retry_of} {result.run_dir}"
-                )
-            echo(str(result.report_path))
-        sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away (`| head`): the run is done, its code stands
-        silence_stdout()
-    sys.exit(result.exit_code)
-
-
-def _announce(result, outputs: _Outputs, settings, *, command: str, error: str | None = None) -> None:
-    """--metrics-file, then --notify (it may take up to 30 s): neither ever changes the run's exit code;
-    a failure is a warning, shown even with -q. `result` None: the command failed before it had a run
-    to summarise (`error` says why, and the exit code is that error's)."""
-    summary = result.summary if result is not None else None
-    exit_code = result.exit_code if result is not None else outputs.failed_exit_code
-    if outputs.metrics_file is not None:
-        from ..metrics import MetricsWriteError, write_metrics
-
-        try:
-            write_metrics(outputs.metrics_file, summary, exit_code)
-        except MetricsWriteError as exc:
-            echo(f"batch-ingest: warning: {exc}", err=True)
-    if settings is not None and settings.notify:
-        from ..notify import send_notification
-
-        try:
-            sent = send_notification(
-                settings.notify,
-                summary,
-                exit_code,
-                secret=settings.notify_secret,
-                command=command,
-                error=error,
-            )
-        except KeyboardInterrupt:  # a second Ctrl-C: the run is over, the monitor is not waited for
-            echo("batch-ingest: warning: --notify interrupted: the monitor was not told", err=True)
-            return
-        if sent.warning:
-            echo(f"batch-ingest: {sent.warning}", err=True)
-
-
-@contextlib.contextmanager
-def _announcing_failures(outputs: _Outputs, command: str) -> Iterator[None]:
-    """A command that fails before it has a run to summarise (the API unreachable, a manifest error):
-    the monitor and the metrics file hear of it too, with the error's exit code; then it is raised on."""
-    try:
-        check_writable(outputs.metrics_file, "--metrics-file")  # in here: a bad path is news for the monitor
-        yield
-    except SystemExit:
-        raise  # a command that decided its own exit (nothing to retry) has nothing to announce
-    except BaseException as exc:  # told, then raised on to the one place exit codes are made
-        outputs.failed_exit_code = _exit_code_of(exc)
-        settings = outputs.settings or outputs.monitor_settings()
-        text = str(exc) if isinstance(exc, BatchIngestError | click.ClickException) else type(exc).__name__
-        _announce(None, outputs, settings, command=command, error=text)
-        raise
-
-
-def _exit_code_of(exc: BaseException) -> int:
-    """The exit code `handle_errors` will give `exc` (for the monitor, told before it exits)."""
-    from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, first_leaf, local_state_problem
-
-    leaf = first_leaf(exc)  # in the order exit_for takes them
-    if isinstance(leaf, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(leaf, click.ClickException | click.exceptions.Exit):
-        return leaf.exit_code
-    if isinstance(leaf, click.exceptions.Abort):
-        return 1
-    if isinstance(leaf, BatchIngestError):
-        return exit_code_for(leaf)
-    return EXIT_USAGE if local_state_problem(leaf) is not None else EXIT_INTERNAL
+    finish(result, quiet, outputs, settings)
 
 
 def _validate(
@@ -583,7 +249,10 @@ def _validate(
     with emulator_for_run(emulator, options):
         settings = build_settings(options)
         run_options = RunOptions(
-            fmt=fmt, default_profile=default_profile, extra_columns=_columns(extra_columns), **(reading or {})
+            fmt=fmt,
+            default_profile=default_profile,
+            extra_columns=column_list(extra_columns),
+            **(reading or {}),
         )
 
         async def go():
@@ -697,9 +366,9 @@ def validate(
         skip_existing=skip_existing,
         upload_rate=upload_rate,
         check_sources=check_sources,
-        probe=_probe(probe, max_size, max_duration),
-        subset=_subset(limit, rows_range, sample, seed),
-        reading=_reading(delimiter, encoding),
+        probe=probe_choice(probe, max_size, max_duration),
+        subset=subset_choice(limit, rows_range, sample, seed),
+        reading=reading_choice(delimiter, encoding),
     )
 
 
@@ -732,15 +401,15 @@ def resume(
     A canary run's held rows are taken with --all, or some of them with --limit, --rows or
     --sample (chosen among the held rows); without these they stay held.
     """
-    subset = _subset(limit, rows_range, sample, seed, take_all)
+    subset = subset_choice(limit, rows_range, sample, seed, take_all)
     from ..resume import resume_run, stored_settings
     from ..runner import RunOptions
 
-    outputs = _Outputs(options)
+    outputs = Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
-    with _announcing_failures(outputs, "resume"):
-        window = _window(options)
+    with announcing_failures(outputs, "resume"):
+        window = window_choice(options)
         settings = build_settings(options, stored_settings(run_dir))
         outputs.settings = settings  # a failure from here on is announced with them
         run_options = RunOptions(
@@ -752,7 +421,7 @@ def resume(
             **window,
         )
         result = resume_run(run_dir, settings, run_options, progress=progress)
-    _finish(result, quiet, outputs, settings, "resume")
+    finish(result, quiet, outputs, settings, "resume")
 
 
 @main.command()
@@ -799,11 +468,11 @@ def collect(paths: tuple[Path, ...], out: Path | None, quiet: bool, **options: A
     from ..resume import stored_settings
     from ..rundir import RunResult
 
-    outputs = _Outputs(options)
+    outputs = Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
     folders, _ = expand(paths)
-    with _announcing_failures(outputs, "collect"):
+    with announcing_failures(outputs, "collect"):
         settings = build_settings(options, stored_settings(folders[0]) if folders else None)
         outputs.settings = settings  # a failure from here on is announced with them
         merged_out = out or default_merged(list(paths))
@@ -813,7 +482,7 @@ def collect(paths: tuple[Path, ...], out: Path | None, quiet: bool, **options: A
             list(paths), settings, merged_out=merged_out, allow_api_url_change=explicit_url, progress=progress
         )
     merged = merge_summaries([r.summary for r in result.results], exit_code=result.exit_code)
-    _announce(
+    announce(
         RunResult(Path(paths[0]), merged, result.exit_code),  # type: ignore[arg-type]
         outputs,
         settings,
@@ -865,12 +534,12 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
     from ..retry import NothingToRetry, retry_run
     from ..runner import RunOptions
 
-    outputs = _Outputs(options)
+    outputs = Outputs(options)
     progress = progress_for(quiet, options)
     explicit_url = options.get("api_url") is not None
     outcomes = tuple(o.strip() for o in only.split(",") if o.strip())
-    with _announcing_failures(outputs, "retry"):
-        window = _window(options)
+    with announcing_failures(outputs, "retry"):
+        window = window_choice(options)
         settings = build_settings(options)
         outputs.settings = settings  # a failure from here on is announced with them
         run_options = RunOptions(
@@ -886,103 +555,4 @@ def retry(source: Path, only: str, report_dir, max_failures, skip_existing, quie
         except NothingToRetry as exc:  # nothing ran: nothing to announce, and nothing went wrong
             echo(json.dumps({"retried": 0, "message": str(exc)}) if outputs.as_json else str(exc))
             sys.exit(0)
-    _finish(result, quiet, outputs, settings, "retry")
-
-
-@main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--failed", is_flag=True, help="List only the rows that did not succeed.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON, for scripts.")
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the merged (or --failed) report: .parquet or .csv.",
-)
-@click.option(
-    "--html", type=click.Path(dir_okay=False, path_type=Path), help="Write a self-contained HTML report."
-)
-@handle_errors
-def report(paths: tuple[Path, ...], failed: bool, as_json: bool, out: Path | None, html: Path | None) -> None:
-    """Summarise one or more runs (run folders or report files), merged: the latest attempt per row wins.
-
-    Prints totals per outcome, profile and source type, failures grouped by error code with
-    examples, duration percentiles, and the commands that retry or resume what did not succeed.
-    """
-    import polars as pl
-
-    from ..collect import expand, unstarted_rows
-    from ..review import format_review, load_run, merge_runs, not_succeeded, summarize, write_frame
-    from ..shard import shard_folders
-
-    # A shards' run root stands for its shard folders; one it lacks, or one without a report yet (still
-    # running, or stopped before it wrote one), is named, not left out quietly.
-    runs, missing = [], []
-    for p in paths:
-        shards = shard_folders(p)
-        if not shards:
-            runs.append(load_run(p))
-            continue
-        _, gaps = expand([p])  # shards with no run: their rows come from the manifest, as collect has them
-        unreported = []
-        for folder in shards:
-            try:
-                runs.append(load_run(folder))
-            except BatchIngestError:
-                unreported.append(folder.name)
-        if unreported:
-            echo(
-                f"batch-ingest: warning: {p}: no report yet from {', '.join(sorted(unreported))} (running, or "
-                "stopped: `batch-ingest resume` on its folder finishes it): their rows are not in this report",
-                err=True,
-            )
-        metas = [(r.path, _run_meta(r.path)) for r in runs if r.path.parent == p]
-        for gap in gaps:
-            echo(
-                f"batch-ingest: warning: {p}: {gap.names()} holds no run yet: its rows are `interrupted` here",
-                err=True,
-            )
-            missing.append(unstarted_rows(gap, metas, lambda text: echo(f"batch-ingest: {text}", err=True)))
-    if not runs:
-        raise click.UsageError("no shard of these run roots has a report yet")
-    merged = merge_runs(runs)
-    if any(not m.is_empty() for m in missing):
-        merged = pl.concat([merged, *(m for m in missing if not m.is_empty())], how="diagonal_relaxed").sort(
-            "row", maintain_order=True
-        )
-    info = summarize(merged, runs)
-    shown = not_succeeded(merged) if failed else merged
-    if out is not None:
-        write_frame(shown, out)
-    if html is not None:
-        from ..html import write_html
-
-        write_html(merged, info, html)
-    if as_json:
-        echo(json.dumps(info, indent=2, default=str))
-    elif failed:
-        cols = [
-            c
-            for c in ("row", "ref_id", "source", "outcome", "error_code", "error_message")
-            if c in shown.columns
-        ]
-        for rec in shown.select(cols).iter_rows(named=True):
-            echo("\t".join("" if rec[c] is None else str(rec[c]) for c in cols))
-    else:
-        echo(format_review(info))
-    if out is not None and not as_json:
-        echo(f"wrote {out}", err=True)
-
-
-def _run_meta(folder: Path) -> dict[str, Any]:
-    """A run folder's recorded meta, read without its lock (report only reads); {} when unreadable."""
-    from ..journal import Journal
-    from ..runfiles import JOURNAL_FILE
-
-    try:
-        journal = Journal.open(folder / JOURNAL_FILE, migrate=False)
-    except Exception:  # noqa: BLE001 - no journal, or one being written: no meta to read the manifest from
-        return {}
-    try:
-        return journal.meta()
-    finally:
-        journal.close()
+    finish(result, quiet, outputs, settings, "retry")
