@@ -139,6 +139,9 @@ async def work(run: RunDir, spec: Work) -> RunResult:
         # Jobs are left to `collect`: a followed job (re-check, --skip-existing) is not waited for here.
         submitter.following = lambda: 0
     poller.resume_in_flight()
+    if options.until is not None or options.max_submissions is not None:
+        # For `status` in another terminal while this runs (the summary records the window at the end).
+        run.journal.set_meta(window_open={"until": options.until, "max_submissions": options.max_submissions})
     deadline = asyncio.create_task(_close_at(options.until, submitter, stop)) if options.until else None
     try:
         internal = await _submit_and_poll(submitter, poller, stop, progress, wait=not options.no_wait)
@@ -162,6 +165,7 @@ async def work(run: RunDir, spec: Work) -> RunResult:
     forced = _report_internal_error(run, internal, progress) if internal is not None else None
     window = None
     if options.until is not None or options.max_submissions is not None:
+        run.journal.set_meta(window_open=None)
         window = {
             "until": datetime.fromtimestamp(options.until).astimezone().isoformat()
             if options.until

@@ -240,6 +240,7 @@ class RunStatus:
     finished_at: float | None = None  # the end of the run's last segment
     exit_code: int | None = None  # the last segment's
     note: str = ""  # what the phase means here
+    window: dict[str, Any] | None = None  # a running run's --until (epoch s) and --max-submissions
     next_step: str | None = None  # the command that goes on
     read_at: float = 0.0  # when the status was read (the ETA counts from there)
 
@@ -274,6 +275,12 @@ class RunStatus:
             "exit_code": self.exit_code,
             "note": self.note,
             "next": self.next_step,
+            "window": None
+            if not self.window
+            else {
+                "until": _iso(_number(self.window.get("until"))),
+                "max_submissions": self.window.get("max_submissions"),
+            },
             "newest_errors": [_error_json(e) for e in self.errors],
         }
 
@@ -340,7 +347,17 @@ def inspect_run(
         rate = status.finished_per_min / 60.0
         eta = 0.0 if not left else (left / rate if rate > 0 else None)
         who = f"process {lock.pid}" if lock.pid else "another process"
-        return replace(status, phase=Phase.RUNNING, note=f"in use by {who}", eta_s=eta)
+        note = f"in use by {who}"
+        window = meta.get("window_open") if isinstance(meta.get("window_open"), dict) else None
+        if window:
+            until = _number(window.get("until"))
+            if until is not None:
+                note += f"; stops submitting at {_clock(until)} (--until)"
+                if eta is not None and now + eta > until:
+                    note += ": the rest is left for `resume`"
+            if window.get("max_submissions"):
+                note += f"; sends at most {window['max_submissions']} creates (--max-submissions)"
+        return replace(status, phase=Phase.RUNNING, note=note, eta_s=eta, window=window)
     if left and meta.get("no_wait") and left == counts[RowState.SUBMITTED]:
         note = f"{left} rows submitted without waiting (--no-wait): `collect` follows their jobs"
         return replace(status, note=note, next_step=f"batch-ingest collect {run_dir}")

@@ -17,6 +17,7 @@ from batch_ingest.emulator import EmulatorConfig
 from batch_ingest.errors import AuthError, NotFoundError, UsageError
 from batch_ingest.options import parse_until
 from batch_ingest.settings import Secret
+from batch_ingest.status import status_of
 from click.testing import CliRunner
 
 from .helpers import FAST, FLAGS, check_consistent, run_cli, summary_of, url_manifest, write_manifest
@@ -113,10 +114,13 @@ def test_until_stops_a_run_that_is_polling_as_a_graceful_stop(tmp_path, emulator
     manifest = url_manifest(tmp_path, 3)
     run_dir = tmp_path / "run"
 
+    seen: list = []
+
     async def window_closes_once_every_row_is_sent(until: float) -> None:
         # The deadline, an hour away, "arrives" once the three jobs exist: no waiting on the clock.
         while _jobs_created(server) < 3:
             await asyncio.sleep(0.01)
+        seen.append(status_of(run_dir))  # what `status` in another terminal shows meanwhile
 
     monkeypatch.setattr(engine, "_wait_until", window_closes_once_every_row_is_sent)
     later = (datetime.now() + timedelta(hours=1)).isoformat(timespec="seconds")
@@ -126,6 +130,18 @@ def test_until_stops_a_run_that_is_polling_as_a_graceful_stop(tmp_path, emulator
     assert result.exit_code == 0, result.output
     assert pl.read_parquet(run_dir / "report.parquet")["outcome"].to_list() == ["interrupted"] * 3
     assert summary_of(run_dir)["window"]["closed_by"] == "--until reached"
+    (running,) = seen
+    assert (
+        running.phase == "running" and "stops submitting at" in running.note and "(--until)" in running.note
+    )
+    assert running.as_json()["window"]["until"] is not None
+    from batch_ingest.journal import Journal
+
+    journal = Journal.open(run_dir / "journal.sqlite")
+    try:
+        assert not journal.meta().get("window_open")  # the window is closed: status stops saying so
+    finally:
+        journal.close()
     server.store.clock = lambda: time.time() + 7200  # the platform's night passes: the encodes are done
     again = run_cli(["resume", str(run_dir), *FLAGS], env=server.env())
     assert again.exit_code == 0, again.output
