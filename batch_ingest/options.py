@@ -24,11 +24,9 @@ class ProbeOptions:
 class RunOptions:
     """How to run a manifest (the settings say how to reach the API)."""
 
-    run_dir: Path | None = None  # the run's folder; default reports/<run-id>/
+    run_dir: Path | None = None  # the run's folder; default <reports_root>/<run-id>/ (a setting)
     fmt: str | None = None
-    delimiter: str | None = (
-        None  # CSV: the field separator as given (manifest.parse_delimiter); None: detected
-    )
+    delimiter: str | None = None  # CSV: the field separator as given; None: detected (manifest.py)
     encoding: str | None = None  # CSV: the file's encoding as given; None: UTF-8 (or what its BOM says)
     default_profile: str | None = None
     max_failures: int | str | None = None  # a count or a rate (`5%`): budget.py; kept as the flag's text
