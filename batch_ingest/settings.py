@@ -178,7 +178,7 @@ class Folder(Kind):
     def __call__(self, source: str, value: Any, secret: bool) -> str:
         text = str(value).strip()
         if not text or "\x00" in text:
-            raise ConfigError(f"{source} must name a folder, got {text!r}")
+            raise ConfigError(f"{source} must name a folder, such as /srv/ingest/reports, got {text!r}")
         return os.path.expanduser(text)  # `~/reports` in a config file means what it says in a shell
 
 
@@ -666,11 +666,13 @@ def is_loopback(url: str) -> bool:
 
 
 def load_config_file(
-    path: Path | None, *, warn: Callable[[str], Any] | None = None
+    path: Path | None, *, warn: Callable[[str], Any] | None = None, strict: bool = True
 ) -> tuple[dict[str, Any], Path | None]:
     """Read a TOML config file: (settings table, path read). No file at the default place is fine.
 
     A secret in the file is accepted with a warning (louder when others can read the file).
+    `strict=False` drops unknown keys instead of refusing the file (and warns of nothing): for reading
+    a few settings when the file as a whole may be wrong.
     """
     explicit = path is not None
     path = path or Path(DEFAULT_CONFIG_FILE)
@@ -684,13 +686,15 @@ def load_config_file(
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     table = data.get("batch-ingest", data)
     unknown = sorted(k for k in table if k.replace("-", "_") not in _BY_NAME)
-    if unknown:
+    if unknown and not strict:
+        table = {k: v for k, v in table.items() if k not in unknown}
+    elif unknown:
         raise ConfigError(
             f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_BY_NAME))}"
         )
     values = {k.replace("-", "_"): v for k, v in table.items()}
     secrets_found = sorted(SECRET_FIELDS & set(values))
-    if secrets_found:
+    if secrets_found and strict:
         message = f"config file {path} holds {', '.join(secrets_found)}: prefer the SMARTSTREAM_* environment variables"
         if path.stat().st_mode & 0o077:
             message += f"; the file is readable by other users: chmod 600 {path}"

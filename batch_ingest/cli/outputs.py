@@ -46,17 +46,12 @@ class Outputs:
         """The --notify settings alone (flag, environment, config file), or None when they too are bad.
         The config file is read leniently here: an unknown key elsewhere in it must not silence the
         monitor that is to hear of it."""
-        import tomllib
+        from ..settings import load_config_file, resolve_settings_with_origins
 
-        from ..settings import DEFAULT_CONFIG_FILE, resolve_settings_with_origins
-
-        config: dict[str, Any] = {}
         try:
-            data = tomllib.loads(Path(self.config_file or DEFAULT_CONFIG_FILE).read_text(encoding="utf-8"))
-            table = data.get("batch-ingest", data)
-            config = {k.replace("-", "_"): v for k, v in table.items() if isinstance(k, str)}
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
-            pass
+            config, _ = load_config_file(self.config_file, strict=False)
+        except BatchIngestError:  # unreadable, or not TOML: no monitor to be found there
+            config = {}
         try:
             settings, _ = resolve_settings_with_origins(
                 {"notify": self.notify_flag}, config=config, only=("notify", "notify_secret")
